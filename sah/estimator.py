@@ -1,0 +1,104 @@
+"""The sparse attention estimator and the figures that compare it to dense attention.
+
+With logits ``L = s Q K^T`` over allowed keys, row max ``m`` and ``e_j = exp(L_j - m)``:
+
+- dense: ``O = sum_j e_j V_j / sum_j e_j`` (float32 whatever the input dtype);
+- sparse with mask ``W``: ``u_j = e_j / W_j`` on active positions, 0 elsewhere,
+  ``O = sum_j u_j V_j / sum_j u_j``: a Horvitz-Thompson estimate of numerator and
+  denominator (a key sampled with probability p counts 1/p times). A row with no active
+  allowed key has output 0 and is counted in ``empty_rows``.
+- ``output_error = ||O_dense - O_sparse||_F / ||O_dense||_F`` per evaluated unit, and per
+  query head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from sah.context import AttentionContext
+from sah.mask import Mask
+
+
+@dataclass
+class SparseOutput:
+    output: torch.Tensor          # (b, h, q, d) float32
+    empty_rows: int               # rows with no active allowed key (output 0)
+    weights: Optional[torch.Tensor] = None  # normalised estimator weights (b, h, q, n)
+
+
+def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = False) -> SparseOutput:
+    """The sparse attention estimate for ``mask`` on the call described by ``ctx``."""
+    if tuple(mask.shape) != tuple(ctx.mask_shape):
+        raise ValueError(f"mask shape {mask.shape} does not match the call {ctx.mask_shape}")
+    if mask.is_full():
+        weights = ctx.probabilities if return_weights else None
+        return SparseOutput(ctx.dense_output, 0, weights)
+    d = ctx.dims
+    if mask.is_empty():
+        out = torch.zeros(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim,
+                          device=ctx.device)
+        rows = d.batch_size * d.num_heads * d.seq_len_queries
+        weights = torch.zeros(ctx.mask_shape, device=ctx.device) if return_weights else None
+        return SparseOutput(out, rows, weights)
+    w = mask.to_dense()
+    active = w > 0
+    # exp_scores is exactly 0 where not allowed, so u is 0 there too.
+    u = torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
+                    torch.zeros_like(w))
+    denom = u.sum(-1, keepdim=True)
+    empty = denom == 0
+    out = ctx.weighted_values(u) / torch.where(empty, torch.ones_like(denom), denom)
+    weights = u / torch.where(empty, torch.ones_like(denom), denom) if return_weights else None
+    return SparseOutput(out, int(empty.sum()), weights)
+
+
+def output_error(dense: torch.Tensor, sparse: torch.Tensor) -> float:
+    """Relative Frobenius error ``||dense - sparse|| / ||dense||`` over the whole unit."""
+    num = torch.linalg.vector_norm((dense - sparse).float())
+    den = torch.linalg.vector_norm(dense.float())
+    return float(num / den) if float(den) > 0 else float(num)
+
+
+def per_head_output_error(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """Relative error per query head, ``(h,)``: norms over batch, queries and head dim."""
+    diff = (dense - sparse).float()
+    num = torch.linalg.vector_norm(diff, dim=(0, 2, 3))
+    den = torch.linalg.vector_norm(dense.float(), dim=(0, 2, 3))
+    return (num / torch.where(den > 0, den, torch.ones_like(den))).cpu()
+
+
+@dataclass
+class Evaluation:
+    """How a mask's sparse attention compares with dense attention on one unit (a layer)."""
+
+    output_error: float
+    density: float
+    density_rect: float
+    empty_rows: int
+    per_head_error: List[float] = field(default_factory=list)
+    per_head_density: List[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "output_error": self.output_error, "density": self.density,
+            "density_rect": self.density_rect, "empty_rows": self.empty_rows,
+            "per_head_error": list(self.per_head_error),
+            "per_head_density": list(self.per_head_density),
+        }
+
+
+def evaluate_mask(ctx: AttentionContext, mask: Mask) -> Evaluation:
+    """Score ``mask`` against dense attention on ``ctx``."""
+    sparse = sparse_attention(ctx, mask)
+    dense = ctx.dense_output
+    return Evaluation(
+        output_error=output_error(dense, sparse.output),
+        density=mask.density(ctx.allowed),
+        density_rect=mask.density_rect(ctx.allowed),
+        empty_rows=sparse.empty_rows,
+        per_head_error=per_head_output_error(dense, sparse.output).tolist(),
+        per_head_density=mask.per_head_density(ctx.allowed).tolist(),
+    )

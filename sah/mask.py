@@ -1,0 +1,283 @@
+"""The Mask: which (batch, head, query, key) positions a sparse attention method reads.
+
+A mask is an array ``W`` of shape ``(b, h, q, n)`` with values in ``[0, 1]``. ``W = 0`` is
+inactive; ``W > 0`` is active and is the position's *inclusion probability*
+(deterministic picks carry 1.0, a sampled position carries the probability with which
+it was sampled).
+
+Forms: a dense tensor, a sparse CSR form (rows are the ``b*h*q`` (batch, head, query)
+triples; column indices sorted and duplicate-free per row), and two flags: *full* (every
+allowed position active with weight 1, nothing stored) and *empty* (nothing active).
+Conversions are exact and lazy (computed on first use, then kept). Masks are values:
+no method mutates a mask or the tensors it was made from.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+Shape = Tuple[int, int, int, int]
+
+
+class Mask:
+    """An attention mask of inclusion probabilities. Build it with the ``create_*``/``from_*``
+    class methods, never by hand."""
+
+    __slots__ = ("shape", "_full", "_empty", "_dense", "_indices", "_indptr", "_values",
+                 "_device")
+
+    def __init__(self, shape: Shape, *, full: bool = False, empty: bool = False,
+                 dense: Optional[torch.Tensor] = None,
+                 sparse: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                 device: Optional[torch.device] = None) -> None:
+        if len(shape) != 4:
+            raise ValueError(f"Mask.shape: got {tuple(shape)}; expected (batch, heads, queries, keys)")
+        self.shape: Shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
+        self._full = full
+        self._empty = empty
+        self._dense = dense
+        self._indices = self._indptr = self._values = None
+        if sparse is not None:
+            self._indices, self._indptr, self._values = sparse
+        if dense is not None:
+            device = dense.device
+        elif sparse is not None:
+            device = sparse[0].device
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def create_full(cls, shape: Shape, device: Optional[torch.device] = None) -> "Mask":
+        return cls(shape, full=True, device=device)
+
+    @classmethod
+    def create_empty(cls, shape: Shape, device: Optional[torch.device] = None) -> "Mask":
+        return cls(shape, empty=True, device=device)
+
+    @classmethod
+    def from_dense(cls, weights: torch.Tensor) -> "Mask":
+        """Wrap a dense ``(b, h, q, n)`` tensor of inclusion probabilities (values in [0, 1])."""
+        if weights.dim() != 4:
+            raise ValueError(f"Mask.from_dense: got a {weights.dim()}-d tensor; expected (b, h, q, n)")
+        w = weights if weights.dtype == torch.float32 else weights.float()
+        return cls(tuple(w.shape), dense=w)
+
+    @classmethod
+    def from_bool(cls, active: torch.Tensor, shape: Optional[Shape] = None) -> "Mask":
+        """Weight 1.0 wherever ``active`` is True; ``active`` may broadcast to ``shape``."""
+        shape = tuple(shape) if shape is not None else tuple(active.shape)
+        dense = active.to(torch.float32).expand(shape)
+        return cls(shape, dense=dense)
+
+    @classmethod
+    def from_indices(cls, shape: Shape, indices: torch.Tensor,
+                     weights: Optional[torch.Tensor] = None,
+                     valid: Optional[torch.Tensor] = None) -> "Mask":
+        """Scatter per-row key indices ``(b, h, q, k)`` (weight 1 or ``weights``) into a mask.
+
+        ``valid`` (same shape as ``indices``, bool) drops entries that are not picks.
+        """
+        if weights is None:
+            src = torch.ones(indices.shape, dtype=torch.float32, device=indices.device)
+        else:
+            src = weights.to(torch.float32).expand(indices.shape)
+        if valid is not None:
+            src = src * valid
+        dense = torch.zeros(shape, dtype=torch.float32, device=indices.device)
+        dense.scatter_(-1, indices, src)
+        return cls(shape, dense=dense)
+
+    @classmethod
+    def from_sparse(cls, shape: Shape, indices: torch.Tensor, indptr: torch.Tensor,
+                    values: torch.Tensor) -> "Mask":
+        """CSR form: ``indptr`` (rows + 1), column ``indices`` and ``values`` (nnz).
+
+        Rows are the ``b*h*q`` (batch, head, query) triples in row-major order. Each row's
+        indices must be sorted and duplicate-free; zeros in ``values`` are dropped.
+        """
+        rows = shape[0] * shape[1] * shape[2]
+        if indptr.numel() != rows + 1:
+            raise ValueError(f"Mask.from_sparse: indptr has {indptr.numel()} entries; expected rows + 1 = {rows + 1}")
+        if indices.numel() != values.numel():
+            raise ValueError("Mask.from_sparse: indices and values differ in length")
+        values = values.to(torch.float32)
+        keep = values > 0
+        if not bool(keep.all()):
+            row_of = _row_ids(indptr, indices.numel())
+            indices, values, row_of = indices[keep], values[keep], row_of[keep]
+            indptr = _indptr_from_rows(row_of, rows)
+        return cls(shape, sparse=(indices.long(), indptr.long(), values))
+
+    # ------------------------------------------------------------------ flags and forms
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def is_full(self) -> bool:
+        return self._full
+
+    def is_empty(self) -> bool:
+        if self._empty:
+            return True
+        if self._full:
+            return False
+        if self._values is not None:
+            return self._values.numel() == 0
+        return not bool((self._dense > 0).any())
+
+    # seed-compatible names
+    is_full_mask = is_full
+    is_empty_mask = is_empty
+
+    @property
+    def has_dense(self) -> bool:
+        return self._dense is not None
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense ``(b, h, q, n)`` float32 weights. A full mask is all ones (the estimator
+        and densities intersect it with the allowed positions)."""
+        if self._dense is None:
+            if self._full:
+                self._dense = torch.ones(self.shape, dtype=torch.float32, device=self._device)
+            elif self._empty:
+                self._dense = torch.zeros(self.shape, dtype=torch.float32, device=self._device)
+            else:
+                b, h, q, n = self.shape
+                rows = b * h * q
+                dense = torch.zeros(rows * n, dtype=torch.float32, device=self._device)
+                row_of = _row_ids(self._indptr, self._indices.numel())
+                dense[row_of * n + self._indices] = self._values
+                self._dense = dense.view(self.shape)
+        return self._dense
+
+    get_dense_mask = to_dense
+
+    def to_sparse(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CSR ``(indices, indptr, values)``; a full mask lists every position."""
+        if self._indices is None:
+            b, h, q, n = self.shape
+            flat = self.to_dense().reshape(b * h * q, n)
+            row_of, col = (flat > 0).nonzero(as_tuple=True)  # row-major: sorted per row
+            self._indices = col
+            self._values = flat[row_of, col]
+            self._indptr = _indptr_from_rows(row_of, b * h * q)
+        return self._indices, self._indptr, self._values
+
+    def active(self) -> torch.Tensor:
+        """Boolean ``(b, h, q, n)`` of active positions."""
+        return self.to_dense() > 0
+
+    # ------------------------------------------------------------------ algebra
+    def merge(self, other: "Mask") -> "Mask":
+        """``clamp(self + other, 0, 1)``: a deterministic pick always wins over a sample.
+        Full absorbs everything; empty is the identity. Inputs are not modified."""
+        if self.shape != other.shape:
+            raise ValueError(f"Mask.merge: shapes differ, {self.shape} vs {other.shape}")
+        if self._full or other._full:
+            return Mask.create_full(self.shape, self._device)
+        if self._empty:
+            return other
+        if other._empty:
+            return self
+        if self._dense is None and other._dense is None:
+            return self._merge_sparse(other)
+        return Mask(self.shape, dense=(self.to_dense() + other.to_dense()).clamp_(0.0, 1.0))
+
+    def merge_mask(self, other: "Mask", inplace: bool = False) -> "Mask":
+        """Seed-compatible name of :meth:`merge`. ``inplace`` is accepted and ignored: masks
+        are values and are never mutated."""
+        return self.merge(other)
+
+    def _merge_sparse(self, other: "Mask") -> "Mask":
+        b, h, q, n = self.shape
+        rows = b * h * q
+        keys = []
+        vals = []
+        for m in (self, other):
+            idx, ptr, val = m.to_sparse()
+            keys.append(_row_ids(ptr, idx.numel()) * n + idx)
+            vals.append(val)
+        flat_keys = torch.cat(keys)
+        uniq, inverse = torch.unique(flat_keys, sorted=True, return_inverse=True)
+        summed = torch.zeros(uniq.numel(), dtype=torch.float32, device=flat_keys.device)
+        summed.index_add_(0, inverse, torch.cat(vals))
+        row_of = torch.div(uniq, n, rounding_mode="floor")
+        return Mask(self.shape, sparse=(uniq - row_of * n, _indptr_from_rows(row_of, rows),
+                                        summed.clamp_(0.0, 1.0)))
+
+    # ------------------------------------------------------------------ measures
+    def density(self, allowed: Optional[torch.Tensor] = None) -> float:
+        """Active allowed positions / allowed positions, over the whole mask.
+
+        ``allowed`` is a boolean tensor broadcastable to the mask shape (None: every
+        position is allowed). Full masks have density 1, empty masks 0.
+        """
+        if self._full:
+            return 1.0
+        if self._empty:
+            return 0.0
+        active = self.active()
+        if allowed is None:
+            return float(active.float().mean())
+        allowed_b = allowed.expand(self.shape)
+        total = int(allowed_b.sum())
+        if total == 0:
+            return 0.0
+        return int((active & allowed_b).sum()) / total
+
+    get_density = density
+
+    def density_rect(self, allowed: Optional[torch.Tensor] = None) -> float:
+        """Active positions over the whole ``q * n`` rectangle (the prior work's figure)."""
+        if self._empty:
+            return 0.0
+        if self._full:
+            if allowed is None:
+                return 1.0
+            return float(allowed.expand(self.shape).float().mean())
+        return float(self.active().float().mean())
+
+    def per_head_density(self, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Density per query head, shape ``(h,)`` (summed over batch and queries)."""
+        h = self.shape[1]
+        if self._full:
+            return torch.ones(h)
+        if self._empty:
+            return torch.zeros(h)
+        active = self.active()
+        if allowed is None:
+            return active.float().mean(dim=(0, 2, 3)).cpu()
+        allowed_b = allowed.expand(self.shape)
+        num = (active & allowed_b).sum(dim=(0, 2, 3)).float()
+        den = allowed_b.sum(dim=(0, 2, 3)).float().clamp_min(1)
+        return (num / den).cpu()
+
+    def num_active(self) -> int:
+        if self._full:
+            return self.shape[0] * self.shape[1] * self.shape[2] * self.shape[3]
+        if self._empty:
+            return 0
+        if self._values is not None:
+            return int(self._values.numel())
+        return int((self._dense > 0).sum())
+
+    def __repr__(self) -> str:
+        kind = "full" if self._full else "empty" if self._empty else (
+            "dense" if self._dense is not None else "sparse")
+        return f"Mask(shape={self.shape}, {kind}, device={self._device})"
+
+
+def _row_ids(indptr: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Row id of each stored entry of a CSR structure."""
+    counts = indptr[1:] - indptr[:-1]
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=indptr.device), counts,
+                                   output_size=nnz)
+
+
+def _indptr_from_rows(row_of: torch.Tensor, rows: int) -> torch.Tensor:
+    counts = torch.bincount(row_of, minlength=rows)
+    indptr = torch.zeros(rows + 1, dtype=torch.long, device=row_of.device)
+    indptr[1:] = torch.cumsum(counts, 0)
+    return indptr
