@@ -1,0 +1,50 @@
+"""The ``sah`` console script: a thin dispatcher over subcommand modules.
+
+Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their subcommand runs, so
+``sah --help`` stays fast and the core never imports Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "record": ("sah.recording.cli_record", "record Q, K, V from a Hugging Face causal LM"),
+    "inspect": ("sah.recording.cli_inspect", "summarise a recording"),
+    "resources": ("sah.resources_cli", "mask resource analysis of a pattern, tuned chain or saved mask"),
+    "patterns": ("sah.plotting_cli", "draw structured patterns and tuned chains' masks"),
+    "tune": ("sah.tuning.cli", "run a Ray Tune study (same as benchmark/run_optimize_configs.py)"),
+    "compare": ("sah.tuning.cli_compare", "compare the best configs of several runs"),
+    "export": ("sah.tuning.cli_export", "export a tuned config from a run"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="sah", description="Sparse attention hyperparameter search")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        args = parser.parse_args(argv)  # prints help or the error for an unknown command
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"sah {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"sah {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
