@@ -308,10 +308,11 @@ def load_recording(path: Union[str, Path], device: Union[str, torch.device] = "c
     header = _read_header(path)
     meta = _metadata_of(path, header)
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     try:
-        tensors = load_file(str(path))
+        # read into memory (not mmap): a later in-place rewrite of the file cannot break us
+        tensors = load_bytes(path.read_bytes())
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise RecordingError(f"recording {path} is corrupt ({exc}); re-make it") from None
     try:
