@@ -37,7 +37,7 @@ class MaskPoints:
     ascending columns ``cols[indptr[r]:indptr[r + 1]]``."""
 
     indptr: np.ndarray  # (rows + 1,) int64
-    cols: np.ndarray    # (active,) int64, ascending within each row
+    cols: np.ndarray    # (active,) int32 or int64, ascending within each row
     shape: Tuple[int, int]
 
     @property
@@ -91,11 +91,15 @@ def _progressions(size: int, pieces: List[Tuple[np.ndarray, np.ndarray, np.ndarr
     starts = np.stack([p[0] for p in pieces], 1).ravel()
     steps = np.stack([p[1] for p in pieces], 1).ravel()
     counts = np.maximum(np.stack([p[2] for p in pieces], 1).ravel(), 0)
-    offsets = np.concatenate(([0], np.cumsum(counts)))
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     total = int(offsets[-1])
-    k = np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], counts)
-    cols = np.repeat(starts, counts) + np.repeat(steps, counts) * k
-    indptr = offsets[:: len(pieces)].astype(np.int64)
+    dtype = np.int32 if max(size, total) < 2**31 else np.int64  # half the memory traffic
+    # value of the k-th point of a piece = start + step * k = (start - step * offset) + step * index
+    cols = np.arange(total, dtype=dtype)
+    if np.any(steps[counts > 0] != 1):
+        cols *= np.repeat(steps.astype(dtype), counts)
+    cols += np.repeat((starts - steps * offsets[:-1]).astype(dtype), counts)
+    indptr = offsets[:: len(pieces)]
     return MaskPoints(indptr, cols, (size, size))
 
 
@@ -187,7 +191,7 @@ def greedy_schedule(points: MaskPoints, num_multiplications: int, read_limit: in
     shared: List[int] = []  # minors also held by the previous step
     first_maj: List[int] = []
     last_maj: List[int] = []
-    t = count = rows = ncols = nshared = cur_start = cur_first = 0
+    t = count = rows = ncols = nshared = cur_start = cur_first = cur_last = 0
     lengths = np.diff(indptr)
     for r in np.flatnonzero(lengths).tolist():
         a, length = int(indptr[r]), int(lengths[r])
@@ -221,6 +225,7 @@ def greedy_schedule(points: MaskPoints, num_multiplications: int, read_limit: in
                 nshared += int(np.count_nonzero(held[:m] == t - 1))
                 stamp[part[:m]] = t
                 count, pos = count + m, pos + m
+                cur_last = r
                 if row_new:
                     rows, row_in_step = rows + 1, True
             if count == n_mult or m < take:  # full, or the next point exceeds the read limit
@@ -229,7 +234,7 @@ def greedy_schedule(points: MaskPoints, num_multiplications: int, read_limit: in
                 n_min.append(ncols)
                 shared.append(nshared)
                 first_maj.append(cur_first)
-                last_maj.append(r)
+                last_maj.append(cur_last)
                 t += 1
                 count = rows = ncols = nshared = 0
                 row_in_step = False
@@ -239,7 +244,7 @@ def greedy_schedule(points: MaskPoints, num_multiplications: int, read_limit: in
         n_min.append(ncols)
         shared.append(nshared)
         first_maj.append(cur_first)
-        last_maj.append(int(np.flatnonzero(lengths)[-1]))
+        last_maj.append(cur_last)
     start = np.asarray(starts, dtype=np.int64)
     end = np.append(start[1:], points.num_active).astype(np.int64)
     num_major = np.asarray(n_maj, dtype=np.int64)
@@ -391,6 +396,11 @@ def analyse_pattern(name: str, size: int, num_multiplications: int, read_limit: 
     """Analyse a structured pattern of side ``size`` (the seed calculator's masks)."""
     check_analysis_parameters(num_multiplications=num_multiplications, read_limit=read_limit)
     points = pattern_points(name, size, window_size, stride, dilation)
-    params = {"pattern": name, "mask_size": size, "window_size": window_size, "stride": stride,
-              "dilation": dilation}
+    params: Dict[str, Any] = {"pattern": name, "mask_size": size}
+    if name != "normal":
+        params["window_size"] = window_size
+    if name == "strided":
+        params["stride"] = stride
+    if name == "dilated_sliding_window":
+        params["dilation"] = dilation
     return analyse_points(points, num_multiplications, read_limit, order, zigzag, name, params)
