@@ -13,7 +13,6 @@ The seed took about 25 s and 2 GB for the 4096 configuration (RESOURCES.md).
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import time
@@ -72,7 +71,11 @@ def main() -> int:
         start = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         walls.append(time.perf_counter() - start)
-    child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    probe = ("import resource, runpy, sys\nsys.argv = %r\ntry:\n    runpy.run_path(%r, run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)") % (command[1:], command[1])
+    rss = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    child_rss_mb = int(rss.stderr.strip().splitlines()[-1]) / 1024  # the command's own peak RSS (KiB on Linux)
     print(f"whole command (subprocess, imports included): best {min(walls):.3f} s "
           f"({SEED_SECONDS / min(walls):.0f}x faster than the seed's whole command), "
           f"peak RSS {child_rss_mb:.0f} MB")

@@ -87,7 +87,7 @@ def plot_comparison(masks: Dict[str, Any], path: Union[str, Path],
                     sparsities: Optional[Dict[str, float]] = None,
                     sample_size: Optional[int] = None) -> Path:
     """Side-by-side comparison of labelled masks (name -> 2-D labels)."""
-    fig = Figure(figsize=(4.0 * len(masks), 4.9), dpi=100)
+    fig = Figure(figsize=(4.0 * len(masks), 4.2), dpi=100)
     for k, (name, labels) in enumerate(masks.items()):
         labels = _labels_numpy(labels)
         if sample_size is not None:
@@ -97,7 +97,7 @@ def plot_comparison(masks: Dict[str, Any], path: Union[str, Path],
         sp = 1.0 - np.count_nonzero(labels) / labels.size if sp is None else sp
         _draw(ax, labels, COMPONENT_COLOURS, f"{PATTERN_TITLES.get(name, name)}\nsparsity {sp:.2%}")
     _legend(fig, COMPONENT_COLOURS, COMPONENT_NAMES)
-    fig.subplots_adjust(bottom=0.2, wspace=0.35)
+    fig.subplots_adjust(bottom=0.12, wspace=0.35)
     return _save(fig, path)
 
 
