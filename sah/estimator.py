@@ -43,16 +43,27 @@ def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = F
         rows = d.batch_size * d.num_heads * d.seq_len_queries
         weights = torch.zeros(ctx.mask_shape, device=ctx.device) if return_weights else None
         return SparseOutput(out, rows, weights)
-    w = mask.to_dense()
-    active = w > 0
-    # exp_scores is exactly 0 where not allowed, so u is 0 there too.
-    u = torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
-                    torch.zeros_like(w))
+    u = horvitz_thompson_weights(ctx, mask)
     denom = u.sum(-1, keepdim=True)
     empty = denom == 0
-    out = ctx.weighted_values(u) / torch.where(empty, torch.ones_like(denom), denom)
-    weights = u / torch.where(empty, torch.ones_like(denom), denom) if return_weights else None
-    return SparseOutput(out, int(empty.sum()), weights)
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    out = ctx.weighted_values(u) / safe
+    return SparseOutput(out, int(empty.sum()), u / safe if return_weights else None)
+
+
+def horvitz_thompson_weights(ctx: AttentionContext, mask: Mask) -> torch.Tensor:
+    """``u_j = e_j / W_j`` on active allowed positions, 0 elsewhere, ``(b, h, q, n)`` float32.
+
+    ``sum_j u_j V_j`` and ``sum_j u_j`` are unbiased estimates of the dense numerator and
+    denominator when each position is kept with probability ``W_j``.
+    """
+    if mask.is_full():
+        return ctx.exp_scores
+    w = mask.to_dense()
+    active = w > 0
+    # exp_scores is exactly 0 where not allowed, so u is 0 there too; divide exactly by W.
+    return torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
+                       torch.zeros_like(w))
 
 
 def output_error(dense: torch.Tensor, sparse: torch.Tensor) -> float:
