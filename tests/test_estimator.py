@@ -154,3 +154,21 @@ def test_bad_shapes_are_named():
         AttentionContext(queries, keys, values, query_positions=torch.tensor([4, 6]))
     with pytest.raises(ValueError, match="head dims differ"):
         AttentionContext(queries, keys[..., :3], values)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_gathered_and_dense_paths_agree_with_loops(monkeypatch, threshold):
+    """Both estimator paths (dense weights, CSR gather) give the loop reference's output."""
+    import sah.estimator as est
+    monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY", threshold)
+    queries, keys, values = random_qkv(b=2, h=6, hk=2, q=3, n=17, d=4, seed=11, dtype=torch.float16)
+    pos = torch.tensor([9, 13, 16])
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(2, 6, 3, 17, generator=g)
+    w = torch.where(torch.rand(w.shape, generator=g) < 0.2, w.clamp_min(0.05), torch.zeros_like(w))
+    w[1, 2, 1] = 0.0
+    ctx = AttentionContext(queries, keys, values, query_positions=pos)
+    out = sparse_attention(ctx, Mask.from_dense(w))
+    ref, empty = sparse_attention_ref(queries.float(), keys.float(), values.float(), 0.5, pos, weights=w)
+    assert out.empty_rows == empty
+    assert torch.allclose(out.output.double(), ref, atol=1e-5)
