@@ -155,10 +155,11 @@ class AttentionContext:
     def logits(self) -> torch.Tensor:
         """``s * Q K^T`` in float32, ``(b, h, q, n)``; ``-inf`` where not allowed."""
         d = self.dims
-        g = d.group_size
-        q = self.queries.float().view(d.batch_size, d.num_kv_heads, g, d.seq_len_queries, d.head_dim)
-        k = self.keys.float().unsqueeze(2)
-        logits = torch.matmul(q, k.transpose(-1, -2)).view(d.mask_shape)
+        # fold the query-head group into the query axis: one (g*q, d) x (d, n) product per KV
+        # head, reading each key once (no expanded copy of K)
+        q = self.queries.float().reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
+                                         d.head_dim)
+        logits = torch.matmul(q, self.keys.float().transpose(-1, -2)).view(d.mask_shape)
         logits.mul_(self.scaling)
         return logits.masked_fill_(~self.allowed, float("-inf"))
 
@@ -189,9 +190,9 @@ class AttentionContext:
     def weighted_values(self, weights: torch.Tensor) -> torch.Tensor:
         """``sum_j weights[..., j] V_j`` for ``(b, h, q, n)`` weights -> ``(b, h, q, d)``."""
         d = self.dims
-        w = weights.view(d.batch_size, d.num_kv_heads, d.group_size, d.seq_len_queries,
-                         d.seq_len_keys)
-        out = torch.matmul(w, self.values_f32.unsqueeze(2))
+        w = weights.reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
+                            d.seq_len_keys)
+        out = torch.matmul(w, self.values_f32)
         return out.view(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim)
 
     @cached_property

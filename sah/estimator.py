@@ -66,12 +66,23 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
     rows = d.batch_size * d.num_heads * d.seq_len_queries
     idx, ptr, w = mask.to_sparse()
     row_of = _row_ids(ptr, idx.numel())
-    logits = ctx.logits.reshape(rows, d.seq_len_keys)[row_of, idx]
-    u = torch.exp(logits - ctx.row_max.reshape(rows)[row_of]) / w  # 0 where not allowed
     per_batch = d.num_heads * d.seq_len_queries
     head = torch.div(row_of % per_batch, d.seq_len_queries, rounding_mode="floor")
     kv_row = torch.div(row_of, per_batch, rounding_mode="floor") * d.num_kv_heads + torch.div(
         head, d.group_size, rounding_mode="floor")
+    if "logits" in ctx.__dict__:  # already computed for this call (a masker needed them)
+        logits = ctx.logits.reshape(rows, d.seq_len_keys)[row_of, idx]
+    else:  # only the active positions' dot products: nnz * d work instead of rows * n * d
+        q = ctx.queries.reshape(rows, d.head_dim)[row_of].float()
+        k = ctx.keys.reshape(d.batch_size * d.num_kv_heads, d.seq_len_keys, d.head_dim)[kv_row, idx]
+        logits = (q * k.float()).sum(-1) * ctx.scaling
+        allowed = ctx.allowed.expand(ctx.mask_shape).reshape(rows, d.seq_len_keys)[row_of, idx]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    # The estimate is invariant to the per-row shift; use the max over the row's active keys.
+    shift = torch.full((rows,), float("-inf"), device=ctx.device).scatter_reduce_(
+        0, row_of, logits, reduce="amax", include_self=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    u = torch.exp(logits - shift[row_of]) / w  # 0 where not allowed
     v = ctx.values.reshape(d.batch_size * d.num_kv_heads, d.seq_len_keys, d.head_dim)[kv_row, idx]
     num = torch.zeros(rows, d.head_dim, dtype=torch.float32, device=ctx.device)
     num.index_add_(0, row_of, v.float() * u.unsqueeze(1))

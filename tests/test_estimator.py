@@ -156,8 +156,8 @@ def test_bad_shapes_are_named():
         AttentionContext(queries, keys[..., :3], values)
 
 
-@pytest.mark.parametrize("threshold", [0.0, 1.0])
-def test_gathered_and_dense_paths_agree_with_loops(monkeypatch, threshold):
+@pytest.mark.parametrize("threshold,precompute", [(0.0, False), (1.0, False), (1.0, True)])
+def test_gathered_and_dense_paths_agree_with_loops(monkeypatch, threshold, precompute):
     """Both estimator paths (dense weights, CSR gather) give the loop reference's output."""
     import sah.estimator as est
     monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY", threshold)
@@ -168,6 +168,8 @@ def test_gathered_and_dense_paths_agree_with_loops(monkeypatch, threshold):
     w = torch.where(torch.rand(w.shape, generator=g) < 0.2, w.clamp_min(0.05), torch.zeros_like(w))
     w[1, 2, 1] = 0.0
     ctx = AttentionContext(queries, keys, values, query_positions=pos)
+    if precompute:
+        ctx.logits  # the gathered path then reads them instead of recomputing dot products
     out = sparse_attention(ctx, Mask.from_dense(w))
     ref, empty = sparse_attention_ref(queries.float(), keys.float(), values.float(), 0.5, pos, weights=w)
     assert out.empty_rows == empty
