@@ -174,3 +174,16 @@ def test_gathered_and_dense_paths_agree_with_loops(monkeypatch, threshold, preco
     ref, empty = sparse_attention_ref(queries.float(), keys.float(), values.float(), 0.5, pos, weights=w)
     assert out.empty_rows == empty
     assert torch.allclose(out.output.double(), ref, atol=1e-5)
+
+
+def test_blockwise_half_precision_matches_single_block(monkeypatch):
+    """Half-precision keys/values are converted block by block; the result must not depend
+    on the block size."""
+    import sah.context as context_module
+    queries, keys, values = random_qkv(b=1, h=4, hk=2, q=3, n=21, d=8, seed=12, dtype=torch.bfloat16)
+    whole = AttentionContext(queries, keys, values)
+    ref_logits, ref_out = whole.logits.clone(), whole.dense_output.clone()
+    monkeypatch.setattr(context_module, "KEY_BLOCK", 4)
+    blocked = AttentionContext(queries, keys, values)
+    assert torch.allclose(blocked.logits, ref_logits, atol=1e-6, equal_nan=True)
+    assert torch.allclose(blocked.dense_output, ref_out, atol=1e-6)
