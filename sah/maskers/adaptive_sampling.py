@@ -21,7 +21,9 @@ local_offset, seed=42)``. Per row (batch, head, query at position ``t``):
 ``seed + layer_idx`` (or the call's ``generator`` keyword). The budgets are reported in
 ``sparse_meta_data``: ``"adaptive_sampling_budget"`` (``(b, h, q)`` int64, 0 for rows with
 ``N < 2``), ``"adaptive_sampling_mean_budget"`` (mean ``B`` in keys over rows that sampled;
-0.0 if none) and ``"adaptive_sampling_mean_budget_per_layer"`` (``{layer_idx: mean}``).
+0.0 if none), ``"adaptive_sampling_mean_budget_per_layer"`` (``{layer_idx: mean}``) and,
+per row, the base sample's mean and standard deviation of ``e`` (``"adaptive_sampling_base_mean"``,
+``"adaptive_sampling_base_std"``, ``(b, h, q)`` float32, meaningful where ``N >= 2``).
 Auxiliary memory: 0 bits per token (the estimate uses the keys themselves).
 """
 
@@ -41,6 +43,8 @@ from sah.validation import check_float, check_int, check_size, resolve_size
 MEAN_BUDGET_KEY = "adaptive_sampling_mean_budget"
 BUDGET_KEY = "adaptive_sampling_budget"
 PER_LAYER_KEY = "adaptive_sampling_mean_budget_per_layer"
+BASE_MEAN_KEY = "adaptive_sampling_base_mean"
+BASE_STD_KEY = "adaptive_sampling_base_std"
 
 
 @dataclass
@@ -133,6 +137,9 @@ class AdaptiveSamplingMasker(SamplingMasker):
         probability = budget.float() / count.clamp_min(1).float()
         weights = torch.where(picks, probability, zero)
         self._report(sparse_meta_data, budget.squeeze(-1), sampled_rows, kwargs)
+        if sparse_meta_data is not None:
+            sparse_meta_data[BASE_MEAN_KEY] = mean.squeeze(-1).float()
+            sparse_meta_data[BASE_STD_KEY] = std.squeeze(-1).float()
         return previous_mask.merge(Mask.from_dense(weights))
 
     @staticmethod
