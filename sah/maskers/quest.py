@@ -81,9 +81,13 @@ def page_bounds(keys: torch.Tensor, page_size: int):
 
 
 def bound_score(queries: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``sum_c max(q_c lo_c, q_c hi_c)``: queries ``(b, hk, g, q, 1, d)`` against bounds
-    broadcastable to ``(b, hk, g, q, P, d)``."""
-    return torch.maximum(queries * lo, queries * hi).sum(-1)
+    """``sum_c max(q_c lo_c, q_c hi_c)`` for queries ``(..., q, d)`` against bounds
+    ``(..., P, d)`` -> ``(..., q, P)``, as two matrix products with no ``(q, P, d)``
+    intermediate: ``max(a, b) = (a + b)/2 + |a - b|/2``, so the sum is
+    ``q . (lo + hi)/2 + |q| . |hi - lo|/2``."""
+    mid = (lo + hi) * 0.5
+    half_span = (hi - lo).abs() * 0.5
+    return queries @ mid.transpose(-1, -2) + queries.abs() @ half_span.transpose(-1, -2)
 
 
 @MaskerRegistry.register(QuestTopKMaskerConfig)
@@ -109,14 +113,16 @@ class QuestTopKMasker(FixedMasker):
         lo, hi = quantize_bounds(lo, cfg.label_bits), quantize_bounds(hi, cfg.label_bits)
 
         g = d.group_size
-        q = ctx.queries.float().view(d.batch_size, d.num_kv_heads, g, d.seq_len_queries, 1, d.head_dim)
-        scores = bound_score(q, lo.unsqueeze(2).unsqueeze(2), hi.unsqueeze(2).unsqueeze(2))
+        q = ctx.queries.float().view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, d.head_dim)
+        scores = bound_score(q, lo, hi)  # (b, hk, g*q, P)
         # The page holding the query: bounds over its keys up to the query position only.
         pos = ctx.positions_4d.view(-1, d.seq_len_queries).expand(d.batch_size, -1)
         gather = pos.view(d.batch_size, 1, d.seq_len_queries, 1).expand(-1, d.num_kv_heads, -1, d.head_dim)
         own_lo = quantize_bounds(run_lo.gather(2, gather), cfg.label_bits)
         own_hi = quantize_bounds(run_hi.gather(2, gather), cfg.label_bits)
-        own = bound_score(q.squeeze(-2), own_lo.unsqueeze(2), own_hi.unsqueeze(2))  # (b, hk, g, q)
+        q5 = q.view(d.batch_size, d.num_kv_heads, g, d.seq_len_queries, d.head_dim)
+        own_lo, own_hi = own_lo.unsqueeze(2), own_hi.unsqueeze(2)
+        own = torch.maximum(q5 * own_lo, q5 * own_hi).sum(-1)  # (b, hk, g, q)
         scores = scores.view(d.batch_size, d.num_heads, d.seq_len_queries, pages)
         own_page = torch.div(pos, size, rounding_mode="floor").view(d.batch_size, 1, -1, 1)
         own_page = own_page.expand(-1, d.num_heads, -1, -1)
