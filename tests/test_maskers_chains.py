@@ -146,3 +146,13 @@ def test_configs_round_trip_through_dicts():
     assert again.to_dict() == chain.to_dict()
     hub = ResearchAttentionConfig.from_json(chain.to_json(hub=True))
     assert hub.to_dict() == chain.to_dict()
+
+
+@pytest.mark.parametrize("cfg", SAMPLERS + SELECTORS, ids=lambda c: type(c).__name__)
+def test_half_precision_inputs(cfg):
+    ctx32 = structured_ctx(1, 4, 2, 3, 96, 16, seed=3, positions=torch.tensor([50, 80, 95]))
+    ctx = AttentionContext(ctx32.queries.bfloat16(), ctx32.keys.bfloat16(), ctx32.values.bfloat16(),
+                           query_positions=ctx32.query_positions)
+    attn = ResearchAttention.create_from_config(ResearchAttentionConfig([SinkMaskerConfig(2), cfg]))
+    ev = evaluate_mask(ctx, attn.compute_mask(ctx))
+    assert ev.empty_rows == 0 and math.isfinite(ev.output_error) and ev.density > 0
