@@ -55,10 +55,10 @@ class MagicPigConfig(MaskerConfig):
         check_int(owner, "seed", self.seed, 0)
 
 
-def mips_transform(queries: torch.Tensor, keys: torch.Tensor, center: bool
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Unit vectors ``q^`` ``(b, h, q, d+1)`` and ``k^`` ``(b, hk, n, d+1)`` (float32) whose
-    dot product is monotone in ``q . k`` for each query."""
+def mips_parts(queries: torch.Tensor, keys: torch.Tensor, center: bool):
+    """The pieces of the MIPS map, without building ``(d+1)``-vectors: centred queries
+    ``(b, h, q, d)`` and their norms, centred keys ``(b, hk, n, d)``, the extra coordinate
+    ``sqrt(M^2-|k|^2)`` ``(b, hk, n, 1)`` and ``M`` ``(b, hk, 1, 1)`` (float32)."""
     q = queries.float()
     k = keys.float()
     b, h, nq, d = q.shape
@@ -70,10 +70,17 @@ def mips_transform(queries: torch.Tensor, keys: torch.Tensor, center: bool
     key_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
     big = key_norm.amax(dim=2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     extra = (big * big - key_norm * key_norm).clamp_min(0).sqrt()
+    q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return q, q_norm, k, extra, big
+
+
+def mips_transform(queries: torch.Tensor, keys: torch.Tensor, center: bool
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unit vectors ``q^`` ``(b, h, q, d+1)`` and ``k^`` ``(b, hk, n, d+1)`` (float32) whose
+    dot product is monotone in ``q . k`` for each query."""
+    q, q_norm, k, extra, big = mips_parts(queries, keys, center)
     k_hat = torch.cat([k / big, extra / big], dim=-1)
-    q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
-    q_hat = torch.cat([q / q_norm.clamp_min(torch.finfo(torch.float32).tiny),
-                       torch.zeros_like(q_norm)], dim=-1)
+    q_hat = torch.cat([q / q_norm, torch.zeros_like(q_norm)], dim=-1)
     return q_hat, k_hat
 
 
@@ -84,13 +91,19 @@ def collision_probability(cosine: torch.Tensor, bits: int, tables: int) -> torch
     return -torch.expm1(tables * torch.log1p(-per_table.clamp_max(1.0)))
 
 
+def pack_codes(projections: torch.Tensor, bits: int, tables: int) -> torch.Tensor:
+    """Sign bits of ``(..., K*L)`` projections packed per table into int64 ``(..., L)``."""
+    signs = (projections > 0).view(*projections.shape[:-1], tables, bits)
+    weights = torch.bitwise_left_shift(torch.ones((), dtype=torch.long, device=projections.device),
+                                       torch.arange(bits, device=projections.device))
+    if bits <= 24:  # exact in float32: one small product instead of int64 arithmetic
+        return (signs.float() @ weights.float()).long()
+    return (signs.long() * weights).sum(-1)
+
+
 def lsh_codes(vectors: torch.Tensor, planes: torch.Tensor, bits: int, tables: int) -> torch.Tensor:
     """Packed SimHash codes ``(..., L)`` int64 of ``vectors`` ``(..., d+1)``."""
-    signs = (vectors @ planes) > 0  # (..., K*L)
-    signs = signs.view(*signs.shape[:-1], tables, bits).long()
-    weights = torch.bitwise_left_shift(torch.ones((), dtype=torch.long, device=vectors.device),
-                                       torch.arange(bits, device=vectors.device))
-    return (signs * weights).sum(-1)
+    return pack_codes(vectors @ planes, bits, tables)
 
 
 @MaskerRegistry.register(MagicPigConfig)
@@ -117,10 +130,11 @@ class MagicPig(SamplingMasker):
         cfg = self.config
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
         d = ctx.dims
-        q_hat, k_hat = mips_transform(ctx.queries, ctx.keys, cfg.center)
+        q, q_norm, k, extra, big = mips_parts(ctx.queries, ctx.keys, cfg.center)
         planes = self.hyperplanes(ctx, kwargs)
-        q_codes = lsh_codes(q_hat, planes, cfg.lsh_k, cfg.lsh_l)  # (b, h, q, L)
-        k_codes = lsh_codes(k_hat, planes, cfg.lsh_k, cfg.lsh_l)  # (b, hk, n, L)
+        # Codes of q^ = [q/|q|, 0] and k^ = [k/M, extra/M]: positive scalings keep the signs.
+        q_codes = pack_codes(q @ planes[:-1], cfg.lsh_k, cfg.lsh_l)  # (b, h, q, L)
+        k_codes = pack_codes(k @ planes[:-1] + extra * planes[-1], cfg.lsh_k, cfg.lsh_l)
         g = d.group_size
         q_codes = q_codes.view(d.batch_size, d.num_kv_heads, g, d.seq_len_queries, 1, cfg.lsh_l)
         k_codes = k_codes.view(d.batch_size, d.num_kv_heads, 1, 1, d.seq_len_keys, cfg.lsh_l)
@@ -129,8 +143,8 @@ class MagicPig(SamplingMasker):
         for table in range(cfg.lsh_l):  # one (b, h, q, n) comparison per table bounds memory
             match |= q_codes[..., table] == k_codes[..., table]
         match = match.view(d.mask_shape) & candidate_positions(ctx, previous_mask)
-        cosine = torch.matmul(q_hat.view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, -1),
-                              k_hat.transpose(-1, -2)).view(d.mask_shape)
+        unit_q = (q / q_norm).view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, -1)
+        cosine = (torch.matmul(unit_q, k.transpose(-1, -2)) / big).view(d.mask_shape)  # q^ . k^
         probability = collision_probability(cosine, cfg.lsh_k, cfg.lsh_l)
         probability = probability.clamp_min(torch.finfo(torch.float32).tiny)
         weights = torch.where(match, probability, torch.zeros((), device=ctx.device))

@@ -65,19 +65,32 @@ def quantize_bounds(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def page_bounds(keys: torch.Tensor, page_size: int):
-    """Per page and channel ``(min, max)`` ``(b, hk, P, d)``, and the running bounds
-    ``(b, hk, n, d)`` from each page's first key up to every key (for partial pages)."""
+    """Per page and channel ``(min, max)``, each ``(b, hk, P, d)`` float32 (the last page
+    may be short)."""
     b, hk, n, d = keys.shape
-    pages = -(-n // page_size)
-    pad = pages * page_size - n
     k = keys.float()
-    lo_pad = torch.nn.functional.pad(k, (0, 0, 0, pad), value=float("inf"))
-    hi_pad = torch.nn.functional.pad(k, (0, 0, 0, pad), value=float("-inf"))
-    lo_pages = lo_pad.view(b, hk, pages, page_size, d)
-    hi_pages = hi_pad.view(b, hk, pages, page_size, d)
-    run_lo = lo_pages.cummin(dim=3).values.view(b, hk, pages * page_size, d)[:, :, :n]
-    run_hi = hi_pages.cummax(dim=3).values.view(b, hk, pages * page_size, d)[:, :, :n]
-    return lo_pages.amin(3), hi_pages.amax(3), run_lo, run_hi
+    full = n // page_size
+    body = k[:, :, :full * page_size].view(b, hk, full, page_size, d)
+    lo, hi = body.amin(3), body.amax(3)
+    if full * page_size < n:
+        tail = k[:, :, full * page_size:]
+        lo = torch.cat([lo, tail.amin(2, keepdim=True)], dim=2)
+        hi = torch.cat([hi, tail.amax(2, keepdim=True)], dim=2)
+    return lo, hi
+
+
+def own_page_bounds(keys: torch.Tensor, positions: torch.Tensor, page_size: int):
+    """Bounds of each query's own page over its keys up to the query position:
+    ``positions`` ``(b, q)`` -> ``(min, max)``, each ``(b, hk, q, d)`` float32."""
+    b, hk, n, d = keys.shape
+    start = torch.div(positions, page_size, rounding_mode="floor") * page_size  # (b, q)
+    index = start.unsqueeze(-1) + torch.arange(page_size, device=keys.device)  # (b, q, page)
+    valid = index <= positions.unsqueeze(-1)
+    flat = index.clamp_max(n - 1).view(b, 1, -1, 1).expand(-1, hk, -1, d)
+    page = keys.float().gather(2, flat).view(b, hk, positions.shape[1], page_size, d)
+    valid = valid.view(b, 1, positions.shape[1], page_size, 1)
+    inf = torch.full((), float("inf"), device=keys.device)
+    return torch.where(valid, page, inf).amin(3), torch.where(valid, page, -inf).amax(3)
 
 
 def bound_score(queries: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -108,7 +121,7 @@ class QuestTopKMasker(FixedMasker):
         if heavy == 0:
             return previous_mask
         size = cfg.page_size
-        lo, hi, run_lo, run_hi = page_bounds(ctx.keys, size)
+        lo, hi = page_bounds(ctx.keys, size)
         pages = lo.shape[2]
         lo, hi = quantize_bounds(lo, cfg.label_bits), quantize_bounds(hi, cfg.label_bits)
 
@@ -117,9 +130,9 @@ class QuestTopKMasker(FixedMasker):
         scores = bound_score(q, lo, hi)  # (b, hk, g*q, P)
         # The page holding the query: bounds over its keys up to the query position only.
         pos = ctx.positions_4d.view(-1, d.seq_len_queries).expand(d.batch_size, -1)
-        gather = pos.view(d.batch_size, 1, d.seq_len_queries, 1).expand(-1, d.num_kv_heads, -1, d.head_dim)
-        own_lo = quantize_bounds(run_lo.gather(2, gather), cfg.label_bits)
-        own_hi = quantize_bounds(run_hi.gather(2, gather), cfg.label_bits)
+        own_lo, own_hi = own_page_bounds(ctx.keys, pos, size)
+        own_lo = quantize_bounds(own_lo, cfg.label_bits)
+        own_hi = quantize_bounds(own_hi, cfg.label_bits)
         q5 = q.view(d.batch_size, d.num_kv_heads, g, d.seq_len_queries, d.head_dim)
         own_lo, own_hi = own_lo.unsqueeze(2), own_hi.unsqueeze(2)
         own = torch.maximum(q5 * own_lo, q5 * own_hi).sum(-1)  # (b, hk, g, q)
