@@ -283,7 +283,6 @@ def _row_ids(indptr: torch.Tensor, nnz: int) -> torch.Tensor:
 
 
 def _indptr_from_rows(row_of: torch.Tensor, rows: int) -> torch.Tensor:
-    counts = torch.bincount(row_of, minlength=rows)
-    indptr = torch.zeros(rows + 1, dtype=torch.long, device=row_of.device)
-    indptr[1:] = torch.cumsum(counts, 0)
-    return indptr
+    """CSR row pointer from the (sorted) row id of each entry."""
+    boundaries = torch.arange(rows + 1, device=row_of.device, dtype=row_of.dtype)
+    return torch.searchsorted(row_of, boundaries)
