@@ -83,9 +83,25 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
         0, row_of, logits, reduce="amax", include_self=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     u = torch.exp(logits - shift[row_of]) / w  # 0 where not allowed
-    v = ctx.values.reshape(d.batch_size * d.num_kv_heads, d.seq_len_keys, d.head_dim)[kv_row, idx]
-    num = torch.zeros(rows, d.head_dim, dtype=torch.float32, device=ctx.device)
-    num.index_add_(0, row_of, v.float() * u.unsqueeze(1))
+    flat_values = ctx.values.reshape(-1, d.head_dim)
+    lin = kv_row * d.seq_len_keys + idx  # row of each active key in the flattened values
+    counts = ptr[1:] - ptr[:-1]
+    width = int(counts.max()) if rows else 0
+    if rows * width <= 2 * idx.numel():
+        # rows hold similar numbers of keys: pad them to one width and use one batched
+        # product (padding entries have weight 0 and point at key row 0)
+        slot = torch.arange(idx.numel(), device=ctx.device) - ptr[row_of]
+        flat_slot = row_of * width + slot
+        padded_lin = torch.zeros(rows * width, dtype=torch.long, device=ctx.device)
+        padded_lin[flat_slot] = lin
+        padded_u = torch.zeros(rows * width, dtype=torch.float32, device=ctx.device)
+        padded_u[flat_slot] = u
+        v = flat_values.index_select(0, padded_lin).view(rows, width, d.head_dim).float()
+        num = torch.bmm(padded_u.view(rows, 1, width), v).view(rows, d.head_dim)
+    else:
+        v = flat_values.index_select(0, lin).float()
+        num = torch.zeros(rows, d.head_dim, dtype=torch.float32, device=ctx.device)
+        num.index_add_(0, row_of, v * u.unsqueeze(1))
     den = torch.zeros(rows, dtype=torch.float32, device=ctx.device).index_add_(0, row_of, u)
     empty = den == 0
     out = num / torch.where(empty, torch.ones_like(den), den).unsqueeze(1)

@@ -203,3 +203,27 @@ def test_evaluate_mask_figures_match_mask_measures():
     full = evaluate_mask(ctx, Mask.create_full(ctx.mask_shape))
     assert full.density == 1.0 and full.per_head_density == [1.0] * 4
     assert full.density_rect == pytest.approx(Mask.create_full(ctx.mask_shape).density_rect(ctx.allowed))
+
+
+@pytest.mark.parametrize("uneven", [False, True])
+def test_gathered_path_padded_and_scattered_layouts(monkeypatch, uneven):
+    """Rows with equal key counts take the padded batched product, very uneven rows the
+    scatter-add; both equal the loop reference."""
+    import sah.estimator as est
+    monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY", 1.0)
+    queries, keys, values = random_qkv(b=1, h=4, hk=2, q=3, n=40, d=4, seed=14)
+    pos = torch.tensor([20, 30, 39])
+    g = torch.Generator().manual_seed(9)
+    w = torch.zeros(1, 4, 3, 40)
+    for hi in range(4):
+        for qi in range(3):
+            count = 30 if (uneven and hi == 0 and qi == 2) else 3
+            cols = torch.randperm(int(pos[qi]) + 1, generator=g)[:count]
+            w[0, hi, qi, cols] = torch.rand(count, generator=g).clamp_min(0.1)
+    if uneven:
+        w[0, 3, 1] = 0.0
+    ctx = AttentionContext(queries, keys, values, query_positions=pos)
+    out = sparse_attention(ctx, Mask.from_dense(w))
+    ref, empty = sparse_attention_ref(queries, keys, values, 0.5, pos, weights=w)
+    assert out.empty_rows == empty
+    assert torch.allclose(out.output.double(), ref, atol=1e-5)
