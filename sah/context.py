@@ -69,6 +69,10 @@ def expand_kv(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.unsqueeze(2).expand(-1, -1, group_size, -1, -1)
 
 
+#: Keys per block when converting half-precision keys/values to float32 on the fly.
+KEY_BLOCK = 8192
+
+
 class AttentionContext:
     """One attention call: inputs plus cached, parameter-free derived tensors."""
 
@@ -155,10 +159,18 @@ class AttentionContext:
     def logits(self) -> torch.Tensor:
         """``s * Q K^T`` in float32, ``(b, h, q, n)``; ``-inf`` where not allowed."""
         d = self.dims
-        g = d.group_size
-        q = self.queries.float().view(d.batch_size, d.num_kv_heads, g, d.seq_len_queries, d.head_dim)
-        k = self.keys.float().unsqueeze(2)
-        logits = torch.matmul(q, k.transpose(-1, -2)).view(d.mask_shape)
+        # fold the query-head group into the query axis: one (g*q, d) x (d, n) product per KV
+        # head, reading each key once (no expanded copy of K)
+        q = self.queries.float().reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
+                                         d.head_dim)
+        if self.keys.dtype == torch.float32:
+            logits = torch.matmul(q, self.keys.transpose(-1, -2))
+        else:  # convert keys block by block: no full float32 copy of K
+            logits = torch.empty(q.shape[:-1] + (d.seq_len_keys,), dtype=torch.float32, device=self.device)
+            for start in range(0, d.seq_len_keys, KEY_BLOCK):
+                block = self.keys[:, :, start:start + KEY_BLOCK].float()
+                logits[..., start:start + KEY_BLOCK] = torch.matmul(q, block.transpose(-1, -2))
+        logits = logits.view(d.mask_shape)
         logits.mul_(self.scaling)
         return logits.masked_fill_(~self.allowed, float("-inf"))
 
@@ -182,16 +194,19 @@ class AttentionContext:
         """Dense softmax over allowed keys, float32."""
         return self.exp_scores / self.row_sum.clamp_min(torch.finfo(torch.float32).tiny)
 
-    @cached_property
-    def values_f32(self) -> torch.Tensor:
-        return self.values.float()
-
     def weighted_values(self, weights: torch.Tensor) -> torch.Tensor:
         """``sum_j weights[..., j] V_j`` for ``(b, h, q, n)`` weights -> ``(b, h, q, d)``."""
         d = self.dims
-        w = weights.view(d.batch_size, d.num_kv_heads, d.group_size, d.seq_len_queries,
-                         d.seq_len_keys)
-        out = torch.matmul(w, self.values_f32.unsqueeze(2))
+        w = weights.reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
+                            d.seq_len_keys)
+        if self.values.dtype == torch.float32:
+            out = torch.matmul(w, self.values)
+        else:  # convert values block by block: no full float32 copy of V
+            out = None
+            for start in range(0, d.seq_len_keys, KEY_BLOCK):
+                part = torch.matmul(w[..., start:start + KEY_BLOCK],
+                                    self.values[:, :, start:start + KEY_BLOCK].float())
+                out = part if out is None else out.add_(part)
         return out.view(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim)
 
     @cached_property

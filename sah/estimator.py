@@ -19,7 +19,11 @@ from typing import List, Optional
 import torch
 
 from sah.context import AttentionContext
-from sah.mask import Mask
+from sah.mask import Mask, _row_ids
+
+#: Masks with at most this share of active positions are estimated by gathering only the
+#: active keys' values (same result, less memory traffic).
+SPARSE_PATH_MAX_DENSITY = 0.25
 
 
 @dataclass
@@ -43,16 +47,65 @@ def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = F
         rows = d.batch_size * d.num_heads * d.seq_len_queries
         weights = torch.zeros(ctx.mask_shape, device=ctx.device) if return_weights else None
         return SparseOutput(out, rows, weights)
-    w = mask.to_dense()
-    active = w > 0
-    # exp_scores is exactly 0 where not allowed, so u is 0 there too.
-    u = torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
-                    torch.zeros_like(w))
+    if not return_weights and mask.num_active() <= SPARSE_PATH_MAX_DENSITY * mask.numel():
+        return _sparse_output_gathered(ctx, mask)
+    u = horvitz_thompson_weights(ctx, mask)
     denom = u.sum(-1, keepdim=True)
     empty = denom == 0
-    out = ctx.weighted_values(u) / torch.where(empty, torch.ones_like(denom), denom)
-    weights = u / torch.where(empty, torch.ones_like(denom), denom) if return_weights else None
-    return SparseOutput(out, int(empty.sum()), weights)
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    out = ctx.weighted_values(u) / safe
+    return SparseOutput(out, int(empty.sum()), u / safe if return_weights else None)
+
+
+def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
+    """The same estimate, reading only the active keys' values (CSR gather + index_add).
+
+    For sparse masks this touches ``nnz * d`` value entries instead of ``rows * n * d``.
+    """
+    d = ctx.dims
+    rows = d.batch_size * d.num_heads * d.seq_len_queries
+    idx, ptr, w = mask.to_sparse()
+    row_of = _row_ids(ptr, idx.numel())
+    per_batch = d.num_heads * d.seq_len_queries
+    head = torch.div(row_of % per_batch, d.seq_len_queries, rounding_mode="floor")
+    kv_row = torch.div(row_of, per_batch, rounding_mode="floor") * d.num_kv_heads + torch.div(
+        head, d.group_size, rounding_mode="floor")
+    if "logits" in ctx.__dict__:  # already computed for this call (a masker needed them)
+        logits = ctx.logits.reshape(rows, d.seq_len_keys)[row_of, idx]
+    else:  # only the active positions' dot products: nnz * d work instead of rows * n * d
+        q = ctx.queries.reshape(rows, d.head_dim)[row_of].float()
+        k = ctx.keys.reshape(d.batch_size * d.num_kv_heads, d.seq_len_keys, d.head_dim)[kv_row, idx]
+        logits = (q * k.float()).sum(-1) * ctx.scaling
+        allowed = ctx.allowed.expand(ctx.mask_shape).reshape(rows, d.seq_len_keys)[row_of, idx]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    # The estimate is invariant to the per-row shift; use the max over the row's active keys.
+    shift = torch.full((rows,), float("-inf"), device=ctx.device).scatter_reduce_(
+        0, row_of, logits, reduce="amax", include_self=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    u = torch.exp(logits - shift[row_of]) / w  # 0 where not allowed
+    v = ctx.values.reshape(d.batch_size * d.num_kv_heads, d.seq_len_keys, d.head_dim)[kv_row, idx]
+    num = torch.zeros(rows, d.head_dim, dtype=torch.float32, device=ctx.device)
+    num.index_add_(0, row_of, v.float() * u.unsqueeze(1))
+    den = torch.zeros(rows, dtype=torch.float32, device=ctx.device).index_add_(0, row_of, u)
+    empty = den == 0
+    out = num / torch.where(empty, torch.ones_like(den), den).unsqueeze(1)
+    return SparseOutput(out.view(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim),
+                        int(empty.sum()))
+
+
+def horvitz_thompson_weights(ctx: AttentionContext, mask: Mask) -> torch.Tensor:
+    """``u_j = e_j / W_j`` on active allowed positions, 0 elsewhere, ``(b, h, q, n)`` float32.
+
+    ``sum_j u_j V_j`` and ``sum_j u_j`` are unbiased estimates of the dense numerator and
+    denominator when each position is kept with probability ``W_j``.
+    """
+    if mask.is_full():
+        return ctx.exp_scores
+    w = mask.to_dense()
+    active = w > 0
+    # exp_scores is exactly 0 where not allowed, so u is 0 there too; divide exactly by W.
+    return torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
+                       torch.zeros_like(w))
 
 
 def output_error(dense: torch.Tensor, sparse: torch.Tensor) -> float:

@@ -263,6 +263,9 @@ class Mask:
             return int(self._values.numel())
         return int((self._dense > 0).sum())
 
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2] * self.shape[3]
+
     def __repr__(self) -> str:
         kind = "full" if self._full else "empty" if self._empty else (
             "dense" if self._dense is not None else "sparse")

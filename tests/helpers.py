@@ -1,0 +1,70 @@
+"""Brute-force references for the tests: plain loops, obviously correct, slow on purpose."""
+
+import math
+
+import torch
+
+
+def allowed_ref(b, h, q, n, positions):
+    out = torch.zeros(b, h, q, n, dtype=torch.bool)
+    for bi in range(b):
+        for hi in range(h):
+            for qi in range(q):
+                for j in range(n):
+                    out[bi, hi, qi, j] = j <= int(positions[qi])
+    return out
+
+
+def logits_ref(queries, keys, scaling):
+    b, h, q, d = queries.shape
+    hk = keys.shape[1]
+    g = h // hk
+    out = torch.zeros(b, h, q, keys.shape[2], dtype=torch.float64)
+    for bi in range(b):
+        for hi in range(h):
+            for qi in range(q):
+                for j in range(keys.shape[2]):
+                    out[bi, hi, qi, j] = scaling * sum(
+                        float(queries[bi, hi, qi, c]) * float(keys[bi, hi // g, j, c]) for c in range(d))
+    return out
+
+
+def sparse_attention_ref(queries, keys, values, scaling, positions, weights=None):
+    """Dense attention (weights None) or the Horvitz-Thompson estimate with mask ``weights``,
+    with loops over every row. Returns (output float64, empty_rows)."""
+    b, h, q, d = queries.shape
+    hk = keys.shape[1]
+    g = h // hk
+    n = keys.shape[2]
+    logits = logits_ref(queries, keys, scaling)
+    out = torch.zeros(b, h, q, d, dtype=torch.float64)
+    empty = 0
+    for bi in range(b):
+        for hi in range(h):
+            for qi in range(q):
+                allowed = [j for j in range(n) if j <= int(positions[qi])]
+                m = max(float(logits[bi, hi, qi, j]) for j in allowed)
+                num = [0.0] * d
+                den = 0.0
+                for j in allowed:
+                    w = 1.0 if weights is None else float(weights[bi, hi, qi, j])
+                    if w <= 0:
+                        continue
+                    u = math.exp(float(logits[bi, hi, qi, j]) - m) / w
+                    den += u
+                    for c in range(d):
+                        num[c] += u * float(values[bi, hi // g, j, c])
+                if den == 0:
+                    empty += 1
+                    continue
+                for c in range(d):
+                    out[bi, hi, qi, c] = num[c] / den
+    return out, empty
+
+
+def random_qkv(b=2, h=6, hk=2, q=5, n=23, d=8, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randn(b, h, q, d, generator=g).to(dtype)
+    keys = torch.randn(b, hk, n, d, generator=g).to(dtype)
+    values = torch.randn(b, hk, n, d, generator=g).to(dtype)
+    return queries, keys, values
