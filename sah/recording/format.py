@@ -4,18 +4,50 @@ Tensors per recorded layer ``L``: ``layer.L.queries`` ``(b, h, q, d)`` at the re
 query positions, ``layer.L.keys`` and ``layer.L.values`` ``(b, hk, n, d)`` (post-RoPE, as
 attention sees them), and ``query_positions`` ``(q,)`` int64 absolute key positions
 (query ``i`` may see keys ``[0, query_positions[i]]``). The safetensors header's
-``__metadata__`` holds one key, ``sah``, a JSON document (model id, layers, heads, ...).
+``__metadata__`` holds one key, ``sah``, a JSON document:
+
+``format`` ("sah-recording"), ``format_version``, ``sah_version``, ``model_id``, ``layers``,
+``batch_size``, ``num_heads``, ``num_kv_heads``, ``head_dim``, ``num_keys``, ``num_queries``,
+``scaling``, ``dtype``, ``query_positions``, ``num_tokens``, ``text_source`` and
+``content_hash`` ("sha256:<hex>" over every tensor's name, dtype, shape and bytes, in name
+order), plus any extra keys the maker adds (for example ``generator`` for synthetic data).
+
+Tensors are stored in float16, bfloat16 or float32 (one dtype for the file); the
+:meth:`Recording.context` view computes in float32. :func:`save_recording` writes a temporary
+file next to the target and renames it, so a failed save leaves nothing half-written.
+:func:`load_recording` checks everything and raises :class:`RecordingError` naming the file
+and what is wrong.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
 from sah.context import AttentionContext
+
+FORMAT_NAME = "sah-recording"
+FORMAT_VERSION = 1
+METADATA_KEY = "sah"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+REQUIRED_METADATA = (
+    "format", "format_version", "sah_version", "model_id", "layers", "batch_size", "num_heads",
+    "num_kv_heads", "head_dim", "num_keys", "num_queries", "scaling", "dtype", "query_positions",
+    "num_tokens", "text_source", "content_hash",
+)
+# keys save_recording derives from the tensors (a recording's own values are overwritten)
+_DERIVED = ("format", "format_version", "sah_version", "layers", "batch_size", "num_heads",
+            "num_kv_heads", "head_dim", "num_keys", "num_queries", "scaling", "dtype",
+            "query_positions", "content_hash")
 
 
 class RecordingError(ValueError):
@@ -61,6 +93,18 @@ class Recording:
     def layer_ids(self) -> List[int]:
         return [lr.layer for lr in self.layers]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].keys.dtype
+
+    @property
+    def model_id(self) -> str:
+        return str(self.metadata.get("model_id", "unknown"))
+
+    @property
+    def text_source(self) -> str:
+        return str(self.metadata.get("text_source", "unknown"))
+
     def context(self, index: int, device: Union[str, torch.device, None] = None) -> AttentionContext:
         """The :class:`AttentionContext` of the ``index``-th recorded layer (float32)."""
         lr = self.layers[index]
@@ -69,10 +113,241 @@ class Recording:
                                 lr.values.to(dev, torch.float32), scaling=self.scaling,
                                 query_positions=self.query_positions.to(dev))
 
+    def validate(self, source: str = "recording") -> None:
+        """Raise :class:`RecordingError` unless shapes, dtypes, positions and values agree."""
+        validate_recording(self, source)
 
-def save_recording(recording: Recording, path: Union[str, Path]) -> Path:
-    raise NotImplementedError("written in the recordings issue")
+
+# ---------------------------------------------------------------------------- checks
+def validate_recording(rec: Recording, source: str = "recording") -> None:
+    """Every consistency check the loader makes on the tensors (see the module docstring)."""
+    def fail(msg: str) -> None:
+        raise RecordingError(f"{source}: {msg}")
+
+    if not rec.layers:
+        fail("has no layers; record at least one layer")
+    ids = rec.layer_ids
+    if len(set(ids)) != len(ids) or any(int(i) < 0 for i in ids):
+        fail(f"layer ids must be distinct and >= 0; got {ids}")
+    first = rec.layers[0]
+    if first.queries.dim() != 4 or first.keys.dim() != 4:
+        fail(f"layer {first.layer}: queries must be (b, h, q, d) and keys (b, hk, n, d); got "
+             f"{tuple(first.queries.shape)} and {tuple(first.keys.shape)}")
+    b, h, q, d = first.queries.shape
+    hk, n = first.keys.shape[1], first.keys.shape[2]
+    if hk == 0 or h % hk != 0:
+        fail(f"query heads ({h}) must be a multiple of key/value heads ({hk}) (grouped-query "
+             f"attention)")
+    dtype = first.keys.dtype
+    if dtype not in STORAGE_DTYPES.values():
+        fail(f"dtype {dtype} is not one of {sorted(STORAGE_DTYPES)}")
+    want_q, want_kv = (b, h, q, d), (b, hk, n, d)
+    for lr in rec.layers:
+        for name, t, want in (("queries", lr.queries, want_q), ("keys", lr.keys, want_kv),
+                              ("values", lr.values, want_kv)):
+            if tuple(t.shape) != want:
+                fail(f"layer {lr.layer} {name} have shape {tuple(t.shape)} but layer "
+                     f"{first.layer} implies {want}; all layers must share one shape")
+            if t.dtype != dtype:
+                fail(f"layer {lr.layer} {name} are {t.dtype} but layer {first.layer} keys are "
+                     f"{dtype}; store every tensor in one dtype")
+            if not bool(torch.isfinite(t).all()):
+                fail(f"layer {lr.layer} {name} contain NaN or Inf values")
+    pos = rec.query_positions
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 1 or pos.dtype != torch.int64:
+        fail("query_positions must be a 1-D int64 tensor")
+    if pos.numel() != q:
+        fail(f"query_positions has {pos.numel()} entries but queries have {q}")
+    if q and (int(pos.min()) < 0 or int(pos.max()) >= n):
+        fail(f"query positions must lie inside the keys [0, {n - 1}]; got "
+             f"[{int(pos.min())}, {int(pos.max())}]")
+    if q > 1 and not bool((pos[1:] > pos[:-1]).all()):
+        fail("query positions must be strictly increasing")
+    if not (isinstance(rec.scaling, (int, float)) and math.isfinite(rec.scaling) and rec.scaling > 0):
+        fail(f"scaling must be a finite positive number; got {rec.scaling!r}")
 
 
-def load_recording(path: Union[str, Path]) -> Recording:
-    raise NotImplementedError("written in the recordings issue")
+def content_hash(tensors: Dict[str, torch.Tensor]) -> str:
+    """``sha256:<hex>`` over each tensor's name, dtype, shape and raw bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{str(t.dtype)}|{list(t.shape)}|".encode())
+        if t.numel():
+            digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return "sha256:" + digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- save
+def _tensors_of(rec: Recording) -> Dict[str, torch.Tensor]:
+    tensors = {"query_positions": rec.query_positions.detach().to("cpu").contiguous()}
+    for lr in rec.layers:
+        for name in ("queries", "keys", "values"):
+            tensors[f"layer.{lr.layer}.{name}"] = getattr(lr, name).detach().to("cpu").contiguous()
+    return tensors
+
+
+def write_raw_recording(tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any],
+                        path: Union[str, Path]) -> Path:
+    """Write tensors and metadata (plus a fresh content hash) atomically, WITHOUT checks.
+
+    The building block of :func:`save_recording`; tests use it to make inconsistent files.
+    """
+    path = Path(path)
+    meta = dict(metadata)
+    meta["content_hash"] = content_hash(tensors)
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_recording(recording: Recording, path: Union[str, Path],
+                   dtype: Union[str, torch.dtype, None] = None) -> Path:
+    """Check ``recording`` and write it to ``path`` (atomic: temp file, then rename).
+
+    ``dtype`` ("float16", "bfloat16", "float32" or a torch dtype; default: the tensors'
+    own) is the storage dtype. Missing ``model_id``/``text_source`` become "unknown" and
+    ``num_tokens`` defaults to the number of keys. Returns the path.
+    """
+    from sah import __version__
+
+    if dtype is not None:
+        if isinstance(dtype, str):
+            if dtype not in STORAGE_DTYPES:
+                raise RecordingError(f"dtype {dtype!r} is not one of {sorted(STORAGE_DTYPES)}")
+            dtype = STORAGE_DTYPES[dtype]
+        recording = Recording(
+            layers=[LayerRecording(lr.layer, lr.queries.to(dtype), lr.keys.to(dtype),
+                                   lr.values.to(dtype)) for lr in recording.layers],
+            query_positions=recording.query_positions, scaling=recording.scaling,
+            metadata=recording.metadata)
+    validate_recording(recording, f"cannot save recording to {path}")
+    meta = {k: v for k, v in recording.metadata.items() if k not in _DERIVED}
+    meta.setdefault("model_id", "unknown")
+    meta.setdefault("text_source", "unknown")
+    meta.setdefault("num_tokens", recording.num_keys)
+    b = int(recording.layers[0].queries.shape[0])
+    meta.update(
+        format=FORMAT_NAME, format_version=FORMAT_VERSION, sah_version=__version__,
+        layers=[int(i) for i in recording.layer_ids], batch_size=b,
+        num_heads=recording.num_heads, num_kv_heads=recording.num_kv_heads,
+        head_dim=recording.head_dim, num_keys=recording.num_keys,
+        num_queries=recording.num_queries, scaling=float(recording.scaling),
+        dtype=str(recording.dtype).replace("torch.", ""),
+        query_positions=[int(p) for p in recording.query_positions.tolist()])
+    return write_raw_recording(_tensors_of(recording), meta, path)
+
+
+# ---------------------------------------------------------------------------- load
+def _read_header(path: Path) -> Dict[str, Any]:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise RecordingError(f"recording {path} is truncated ({size} bytes): not a safetensors "
+                                 f"file; re-make it")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8:
+            raise RecordingError(f"recording {path} is truncated or corrupt: header claims "
+                                 f"{header_len} bytes but the file has {size}; re-make it")
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RecordingError(f"recording {path} has a corrupt header ({exc}); re-make it") from None
+    data_len = size - 8 - header_len
+    ends = [info.get("data_offsets", [0, 0])[1] for name, info in header.items()
+            if name != "__metadata__" and isinstance(info, dict)]
+    if ends and max(ends) > data_len:
+        raise RecordingError(f"recording {path} is truncated: tensor data needs {max(ends)} bytes "
+                             f"but only {data_len} are present; re-make it")
+    return header
+
+
+def _metadata_of(path: Path, header: Dict[str, Any]) -> Dict[str, Any]:
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if raw is None:
+        raise RecordingError(f"{path} has no '{METADATA_KEY}' metadata: it is not a sah recording "
+                             f"(make one with `sah record` or save_recording)")
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise RecordingError(f"recording {path} has corrupt metadata JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise RecordingError(f"recording {path} metadata is not a JSON object")
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise RecordingError(f"recording {path} metadata lacks {', '.join(missing)}; re-make it "
+                             f"with save_recording")
+    if meta["format"] != FORMAT_NAME or meta["format_version"] != FORMAT_VERSION:
+        raise RecordingError(f"recording {path} has format {meta['format']!r} version "
+                             f"{meta['format_version']!r}; this sah reads {FORMAT_NAME!r} "
+                             f"version {FORMAT_VERSION}")
+    return meta
+
+
+def load_recording(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                   verify_hash: bool = True) -> Recording:
+    """Load and check a recording (see the module docstring); raises :class:`RecordingError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordingError(f"recording file not found: {path}; make one with `sah record` "
+                             f"(or use the default recording)")
+    header = _read_header(path)
+    meta = _metadata_of(path, header)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise RecordingError(f"recording {path} is corrupt ({exc}); re-make it") from None
+    try:
+        layers = [int(i) for i in meta["layers"]]
+    except (TypeError, ValueError):
+        raise RecordingError(f"recording {path} metadata 'layers' is not a list of integers: "
+                             f"{meta['layers']!r}") from None
+    expected = {"query_positions"} | {f"layer.{i}.{n}" for i in layers
+                                      for n in ("queries", "keys", "values")}
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise RecordingError(f"recording {path} tensors do not match its layer list {layers}: "
+                             f"missing {missing}, unexpected {extra}")
+    if verify_hash:
+        actual = content_hash(tensors)
+        if actual != meta["content_hash"]:
+            raise RecordingError(f"recording {path} content hash mismatch: stored "
+                                 f"{meta['content_hash']}, computed {actual}; the file was "
+                                 f"modified or damaged, re-make it")
+    rec = Recording(
+        layers=[LayerRecording(i, tensors[f"layer.{i}.queries"], tensors[f"layer.{i}.keys"],
+                               tensors[f"layer.{i}.values"]) for i in layers],
+        query_positions=tensors["query_positions"], scaling=meta["scaling"], metadata=meta)
+    validate_recording(rec, f"recording {path}")
+    declared = {"batch_size": int(rec.layers[0].queries.shape[0]), "num_heads": rec.num_heads,
+                "num_kv_heads": rec.num_kv_heads, "head_dim": rec.head_dim,
+                "num_keys": rec.num_keys, "num_queries": rec.num_queries,
+                "dtype": str(rec.dtype).replace("torch.", ""),
+                "query_positions": rec.query_positions.tolist()}
+    for key, actual_value in declared.items():
+        if meta[key] != actual_value:
+            shown = "..." if key == "query_positions" else actual_value
+            raise RecordingError(f"recording {path} metadata says {key}={meta[key]!r} but the "
+                                 f"tensors have {shown}; re-make it")
+    if device is not None and torch.device(device).type != "cpu":
+        rec = Recording([LayerRecording(lr.layer, lr.queries.to(device), lr.keys.to(device),
+                                        lr.values.to(device)) for lr in rec.layers],
+                        rec.query_positions.to(device), rec.scaling, meta)
+    return rec
