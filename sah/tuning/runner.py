@@ -111,11 +111,11 @@ def versions() -> Dict[str, str]:
     import torch
 
     import sah
-    out = {"sah": sah.__version__, "ray": ray.__version__, "torch": torch.__version__,
-           "python": platform.python_version()}
+    out = {"sah": str(sah.__version__), "ray": str(ray.__version__),
+           "torch": str(torch.__version__), "python": platform.python_version()}
     try:
         import optuna
-        out["optuna"] = optuna.__version__
+        out["optuna"] = str(optuna.__version__)
     except ImportError:  # pragma: no cover
         pass
     return out
@@ -248,22 +248,24 @@ def run_study(options: RunOptions) -> Path:
     from sah.evaluate import recording_key
     rec_hash = recording_key(recording)
 
+    run_yaml = yaml.safe_dump({
+        "study": _comparable(study), "study_file": str(study.source),
+        "recording": {"path": str(Path(recording_path).resolve()), "hash": rec_hash,
+                      "layers": recording.layer_ids, "num_keys": recording.num_keys,
+                      "num_queries": recording.num_queries,
+                      "model": (recording.metadata or {}).get("model_id")},
+        "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, sort_keys=False)
+
     # ---- from here on, the run folder is ours
     run_dir.mkdir(parents=True, exist_ok=options.resume)
     run_dir = run_dir.resolve()
     if not (run_dir / "run.yaml").is_file():
-        atomic_write_text(run_dir / "run.yaml", yaml.safe_dump({
-            "study": _comparable(study), "study_file": str(study.source),
-            "recording": {"path": str(Path(recording_path).resolve()), "hash": rec_hash,
-                          "layers": recording.layer_ids, "num_keys": recording.num_keys,
-                          "num_queries": recording.num_queries,
-                          "model": (recording.metadata or {}).get("model_id")},
-            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")},
-            sort_keys=False))
+        atomic_write_text(run_dir / "run.yaml", run_yaml)
     if study.fit_hash_attention:
         from sah.tuning.hash_fit import prepare_hash_attention
         prepare_hash_attention(study, recording, run_dir)
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress bars, not Ray's tables
     from ray import tune
     started_ray = init_ray(options.address, sum(
         t.numel() * t.element_size() for lr in recording.layers
