@@ -169,6 +169,9 @@ def default_group_size(num_layers: int, reports: int = 4) -> int:
 
 def evaluate_layer(attention: ResearchAttention, ctx: AttentionContext, layer: int) -> LayerFigures:
     start = time.perf_counter()
+    # The dense output (and the logits under it) first: the estimator then takes the same
+    # path whether the context is fresh or cached, so figures are identical bit for bit.
+    ctx.dense_output
     evaluation, _ = attention.evaluate(ctx, layer_idx=layer)
     return LayerFigures(layer=layer, output_error=evaluation.output_error,
                         density=evaluation.density, density_rect=evaluation.density_rect,
