@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -56,24 +57,53 @@ def _error_message(error: Any) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def collect_rows(study: Study, grids: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """One row per trial of every chain's ResultGrid, in trial creation order."""
+def _trial_id(result: Any) -> str:
+    name = Path(str(result.path)).name  # the runner names trial folders "trial_<id>"
+    return name[len("trial_"):] if name.startswith("trial_") else name
+
+
+_COUNTER_ID = re.compile(r"^[0-9a-f]+_(\d+)$")
+
+
+def _creation_order(grid: Any) -> List[Any]:
+    """The grid's results in trial creation order. A restored experiment lists them in
+    another order; grid and random searchers number their trials (``<prefix>_<n>``), the
+    Optuna searcher does not, so its trials are ordered by start time."""
+    results = [grid[i] for i in range(len(grid))]
+    ids = [_trial_id(r) for r in results]
+    matches = [_COUNTER_ID.match(i) for i in ids]
+    if all(matches):
+        return [r for _, r in sorted(zip((int(m.group(1)) for m in matches), results),
+                                     key=lambda x: x[0])]
+
+    def start(item: Any) -> float:
+        m = item[1].metrics or {}
+        if "timestamp" in m and "time_total_s" in m:
+            return float(m["timestamp"]) - float(m["time_total_s"])
+        return math.inf
+    return [r for _, r in sorted(enumerate(results), key=lambda x: (start(x), x[0]))]
+
+
+def collect_rows(study: Study, grids: Dict[str, Any], interrupted: bool = False
+                 ) -> List[Dict[str, Any]]:
+    """One row per trial of every chain's ResultGrid, in trial creation order. A trial
+    that reported some layer groups but not all was stopped by ASHA, unless the run was
+    ``interrupted`` (then it is unfinished and runs again on resume)."""
     rows: List[Dict[str, Any]] = []
     for chain in study.chains:
         grid = grids.get(chain.name)
         if grid is None:
             continue
-        for index in range(len(grid)):
-            result = grid[index]
+        for index, result in enumerate(_creation_order(grid)):
             config = result.config or {}
             metrics = result.metrics or {}
             row: Dict[str, Any] = {"chain": chain.name, "trial": index,
-                                   "trial_id": metrics.get("trial_id", Path(str(result.path)).name)}
+                                   "trial_id": _trial_id(result)}
             if result.error is not None:
                 status = FAILED
             elif metrics.get("complete"):
                 status = COMPLETED
-            elif metrics.get("layers_done"):
+            elif metrics.get("layers_done") and not interrupted:
                 status = STOPPED
             else:
                 status = UNFINISHED

@@ -215,9 +215,31 @@ def run_chain(chain: ChainSpec, index: int, study: Study, trainable: Any, ray_di
             run_config=tune.RunConfig(
                 name=chain.name, storage_path=str(ray_dir), verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
-    grid = tuner.fit()
-    callbacks[0].close()
-    return grid
+    previous_int = signal.getsignal(signal.SIGINT)
+    sentinel_installed = _install_interrupt_sentinel()
+    try:
+        grid = tuner.fit()
+    finally:
+        callbacks[0].close()
+    interrupted = sentinel_installed and signal.getsignal(signal.SIGINT) is _second_interrupt
+    if sentinel_installed:
+        signal.signal(signal.SIGINT, previous_int)
+    return grid, interrupted
+
+
+def _second_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler installed around ``Tuner.fit``. Ray Tune replaces it with its own
+    graceful-stop handler and puts it back when a stop signal arrives, so finding it in
+    place after ``fit`` means the run was interrupted; a second Ctrl-C lands here."""
+    raise KeyboardInterrupt
+
+
+def _install_interrupt_sentinel() -> bool:
+    try:
+        signal.signal(signal.SIGINT, _second_interrupt)
+        return True
+    except ValueError:  # not the main thread: Ray Tune does not catch signals either
+        return False
 
 
 def _read_progress(run_dir: Path) -> Dict[str, str]:
@@ -282,11 +304,10 @@ def run_study(options: RunOptions) -> Path:
     try:
         done = _read_progress(run_dir)
         for i, chain in enumerate(study.chains):
-            grid = run_chain(chain, i, study, trainable, ray_dir, num_groups, options.progress)
+            grid, stopped = run_chain(chain, i, study, trainable, ray_dir, num_groups,
+                                      options.progress)
             grids[chain.name] = grid
-            finished = grid.num_terminated + grid.num_errors
-            if finished < max(len(grid), chain.expected_trials() if chain.searcher != "optuna"
-                              else chain.num_samples):
+            if stopped or len(grid) < chain.expected_trials():
                 interrupted = True
                 break
             done[chain.name] = "complete"
@@ -297,7 +318,7 @@ def run_study(options: RunOptions) -> Path:
         if started_ray and not interrupted:
             import ray
             ray.shutdown()
-    rows = collect_rows(study, grids)
+    rows = collect_rows(study, grids, interrupted)
     write_outputs(run_dir, study, rows, recording, final=not interrupted,
                   wall_seconds=time.time() - started)
     if interrupted:
