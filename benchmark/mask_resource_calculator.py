@@ -8,8 +8,8 @@ spec/RESOURCES.md and prints, for each, the seed's lines (``--- Normal Mask ---`
 ``Total Calculation Points: N``, ...). ``--write_text`` writes the seed's text files into
 ``generated/`` (or ``--output_dir``); ``--json PATH`` writes every figure as JSON.
 
-Only numpy is imported (not torch): the analysis modules are loaded without running
-``sah/__init__.py``, which imports torch and would cost more than the analysis itself.
+Only numpy is imported (not torch): ``sah`` loads its names lazily, and the analysis
+modules use numpy alone.
 """
 
 from __future__ import annotations
@@ -17,18 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _import_light():
-    """Import ``sah.resources`` without the package's torch-importing ``__init__``."""
-    if "sah" not in sys.modules:
-        package = types.ModuleType("sah")
-        package.__path__ = [str(REPO / "sah")]  # type: ignore[attr-defined]
-        sys.modules["sah"] = package
+    """``sah.resources`` needs numpy only, and ``import sah`` loads nothing heavy."""
+    sys.path.insert(0, str(REPO))
     from sah import resources, resources_text
     return resources, resources_text
 

