@@ -44,6 +44,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -275,7 +278,7 @@ def plot_pareto(study: Study, rows: List[Dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=90)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=80)
     colours = plt.get_cmap("tab10")
     for i, chain in enumerate(study.chains):
         done = completed(rows, chain.name)
@@ -292,9 +295,15 @@ def plot_pareto(study: Study, rows: List[Dict[str, Any]]) -> bytes:
     ax.set_xlabel("density (share of causal positions attended)")
     ax.set_ylabel("output error (relative, mean over layers)")
     ax.set_yscale("log")
-    ax.set_xlim(left=0)
-    ax.set_title(f"{study.name}: trials and Pareto fronts")
-    ax.legend(fontsize=7, loc="upper right")
+    right = min(1.0, 2.5 * max(study.density_targets)) if study.density_targets else None
+    ax.set_xlim(left=0, right=right)  # the fronts near the targets, not the dense tail
+    shown = [r["output_error"] for c in study.chains for r in completed(rows, c.name)
+             if (right is None or r["density"] <= right) and r["output_error"] > 0]
+    if shown:
+        ax.set_ylim(bottom=0.7 * min(shown), top=1.4 * max(shown))
+    ax.set_title(f"{study.name}: trials and Pareto fronts"
+                 + (f" (density <= {right:g} shown)" if right and right < 1 else ""))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
