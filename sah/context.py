@@ -150,6 +150,12 @@ class AttentionContext:
         return self.allowed.expand(self.mask_shape)
 
     @cached_property
+    def allowed_per_head(self) -> torch.Tensor:
+        """Allowed positions per query head, ``(h,)`` float64 on the CPU."""
+        per_head = self.allowed.expand(self.mask_shape).sum(dim=(0, 2, 3))
+        return per_head.to(torch.float64).cpu()
+
+    @cached_property
     def allowed_count(self) -> torch.Tensor:
         """Allowed keys per row, ``(b, h, q)`` (int64)."""
         return self.allowed_full.sum(-1)

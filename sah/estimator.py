@@ -147,11 +147,22 @@ def evaluate_mask(ctx: AttentionContext, mask: Mask) -> Evaluation:
     """Score ``mask`` against dense attention on ``ctx``."""
     sparse = sparse_attention(ctx, mask)
     dense = ctx.dense_output
+    allowed_per_head = ctx.allowed_per_head
+    if mask.is_full() or mask.is_empty():
+        fill = 1.0 if mask.is_full() else 0.0
+        per_head_active = allowed_per_head * fill
+        active_total = float(per_head_active.sum()) if mask.is_full() else 0.0
+    else:
+        active = mask.active()
+        # one pass: active allowed positions per head, and all active positions
+        per_head_active = (active & ctx.allowed).sum(dim=(0, 2, 3)).to(torch.float64)
+        active_total = float(active.sum())
+    num_allowed = float(allowed_per_head.sum())
     return Evaluation(
         output_error=output_error(dense, sparse.output),
-        density=mask.density(ctx.allowed),
-        density_rect=mask.density_rect(ctx.allowed),
+        density=float(per_head_active.sum()) / num_allowed if num_allowed else 0.0,
+        density_rect=active_total / mask.numel(),
         empty_rows=sparse.empty_rows,
         per_head_error=per_head_output_error(dense, sparse.output).tolist(),
-        per_head_density=mask.per_head_density(ctx.allowed).tolist(),
+        per_head_density=(per_head_active / allowed_per_head.clamp_min(1)).tolist(),
     )

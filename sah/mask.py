@@ -25,7 +25,7 @@ class Mask:
     """An attention mask of inclusion probabilities. Build it with the ``create_*``/``from_*``
     class methods, never by hand."""
 
-    __slots__ = ("shape", "_full", "_empty", "_dense", "_indices", "_indptr", "_values",
+    __slots__ = ("shape", "_full", "_empty", "_dense", "_indices", "_indptr", "_values", "_active",
                  "_device")
 
     def __init__(self, shape: Shape, *, full: bool = False, empty: bool = False,
@@ -39,6 +39,7 @@ class Mask:
         self._empty = empty
         self._dense = dense
         self._indices = self._indptr = self._values = None
+        self._active: Optional[torch.Tensor] = None
         if sparse is not None:
             self._indices, self._indptr, self._values = sparse
         if dense is not None:
@@ -166,8 +167,10 @@ class Mask:
         return self._indices, self._indptr, self._values
 
     def active(self) -> torch.Tensor:
-        """Boolean ``(b, h, q, n)`` of active positions."""
-        return self.to_dense() > 0
+        """Boolean ``(b, h, q, n)`` of active positions (computed once)."""
+        if self._active is None:
+            self._active = self.to_dense() > 0
+        return self._active
 
     # ------------------------------------------------------------------ algebra
     def merge(self, other: "Mask") -> "Mask":

@@ -187,3 +187,19 @@ def test_blockwise_half_precision_matches_single_block(monkeypatch):
     blocked = AttentionContext(queries, keys, values)
     assert torch.allclose(blocked.logits, ref_logits, atol=1e-6, equal_nan=True)
     assert torch.allclose(blocked.dense_output, ref_out, atol=1e-6)
+
+
+def test_evaluate_mask_figures_match_mask_measures():
+    queries, keys, values = random_qkv(b=2, h=4, hk=2, q=3, n=19, d=4, seed=13)
+    pos = torch.tensor([6, 12, 18])
+    ctx = AttentionContext(queries, keys, values, query_positions=pos)
+    g = torch.Generator().manual_seed(5)
+    w = torch.where(torch.rand(2, 4, 3, 19, generator=g) < 0.3, 1.0, 0.0)  # some outside allowed
+    mask = Mask.from_dense(w)
+    ev = evaluate_mask(ctx, mask)
+    assert ev.density == pytest.approx(mask.density(ctx.allowed))
+    assert ev.density_rect == pytest.approx(mask.density_rect(ctx.allowed))
+    assert ev.per_head_density == pytest.approx(mask.per_head_density(ctx.allowed).tolist())
+    full = evaluate_mask(ctx, Mask.create_full(ctx.mask_shape))
+    assert full.density == 1.0 and full.per_head_density == [1.0] * 4
+    assert full.density_rect == pytest.approx(Mask.create_full(ctx.mask_shape).density_rect(ctx.allowed))

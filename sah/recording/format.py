@@ -105,12 +105,19 @@ class Recording:
     def text_source(self) -> str:
         return str(self.metadata.get("text_source", "unknown"))
 
-    def context(self, index: int, device: Union[str, torch.device, None] = None) -> AttentionContext:
-        """The :class:`AttentionContext` of the ``index``-th recorded layer (float32)."""
+    def context(self, index: int, device: Union[str, torch.device, None] = None,
+                dtype: Optional[torch.dtype] = torch.float32) -> AttentionContext:
+        """The :class:`AttentionContext` of the ``index``-th recorded layer.
+
+        ``dtype=torch.float32`` (default) converts the stored tensors once (fastest when a
+        context is reused by many trials); ``dtype=None`` keeps the stored half precision,
+        and the context converts keys and values block by block (least memory).
+        """
         lr = self.layers[index]
         dev = device if device is not None else lr.keys.device
-        return AttentionContext(lr.queries.to(dev, torch.float32), lr.keys.to(dev, torch.float32),
-                                lr.values.to(dev, torch.float32), scaling=self.scaling,
+        return AttentionContext(lr.queries.to(dev, dtype or lr.queries.dtype),
+                                lr.keys.to(dev, dtype or lr.keys.dtype),
+                                lr.values.to(dev, dtype or lr.values.dtype), scaling=self.scaling,
                                 query_positions=self.query_positions.to(dev))
 
     def validate(self, source: str = "recording") -> None:
@@ -308,10 +315,11 @@ def load_recording(path: Union[str, Path], device: Union[str, torch.device] = "c
     header = _read_header(path)
     meta = _metadata_of(path, header)
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     try:
-        tensors = load_file(str(path))
+        # read into memory (not mmap): a later in-place rewrite of the file cannot break us
+        tensors = load_bytes(path.read_bytes())
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise RecordingError(f"recording {path} is corrupt ({exc}); re-make it") from None
     try:

@@ -1,0 +1,289 @@
+"""HashAttention top-k: learned per-head bit signatures of queries and keys; keys whose
+signature agrees most with the query's are picked.
+
+``HashAttentionTopKMaskerConfig(heavy_size, hat_bits, hat_mlp_layers, hat_mlp_hidden_size,
+hat_mlp_activation, hat_weights | hat_weight_file, allow_pickle=False, hat_init_seed=0)``:
+
+- per head, an MLP of ``hat_mlp_layers`` linear layers (``d -> hidden -> ... -> hat_bits``),
+  ``hat_mlp_activation`` between them and none after the last, then ``sign()`` (0 maps to
+  +1): queries and keys get ``hat_bits``-bit signatures of +-1;
+- score = signature dot product; selection = top-k as OracleTopK (allowed, not-yet-active
+  keys; ``heavy_size`` int count or float fraction of the keys).
+
+Weights, per layer: ``{"query_matrix": [(h, d_in, d_out), ...], "query_bias": [(h, d_out),
+...], "key_matrix": [(hk, d_in, d_out), ...], "key_bias": [(hk, d_out), ...]}``. GQA: the
+key hash is per KV head (``hk`` = number of KV heads), so a key's signature is stored once
+per KV head: ``hat_bits`` bits per token. Key weights with one entry per *query* head
+(``h``, the layout of some published weights) are accepted too; keys are then hashed once
+per query head and the auxiliary memory is ``hat_bits * h / hk`` bits per token.
+
+Sources, in order: ``hat_weights`` (``{layer: weights}``), ``hat_weight_file``
+(safetensors with tensors named ``layer.L.query_matrix.I`` etc., or ``.pt``/``.pth`` read
+with ``torch.load(weights_only=True)`` holding ``{layer: weights}`` or the flat names; a
+``.pkl`` pickle only with ``allow_pickle=True``, since unpickling runs code), else seeded
+random initialisation (seed ``hat_init_seed + layer``; a baseline, or the start of
+:func:`sah.maskers.hash_attention_fit.fit_hash_attention`). Declared sizes must match
+the weights.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from sah.context import AttentionContext
+from sah.maskers.base import MaskerConfig, MaskerRegistry
+from sah.maskers.top_k import TopKMasker
+from sah.validation import ConfigError, check_choice, check_int, check_size
+
+WEIGHT_NAMES = ("query_matrix", "query_bias", "key_matrix", "key_bias")
+ACTIVATIONS = {
+    "silu": torch.nn.functional.silu, "relu": torch.relu,
+    "gelu": torch.nn.functional.gelu, "tanh": torch.tanh,
+}
+LayerWeights = Dict[str, List[torch.Tensor]]
+
+
+@dataclass
+class HashAttentionTopKMaskerConfig(MaskerConfig):
+    """``heavy_size``: int count or float fraction of the keys; ``hat_bits``: signature bits
+    (>= 1); ``hat_mlp_layers``: linear layers per hash (>= 1); ``hat_mlp_hidden_size``: width
+    of the hidden layers (>= 1); ``hat_mlp_activation``: one of silu, relu, gelu, tanh;
+    ``hat_weights`` (``{layer: weights}``) or ``hat_weight_file`` (path), at most one; none:
+    random hashes seeded ``hat_init_seed + layer``; ``allow_pickle``: permit ``.pkl`` files."""
+
+    heavy_size: Union[int, float] = 0.05
+    hat_bits: int = 32
+    hat_mlp_layers: int = 3
+    hat_mlp_hidden_size: int = 128
+    hat_mlp_activation: str = "silu"
+    hat_weights: Optional[Dict[Any, Any]] = None
+    hat_weight_file: Optional[str] = None
+    allow_pickle: bool = False
+    hat_init_seed: int = 0
+    search_space: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        owner = type(self).__name__
+        check_size(owner, "heavy_size", self.heavy_size)
+        check_int(owner, "hat_bits", self.hat_bits, 1)
+        check_int(owner, "hat_mlp_layers", self.hat_mlp_layers, 1)
+        check_int(owner, "hat_mlp_hidden_size", self.hat_mlp_hidden_size, 1)
+        check_choice(owner, "hat_mlp_activation", self.hat_mlp_activation, tuple(ACTIVATIONS))
+        check_int(owner, "hat_init_seed", self.hat_init_seed, 0)
+        if self.hat_weights is not None and self.hat_weight_file is not None:
+            raise ConfigError(f"{owner}: give hat_weights or hat_weight_file, not both")
+        if self.hat_weights is not None and not isinstance(self.hat_weights, dict):
+            raise ConfigError(f"{owner}.hat_weights: expected {{layer: weights}}, got "
+                              f"{type(self.hat_weights).__name__}")
+        if not isinstance(self.allow_pickle, bool):
+            raise ConfigError(f"{owner}.allow_pickle: got {self.allow_pickle!r}; must be true or false")
+
+
+# ---------------------------------------------------------------------- weights
+def random_hat_weights(num_heads: int, num_key_heads: int, head_dim: int, hat_bits: int,
+                       mlp_layers: int, hidden_size: int, seed: int) -> LayerWeights:
+    """Seeded random hash MLPs for one layer: normal weights with variance ``1/d_in`` and
+    zero biases, drawn per key head; each query head gets a copy of its key head's hash, so
+    query and key share one random function (a 1-layer hash is then SimHash, which already
+    ranks keys by angle to the query)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    sizes = [head_dim] + [hidden_size] * (mlp_layers - 1) + [hat_bits]
+    out: LayerWeights = {name: [] for name in WEIGHT_NAMES}
+    group = num_heads // num_key_heads
+    for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        key_w = torch.randn(num_key_heads, d_in, d_out, generator=gen) / d_in ** 0.5
+        out["key_matrix"].append(key_w)
+        out["key_bias"].append(torch.zeros(num_key_heads, d_out))
+        out["query_matrix"].append(key_w.repeat_interleave(group, dim=0).clone())
+        out["query_bias"].append(torch.zeros(num_heads, d_out))
+    return out
+
+
+def hash_features(x: torch.Tensor, matrices: List[torch.Tensor], biases: List[torch.Tensor],
+                  activation: str) -> torch.Tensor:
+    """Per-head MLP ``(b, heads, t, d) -> (b, heads, t, bits)`` before ``sign()``."""
+    act = ACTIVATIONS[activation]
+    out = x
+    for i, (w, bias) in enumerate(zip(matrices, biases)):
+        out = torch.einsum("bhtd,hde->bhte", out, w) + bias.unsqueeze(0).unsqueeze(2)
+        if i + 1 < len(matrices):
+            out = act(out)
+    return out
+
+
+def signatures(features: torch.Tensor) -> torch.Tensor:
+    """``sign()`` with 0 mapped to +1, as float32 +-1."""
+    return torch.where(features >= 0, 1.0, -1.0).to(torch.float32)
+
+
+def signature_scores(query_sig: torch.Tensor, key_sig: torch.Tensor) -> torch.Tensor:
+    """Dot products ``(b, h, q, n)``; ``key_sig`` has ``hk`` (per KV head) or ``h`` heads."""
+    b, h, nq, bits = query_sig.shape
+    hk = key_sig.shape[1]
+    q = query_sig.view(b, hk, h // hk, nq, bits)
+    return torch.matmul(q, key_sig.unsqueeze(2).transpose(-1, -2)).view(b, h, nq, -1)
+
+
+def check_layer_weights(weights: LayerWeights, cfg: HashAttentionTopKMaskerConfig, layer: Any,
+                        num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    """Raise :class:`ConfigError` if the weights do not match the declared sizes or the call."""
+    where = f"HashAttention weights of layer {layer}"
+    sizes = [head_dim] + [cfg.hat_mlp_hidden_size] * (cfg.hat_mlp_layers - 1) + [cfg.hat_bits]
+    for side, allowed_heads in (("query", (num_heads,)), ("key", (num_kv_heads, num_heads))):
+        mats, biases = weights[f"{side}_matrix"], weights[f"{side}_bias"]
+        if len(mats) != cfg.hat_mlp_layers or len(biases) != cfg.hat_mlp_layers:
+            raise ConfigError(f"{where}: {side} hash has {len(mats)} matrices and {len(biases)} "
+                              f"biases; hat_mlp_layers declares {cfg.hat_mlp_layers}")
+        heads = mats[0].shape[0]
+        if heads not in allowed_heads:
+            raise ConfigError(f"{where}: {side}_matrix has {heads} heads; the call has "
+                              f"{' or '.join(map(str, allowed_heads))} {side} heads")
+        for i, (w, bias) in enumerate(zip(mats, biases)):
+            want = (heads, sizes[i], sizes[i + 1])
+            if tuple(w.shape) != want:
+                raise ConfigError(
+                    f"{where}: {side}_matrix[{i}] has shape {tuple(w.shape)}; expected {want} "
+                    f"(head_dim {head_dim}, hat_mlp_hidden_size {cfg.hat_mlp_hidden_size}, "
+                    f"hat_bits {cfg.hat_bits})")
+            if tuple(bias.shape) != want[::2]:
+                raise ConfigError(f"{where}: {side}_bias[{i}] has shape {tuple(bias.shape)}; "
+                                  f"expected {want[::2]}")
+
+
+def _as_layer_weights(data: Any, where: str) -> LayerWeights:
+    if not isinstance(data, dict) or any(name not in data for name in WEIGHT_NAMES):
+        raise ConfigError(f"{where}: expected a mapping with {', '.join(WEIGHT_NAMES)}")
+    out: LayerWeights = {}
+    for name in WEIGHT_NAMES:
+        items = data[name]
+        if isinstance(items, torch.Tensor):
+            items = [items]
+        out[name] = [torch.as_tensor(t, dtype=torch.float32) for t in items]
+    return out
+
+
+def _unflatten(flat: Dict[str, torch.Tensor], where: str) -> Dict[int, LayerWeights]:
+    """``layer.L.NAME.I`` tensors -> ``{L: {NAME: [I-th tensor, ...]}}``."""
+    grouped: Dict[int, Dict[str, Dict[int, torch.Tensor]]] = {}
+    for key, tensor in flat.items():
+        parts = key.split(".")
+        if len(parts) != 4 or parts[0] != "layer" or parts[2] not in WEIGHT_NAMES:
+            raise ConfigError(f"{where}: unexpected tensor name {key!r}; expected "
+                              f"'layer.<L>.<{'|'.join(WEIGHT_NAMES)}>.<I>'")
+        grouped.setdefault(int(parts[1]), {}).setdefault(parts[2], {})[int(parts[3])] = tensor
+    out: Dict[int, LayerWeights] = {}
+    for layer, names in grouped.items():
+        data = {name: [names.get(name, {})[i] for i in sorted(names.get(name, {}))]
+                for name in WEIGHT_NAMES}
+        out[layer] = _as_layer_weights(data, f"{where} layer {layer}")
+    return out
+
+
+def normalize_hat_weights(data: Any, where: str) -> Dict[int, LayerWeights]:
+    """``{layer: weights}`` (nested) or flat ``layer.L.NAME.I`` tensors -> ``{int: weights}``."""
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{where}: expected a non-empty mapping of layer -> hash weights")
+    if all(isinstance(k, str) and k.startswith("layer.") for k in data):
+        return _unflatten(data, where)
+    try:
+        return {int(layer): _as_layer_weights(w, f"{where} layer {layer}") for layer, w in data.items()}
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where}: layer keys must be integers ({exc})") from None
+
+
+def save_hat_weights(weights: Dict[int, LayerWeights], path: Union[str, Path]) -> Path:
+    """Write ``{layer: weights}`` as safetensors (tensor names ``layer.L.NAME.I``)."""
+    from safetensors.torch import save_file
+    flat = {f"layer.{int(layer)}.{name}.{i}": t.detach().float().contiguous().cpu()
+            for layer, w in weights.items() for name in WEIGHT_NAMES for i, t in enumerate(w[name])}
+    path = Path(path)
+    save_file(flat, str(path), metadata={"format": "sah-hash-attention"})
+    return path
+
+
+def load_hat_weights(path: Union[str, Path], allow_pickle: bool = False) -> Dict[int, LayerWeights]:
+    """Read hash weights from safetensors, ``.pt``/``.pth`` (``weights_only``) or, only with
+    ``allow_pickle=True``, a ``.pkl`` pickle."""
+    path = Path(path)
+    where = f"hat_weight_file {path}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            data: Any = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ConfigError(f"{where}: not a readable safetensors file ({exc})") from None
+    elif suffix in (".pt", ".pth", ".bin"):
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling refused or corrupt
+            raise ConfigError(f"{where}: cannot be read with torch.load(weights_only=True) "
+                              f"({exc}); convert it to safetensors") from None
+    elif suffix == ".pkl":
+        if not allow_pickle:
+            raise ConfigError(f"{where}: .pkl files can run code when loaded; set "
+                              f"allow_pickle=True only for a file you trust, or convert it to safetensors")
+        with path.open("rb") as handle:
+            data = pickle.load(handle)  # noqa: S301 (explicitly allowed by the user)
+    else:
+        raise ConfigError(f"{where}: unknown extension {suffix!r}; use .safetensors, .pt or .pkl")
+    return normalize_hat_weights(data, where)
+
+
+# ---------------------------------------------------------------------- masker
+@MaskerRegistry.register(HashAttentionTopKMaskerConfig)
+class HashAttentionTopKMasker(TopKMasker):
+    """Top-k by signature agreement of learned (or random) per-head hashes."""
+
+    def __init__(self, config: HashAttentionTopKMaskerConfig) -> None:
+        super().__init__(config)
+        self._weights: Dict[Any, LayerWeights] = {}
+        self._random = config.hat_weights is None and config.hat_weight_file is None
+        if config.hat_weights is not None:
+            self._weights = normalize_hat_weights(config.hat_weights, "hat_weights")
+        elif config.hat_weight_file is not None:
+            self._weights = load_hat_weights(config.hat_weight_file, config.allow_pickle)
+        self._key_heads_per_kv_head = 1
+
+    def aux_bits_per_token(self, head_dim: int) -> float:
+        return float(self.config.hat_bits * self._key_heads_per_kv_head)
+
+    def layer_weights(self, ctx: AttentionContext, layer: Any) -> LayerWeights:
+        """The checked weights of ``layer`` on ``ctx``'s device (random ones made on demand)."""
+        d = ctx.dims
+        cfg = self.config
+        key = (layer, d.num_heads, d.num_kv_heads, d.head_dim) if self._random else layer
+        if key not in self._weights:
+            if not self._random:
+                raise ConfigError(f"HashAttention weights have no layer {layer}; they hold layers "
+                                  f"{sorted(k for k in self._weights if isinstance(k, int))}")
+            self._weights[key] = random_hat_weights(
+                d.num_heads, d.num_kv_heads, d.head_dim, cfg.hat_bits, cfg.hat_mlp_layers,
+                cfg.hat_mlp_hidden_size, cfg.hat_init_seed + int(layer))
+        weights = self._weights[key]
+        check_layer_weights(weights, cfg, layer, d.num_heads, d.num_kv_heads, d.head_dim)
+        return {name: [t.to(ctx.device, torch.float32) for t in ts] for name, ts in weights.items()}
+
+    def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
+               **kwargs: Any) -> torch.Tensor:
+        layer = kwargs.get("layer_idx")
+        layer = 0 if layer is None else int(layer)
+        w = self.layer_weights(ctx, layer)
+        act = self.config.hat_mlp_activation
+        d = ctx.dims
+        keys = ctx.keys.float()
+        if w["key_matrix"][0].shape[0] != d.num_kv_heads:  # key hash per query head
+            keys = keys.repeat_interleave(d.group_size, dim=1)
+            self._key_heads_per_kv_head = d.group_size
+        query_sig = signatures(hash_features(ctx.queries.float(), w["query_matrix"], w["query_bias"], act))
+        key_sig = signatures(hash_features(keys, w["key_matrix"], w["key_bias"], act))
+        return signature_scores(query_sig, key_sig)

@@ -1,0 +1,140 @@
+"""Score-based selection: the TopK/TopP bases and the helpers every data-dependent masker shares.
+
+A score-based masker supplies one score per position, ``(b, h, q, n)``; the selection rules
+are the same for all of them:
+
+- *candidates* are the allowed positions (causal limit and user mask) that are not yet
+  active in the previous mask (``W > 0``); a selection never re-picks an active key;
+- top-k: the ``k`` candidates with the largest score per row (``k`` from ``heavy_size``:
+  int count of keys or float fraction of the ``n`` keys); a row with fewer than ``k``
+  candidates takes all of them;
+- top-p: among the candidates, the smallest set (by descending softmax weight of the
+  score) whose share of the *remaining* softmax mass (the candidates' mass) reaches
+  ``top_p``; every candidate tied with the last one needed is included; ``top_p = 1.0``
+  takes every candidate and ``top_p = 0`` none.
+
+Picks carry weight 1.0. Everything is vectorised over batch, heads and queries.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Dict, Union
+
+import torch
+
+from sah.context import AttentionContext
+from sah.mask import Mask
+from sah.maskers.base import FixedMasker, MaskerConfig
+from sah.validation import check_float, check_size, resolve_size
+
+
+def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Tensor:
+    """Boolean ``(b, h, q, n)``: allowed positions not yet active in ``previous_mask``."""
+    if previous_mask.is_empty():
+        return ctx.allowed_full
+    return ctx.allowed_full & ~(previous_mask.to_dense() > 0)
+
+
+def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean ``(b, h, q, n)``: per row, the ``k`` candidates with the largest score (all
+    candidates when a row has fewer than ``k``). Ties are broken by ``torch.topk``."""
+    shape = candidates.shape
+    k = min(int(k), shape[-1])
+    picks = torch.zeros(shape, dtype=torch.bool, device=candidates.device)
+    if k <= 0:
+        return picks
+    low = torch.finfo(torch.float32).min
+    # Candidates keep a finite score so that they always rank above non-candidates (-inf).
+    ranked = torch.where(candidates, scores.float().nan_to_num(nan=low).clamp_min(low),
+                         torch.full((), float("-inf"), device=scores.device))
+    idx = ranked.topk(k, dim=-1, sorted=False).indices
+    return picks.scatter_(-1, idx, candidates.gather(-1, idx))
+
+
+def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean ``(b, h, q, n)``: per row, the smallest set of candidates (by descending
+    softmax weight of ``scores``) whose share of the candidates' softmax mass reaches
+    ``top_p``; candidates tied with the last one needed are included."""
+    if top_p >= 1.0:
+        return candidates.clone()
+    if top_p <= 0.0:
+        return torch.zeros_like(candidates)
+    neg_inf = torch.full((), float("-inf"), device=scores.device)
+    masked = torch.where(candidates, scores.float(), neg_inf)
+    row_max = masked.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(masked - row_max)  # 0 on non-candidates
+    ordered, _ = weights.sort(dim=-1, descending=True)
+    cumulative = ordered.double().cumsum(-1)
+    total = cumulative[..., -1:]
+    before = cumulative - ordered.double()  # mass covered before adding each key
+    needed = (before < top_p * total).sum(-1, keepdim=True)  # keys needed, (b, h, q, 1)
+    threshold = ordered.gather(-1, (needed - 1).clamp_min(0))
+    return candidates & (weights >= threshold) & (needed > 0)
+
+
+@dataclass
+class TopKMaskerConfig(MaskerConfig):
+    """Base of top-k maskers. ``heavy_size``: int count of keys or float fraction of the keys."""
+
+    heavy_size: Union[int, float] = 0.05
+    search_space: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_size(type(self).__name__, "heavy_size", self.heavy_size)
+
+
+@dataclass
+class TopPMaskerConfig(MaskerConfig):
+    """Base of top-p maskers. ``top_p``: share of the remaining softmax mass, in [0, 1]."""
+
+    top_p: float = 0.9
+    search_space: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_float(type(self).__name__, "top_p", self.top_p, 0.0, 1.0)
+
+
+class TopKMasker(FixedMasker):
+    """Adds, per row, the ``heavy_size`` candidates with the largest :meth:`scores`."""
+
+    @abstractmethod
+    def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
+               **kwargs: Any) -> torch.Tensor:
+        """One score per position, ``(b, h, q, n)`` (larger is better)."""
+
+    def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
+                 sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
+        if previous_mask.is_full():
+            return previous_mask
+        ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
+        k = resolve_size(self.config.heavy_size, ctx.dims.seq_len_keys)
+        if k == 0:
+            return previous_mask
+        candidates = candidate_positions(ctx, previous_mask)
+        scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
+        picks = top_k_positions(scores, candidates, k)
+        return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
+
+
+class TopPMasker(FixedMasker):
+    """Adds, per row, the smallest candidate set covering ``top_p`` of the remaining mass."""
+
+    @abstractmethod
+    def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
+               **kwargs: Any) -> torch.Tensor:
+        """One score (a logit) per position, ``(b, h, q, n)``."""
+
+    def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
+                 sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
+        if previous_mask.is_full():
+            return previous_mask
+        ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
+        if self.config.top_p <= 0.0:
+            return previous_mask
+        candidates = candidate_positions(ctx, previous_mask)
+        scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
+        picks = top_p_positions(scores, candidates, self.config.top_p)
+        return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
