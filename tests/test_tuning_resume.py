@@ -18,7 +18,7 @@ from sah.recording import make_synthetic_recording, save_recording
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmark" / "run_optimize_configs.py"
-NUM_SAMPLES = 24
+NUM_SAMPLES = 32
 STABLE = ("chain", "trial", "status", "SinkMaskerConfig_sink_size", "LocalMaskerConfig_window_size",
           "output_error", "density", "score")
 
@@ -46,7 +46,7 @@ def stable_rows(path):
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     rec = tmp_path / "rec.safetensors"
     save_recording(make_synthetic_recording(num_layers=6, num_heads=8, num_kv_heads=2,
-                                            head_dim=64, num_keys=4096, num_queries=32, seed=5),
+                                            head_dim=64, num_keys=8192, num_queries=32, seed=5),
                    rec)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({
@@ -60,7 +60,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     exp_dir = results / "killme" / "ray" / "sink_local"
     proc = launch(study, results)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and finished_trials(exp_dir) < 3:
+    while time.time() < deadline and proc.poll() is None and finished_trials(exp_dir) < 2:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.stdout.read()
     proc.send_signal(signal.SIGTERM)
@@ -69,7 +69,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert "--resume" in out
     partial = stable_rows(results / "killme" / "trials.csv")
     done_before = [r for r in partial if r[2] == "completed"]
-    assert 3 <= len(done_before) < NUM_SAMPLES, out
+    assert 2 <= len(done_before) < NUM_SAMPLES, out
     assert not (results / "killme" / "summary.md").exists()
 
     proc = launch(study, results, "--resume")
