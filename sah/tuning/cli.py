@@ -1,0 +1,52 @@
+"""``sah tune`` (and ``benchmark/run_optimize_configs.py``): run a Ray Tune study."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sah.recording.format import RecordingError
+from sah.validation import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML study file (default: configs/default.yaml)")
+    parser.add_argument("--name", help="run name: results go to RESULTS_DIR/NAME (default: the study's name)")
+    parser.add_argument("--searcher", choices=("grid", "random", "optuna"), help="override the study's searcher")
+    parser.add_argument("--num-samples", type=int, help="trials per chain (random and optuna searchers)")
+    parser.add_argument("--seed", type=int, help="seed of the searchers (reruns are reproducible)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also torch threads)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial")
+    parser.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto') instead of starting one")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (Tuner.restore)")
+    parser.add_argument("--results-dir", default="results", help="folder of run folders (default: results)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sah.tuning.runner import RunInterrupted, RunOptions, run_study
+    options = RunOptions(config=args.config, name=args.name, searcher=args.searcher,
+                         num_samples=args.num_samples, seed=args.seed,
+                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                         address=args.address, resume=args.resume, results_dir=args.results_dir,
+                         progress=not args.quiet)
+    try:
+        run_dir = run_study(options)
+    except (ConfigError, RecordingError, FileExistsError, FileNotFoundError) as exc:
+        print(f"sah tune: error: {exc}", file=sys.stderr)
+        return 2
+    except RunInterrupted as exc:
+        print(f"sah tune: {exc}", file=sys.stderr)
+        return 130
+    print(f"run finished: {run_dir}")
+    summary = run_dir / "summary.md"
+    if summary.is_file():
+        print(summary.read_text())
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="run_optimize_configs.py",
+                                     description="Tune sparse attention chains with Ray Tune")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,94 @@
+"""The study option ``fit_hash_attention``: fit HashAttention hashes once per run.
+
+```yaml
+fit_hash_attention: {bits: 32, steps: 300}   # any fit_hash_attention() keyword; bits = hat_bits
+```
+
+Before any trial, the hash functions are fitted on the run's recording
+(:func:`sah.maskers.hash_attention_fit.fit_hash_attention`) and saved in the run folder
+(``hash_attention/weights.safetensors`` plus ``report.json``). Every
+``HashAttentionTopKMaskerConfig`` of the study gets ``hat_weight_file`` pointing there
+and the fitted sizes (``hat_bits``, ``hat_mlp_*``) as fixed fields, so trials, tuned
+configs and exports all load the same weights. A resumed run reuses the saved weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+from sah.tuning.outputs import atomic_write_text
+from sah.tuning.study import Study
+from sah.validation import ConfigError
+
+MASKER = "HashAttentionTopKMaskerConfig"
+SIZE_FIELDS = ("hat_bits", "hat_mlp_layers", "hat_mlp_hidden_size", "hat_mlp_activation")
+FIT_DEFAULTS = {"hat_bits": 32, "hat_mlp_layers": 3, "hat_mlp_hidden_size": 128,
+                "hat_mlp_activation": "silu"}
+
+
+def fit_options(study: Study) -> Dict[str, Any]:
+    opts = dict(study.fit_hash_attention or {})
+    if "bits" in opts:
+        opts["hat_bits"] = opts.pop("bits")
+    return opts
+
+
+def weights_path(run_dir: Path) -> Path:
+    return Path(run_dir).resolve() / "hash_attention" / "weights.safetensors"
+
+
+def attach_weights(study: Study, run_dir: Path) -> None:
+    """Point every HashAttention masker of the study at the run's fitted weights."""
+    if not study.fit_hash_attention:
+        return
+    import inspect
+
+    from sah.maskers.hash_attention_fit import fit_hash_attention
+    opts = fit_options(study)
+    known = set(inspect.signature(fit_hash_attention).parameters) - {"source", "heldout"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ConfigError(f"{study.source}: fit_hash_attention.{unknown[0]}: unknown option; "
+                          f"options: bits, {', '.join(sorted(known))}")
+    sizes = {k: opts.get(k, FIT_DEFAULTS[k]) for k in SIZE_FIELDS}
+    found = False
+    for i, chain in enumerate(study.chains):
+        for j, masker in enumerate(chain.maskers):
+            if masker.config_class.__name__ != MASKER:
+                continue
+            found = True
+            for name, value in sizes.items():
+                if name in masker.domains or masker.fixed.get(name, value) != value:
+                    raise ConfigError(
+                        f"{study.source}: chains[{i}].maskers[{j}].{name}: the fitted weights have "
+                        f"{name}={value!r}; leave the field out (or set it in fit_hash_attention)")
+                masker.fixed[name] = value
+            masker.fixed["hat_weight_file"] = str(weights_path(run_dir))
+    if not found:
+        raise ConfigError(f"{study.source}: fit_hash_attention: no chain uses {MASKER}; remove the "
+                          f"option or add a HashAttention chain")
+
+
+def prepare_hash_attention(study: Study, recording: Any, run_dir: Path) -> Path:
+    """Fit and save the weights unless the run already holds them."""
+    path = weights_path(run_dir)
+    if path.is_file():
+        return path
+    from sah.maskers.hash_attention import save_hat_weights
+    from sah.maskers.hash_attention_fit import fit_hash_attention
+    opts = fit_options(study)
+    if study.layers and "layers" not in opts:
+        opts["layers"] = list(study.layers)
+    weights, report = fit_hash_attention(recording, **opts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".weights.tmp.safetensors")
+    save_hat_weights(weights, tmp)
+    tmp.replace(path)
+    doc = {"options": opts, "recall_k": report.recall_k, "steps": report.steps,
+           "seconds": report.seconds,
+           "recall_before": {str(k): v for k, v in report.recall_before.items()},
+           "recall_after": {str(k): v for k, v in report.recall_after.items()}}
+    atomic_write_text(path.parent / "report.json", json.dumps(doc, indent=2) + "\n")
+    return path

@@ -1,0 +1,383 @@
+"""A YAML study: what to tune, on which recording, how. Validated before any trial starts.
+
+```yaml
+name: my_study                 # run name (default: the file's stem)
+recording: default             # 'default' (made on first use) or a recording file
+objective: sparsity_10         # 'default' or 'sparsity_T' (T in percent)
+density_targets: [0.05, 0.10]  # best config exported at each density
+searcher: optuna               # grid | random | optuna (TPE)
+multi_objective: false         # optuna only: search over (output_error, density)
+num_samples: 20                # trials per chain (random, optuna)
+seed: 0
+scheduler: {type: asha, grace_period: 1, reduction_factor: 3}   # optional
+resources_per_trial: {cpu: 1, gpu: 0}
+max_concurrent_trials: null    # default: as many as the CPUs allow
+layers: null                   # optional subset of the recorded layer ids
+layers_per_report: null        # layers per report (default: about 4 reports per trial)
+fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
+chains:
+  - name: sink_local_oracle_top_k
+    searcher: random           # optional per-chain override (also num_samples)
+    maskers:
+      - {type: SinkMaskerConfig, sink_size: 128}
+      - type: OracleTopKConfig
+        heavy_size: {search: loguniform, low: 0.005, high: 0.2}
+```
+
+Every error is one :class:`ConfigError` line naming the file and the YAML path,
+e.g. ``configs/x.yaml: chains[1].maskers[2].heavy_size.high: ...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+import sah.maskers  # noqa: F401  (registers every masker)
+from sah.attention import ResearchAttentionConfig
+from sah.maskers.base import MaskerConfig, MaskerRegistry
+from sah.objectives import get_objective
+from sah.tuning.space import Domain, plain_value
+from sah.validation import ConfigError
+
+SEARCHERS = ("grid", "random", "optuna")
+TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "multi_objective",
+            "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
+            "layers", "layers_per_report", "fit_hash_attention", "chains")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _check(cond: bool, path: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{path}: {message}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass
+class MaskerSpec:
+    """One masker of a chain: fixed fields and search domains."""
+
+    config_class: type
+    fixed: Dict[str, Any]
+    domains: Dict[str, Domain]
+    keys: Dict[str, str] = field(default_factory=dict)  # field -> trial parameter name
+    path: str = ""
+
+    def build(self, params: Dict[str, Any]) -> MaskerConfig:
+        values = dict(self.fixed)
+        for name in self.domains:
+            values[name] = plain_value(params[self.keys[name]])
+        return self.config_class(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"type": self.config_class.__name__}
+        out.update(copy.deepcopy(self.fixed))
+        out.update({k: d.to_dict() for k, d in self.domains.items()})
+        return out
+
+
+@dataclass
+class ChainSpec:
+    name: str
+    maskers: List[MaskerSpec]
+    searcher: str
+    num_samples: int
+    path: str = ""
+
+    @property
+    def param_names(self) -> List[str]:
+        return [m.keys[f] for m in self.maskers for f in m.domains]
+
+    @property
+    def domains(self) -> Dict[str, Domain]:
+        return {m.keys[f]: d for m in self.maskers for f, d in m.domains.items()}
+
+    def build(self, params: Dict[str, Any]) -> ResearchAttentionConfig:
+        """The chain's config for one trial's parameters (``{param name: value}``)."""
+        return ResearchAttentionConfig([m.build(params) for m in self.maskers])
+
+    def expected_trials(self) -> int:
+        """How many trials the chain runs (grid points times samples)."""
+        grid = 1
+        for d in self.domains.values():
+            if d.kind == "grid" or (self.searcher == "grid" and d.kind == "choice"):
+                grid *= len(d.values)
+        return grid * self.num_samples
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "searcher": self.searcher, "num_samples": self.num_samples,
+                "maskers": [m.to_dict() for m in self.maskers]}
+
+
+@dataclass
+class Study:
+    name: str
+    recording: str
+    objective: str
+    density_targets: List[float]
+    searcher: str
+    multi_objective: bool
+    num_samples: int
+    seed: int
+    scheduler: Optional[Dict[str, Any]]
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent_trials: Optional[int]
+    layers: Optional[List[int]]
+    layers_per_report: Optional[int]
+    fit_hash_attention: Optional[Dict[str, Any]]
+    chains: List[ChainSpec]
+    source: str = "study"
+
+    def chain(self, name: str) -> ChainSpec:
+        for c in self.chains:
+            if c.name == name:
+                return c
+        raise ConfigError(f"no chain {name!r} in the study; chains: "
+                          f"{', '.join(c.name for c in self.chains)}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The resolved study (defaults filled in, CLI overrides applied)."""
+        return {
+            "name": self.name, "recording": self.recording, "objective": self.objective,
+            "density_targets": list(self.density_targets), "searcher": self.searcher,
+            "multi_objective": self.multi_objective, "num_samples": self.num_samples,
+            "seed": self.seed, "scheduler": copy.deepcopy(self.scheduler),
+            "resources_per_trial": {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
+            "max_concurrent_trials": self.max_concurrent_trials, "layers": self.layers,
+            "layers_per_report": self.layers_per_report,
+            "fit_hash_attention": copy.deepcopy(self.fit_hash_attention),
+            "chains": [c.to_dict() for c in self.chains],
+        }
+
+
+# ---------------------------------------------------------------------- parsing
+def load_study(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Study:
+    """Read and validate a study file; ``overrides`` (CLI flags) replace top-level keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file; pass --config with a YAML study "
+                          f"(see configs/default.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(s.strip() for s in first)})") from None
+    return parse_study(data, str(path), overrides, default_name=path.stem)
+
+
+def parse_study(data: Any, source: str = "study", overrides: Optional[Dict[str, Any]] = None,
+                default_name: str = "study") -> Study:
+    try:
+        return _parse(data, overrides or {}, default_name, source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str) -> Study:
+    _check(isinstance(data, dict), "study", f"expected a mapping of study keys, got "
+                                           f"{type(data).__name__}")
+    data = dict(data)
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    _check(not unknown, unknown[0] if unknown else "", f"unknown study key; known keys: "
+                                                      f"{', '.join(TOP_KEYS)}")
+    name = data.get("name", default_name)
+    _check(isinstance(name, str) and bool(_NAME.match(name)), "name",
+           f"got {name!r}; use letters, digits, '_', '-', '.'")
+    recording = data.get("recording", "default")
+    _check(isinstance(recording, str) and recording != "", "recording",
+           "expected 'default' or the path of a recording file")
+    objective = data.get("objective", "sparsity_10")
+    _check(isinstance(objective, str), "objective", f"got {objective!r}; expected a name")
+    get_objective(objective)
+    targets = data.get("density_targets", [])
+    _check(isinstance(targets, list), "density_targets", "expected a list of densities in (0, 1]")
+    for i, t in enumerate(targets):
+        _check(_is_number(t) and 0 < t <= 1, f"density_targets[{i}]",
+               f"got {t!r}; expected a density in (0, 1]")
+    searcher = data.get("searcher", "random")
+    _check(searcher in SEARCHERS, "searcher", f"got {searcher!r}; use one of {', '.join(SEARCHERS)}")
+    multi = data.get("multi_objective", False)
+    _check(isinstance(multi, bool), "multi_objective", f"got {multi!r}; expected true or false")
+    num_samples = data.get("num_samples", 10)
+    _check(_is_int(num_samples) and num_samples >= 1, "num_samples",
+           f"got {num_samples!r}; expected an int >= 1")
+    seed = data.get("seed", 0)
+    _check(_is_int(seed) and seed >= 0, "seed", f"got {seed!r}; expected an int >= 0")
+    scheduler = _parse_scheduler(data.get("scheduler"))
+    cpus, gpus = _parse_resources(data.get("resources_per_trial") or {})
+    max_conc = data.get("max_concurrent_trials")
+    _check(max_conc is None or (_is_int(max_conc) and max_conc >= 1), "max_concurrent_trials",
+           f"got {max_conc!r}; expected an int >= 1 or null")
+    layers = data.get("layers")
+    _check(layers is None or (isinstance(layers, list) and layers
+                              and all(_is_int(x) and x >= 0 for x in layers)),
+           "layers", f"got {layers!r}; expected a non-empty list of layer ids or null")
+    per_report = data.get("layers_per_report")
+    _check(per_report is None or (_is_int(per_report) and per_report >= 1), "layers_per_report",
+           f"got {per_report!r}; expected an int >= 1 or null")
+    fit = data.get("fit_hash_attention")
+    _check(fit is None or isinstance(fit, dict), "fit_hash_attention",
+           f"got {fit!r}; expected a mapping of fitting options or null")
+    chains_data = data.get("chains")
+    _check(isinstance(chains_data, list) and bool(chains_data), "chains",
+           "expected a non-empty list of chains ({name, maskers})")
+    chains = [_parse_chain(c, f"chains[{i}]", searcher, num_samples, multi)
+              for i, c in enumerate(chains_data)]
+    seen: Dict[str, int] = {}
+    for i, c in enumerate(chains):
+        _check(c.name not in seen, f"chains[{i}].name",
+               f"{c.name!r} is already the name of chains[{seen.get(c.name)}]; names must be unique")
+        seen[c.name] = i
+    return Study(name, recording, objective, [float(t) for t in targets], searcher, multi,
+                 num_samples, seed, scheduler, cpus, gpus, max_conc,
+                 [int(x) for x in layers] if layers else None, per_report, fit, chains, source)
+
+
+def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
+    if spec is None or spec == "none":
+        return None
+    if spec == "asha":
+        spec = {"type": "asha"}
+    _check(isinstance(spec, dict), "scheduler", f"got {spec!r}; expected null or {{type: asha, ...}}")
+    _check(spec.get("type") == "asha", "scheduler.type", f"got {spec.get('type')!r}; only 'asha'")
+    unknown = sorted(set(spec) - {"type", "grace_period", "reduction_factor"})
+    _check(not unknown, f"scheduler.{unknown[0]}" if unknown else "",
+           "unknown key; ASHA takes grace_period and reduction_factor")
+    grace = spec.get("grace_period", 1)
+    _check(_is_int(grace) and grace >= 1, "scheduler.grace_period", f"got {grace!r}; expected an int >= 1")
+    factor = spec.get("reduction_factor", 3)
+    _check(_is_number(factor) and factor > 1, "scheduler.reduction_factor",
+           f"got {factor!r}; expected a number > 1")
+    return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
+
+
+def _parse_resources(spec: Any) -> tuple:
+    _check(isinstance(spec, dict), "resources_per_trial", "expected {cpu: N, gpu: G}")
+    unknown = sorted(set(spec) - {"cpu", "gpu"})
+    _check(not unknown, f"resources_per_trial.{unknown[0]}" if unknown else "",
+           "unknown key; use cpu and gpu")
+    cpu, gpu = spec.get("cpu", 1), spec.get("gpu", 0)
+    _check(_is_number(cpu) and cpu > 0, "resources_per_trial.cpu", f"got {cpu!r}; expected a number > 0")
+    _check(_is_number(gpu) and gpu >= 0, "resources_per_trial.gpu", f"got {gpu!r}; expected a number >= 0")
+    return cpu, gpu
+
+
+def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: bool) -> ChainSpec:
+    _check(isinstance(data, dict), path, "expected a mapping {name, maskers}")
+    unknown = sorted(set(data) - {"name", "maskers", "searcher", "num_samples"})
+    _check(not unknown, f"{path}.{unknown[0]}" if unknown else "",
+           "unknown chain key; a chain takes name, maskers, searcher, num_samples")
+    name = data.get("name")
+    _check(isinstance(name, str) and bool(_NAME.match(name)), f"{path}.name",
+           f"got {name!r}; use letters, digits, '_', '-', '.' (it names output files)")
+    searcher = data.get("searcher", searcher)
+    _check(searcher in SEARCHERS, f"{path}.searcher", f"got {searcher!r}; use one of {', '.join(SEARCHERS)}")
+    samples = data.get("num_samples", num_samples)
+    _check(_is_int(samples) and samples >= 1, f"{path}.num_samples", f"got {samples!r}; expected an int >= 1")
+    items = data.get("maskers")
+    _check(isinstance(items, list), f"{path}.maskers", "expected a list of maskers ({type: ..., field: value})")
+    maskers = [_parse_masker(m, f"{path}.maskers[{j}]") for j, m in enumerate(items)]
+    _assign_keys(maskers)
+    try:
+        ResearchAttentionConfig([m.build({m.keys[f]: d.extremes()[0][1]
+                                          for f, d in m.domains.items()}) for m in maskers])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}.maskers: {exc}") from None
+    has_domains = any(m.domains for m in maskers)
+    if not has_domains:  # nothing to search: one trial
+        return ChainSpec(name, maskers, "grid", 1, path)
+    for m in maskers:
+        for d in m.domains.values():
+            if searcher == "grid":
+                _check(d.kind in ("grid", "choice"), d.path,
+                       f"a {d.kind} domain cannot be enumerated by the grid searcher; use "
+                       f"grid/choice values or searcher random or optuna")
+            if searcher == "optuna":
+                _check(d.kind != "grid", d.path, "the optuna searcher cannot run a grid; use "
+                       "choice, or searcher grid or random")
+    if multi and searcher != "optuna":
+        raise ConfigError(f"{path}.searcher: multi_objective needs the optuna searcher, got {searcher!r}")
+    return ChainSpec(name, maskers, searcher, 1 if searcher == "grid" else samples, path)
+
+
+def _parse_masker(data: Any, path: str) -> MaskerSpec:
+    _check(isinstance(data, dict), path, "expected a mapping {type: <MaskerConfig class>, field: value}")
+    type_name = data.get("type")
+    _check(isinstance(type_name, str), f"{path}.type",
+           f"missing masker type; one of {', '.join(MaskerRegistry.config_names())}")
+    config_class = MaskerRegistry.config_class(type_name, f"{path}.type")
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.name != "search_space"}
+    fixed: Dict[str, Any] = {}
+    domains: Dict[str, Domain] = {}
+    for key, value in data.items():
+        if key == "type":
+            continue
+        _check(key in fields, f"{path}.{key}",
+               f"{type_name} has no field {key!r}; its fields are {', '.join(sorted(fields))}")
+        if isinstance(value, dict) and "search" in value:
+            domains[key] = Domain.parse(value, f"{path}.{key}")
+        else:
+            fixed[key] = value
+    for fname, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        _check(not required or fname in fixed or fname in domains, f"{path}.{fname}",
+               f"{type_name}.{fname} is required")
+    spec = MaskerSpec(config_class, fixed, domains, {f: f for f in domains}, path)
+    _check_values(spec)
+    return spec
+
+
+def _check_values(spec: MaskerSpec) -> None:
+    """Build the config with every fixed value and each domain at each of its extremes."""
+    firsts = {f: d.extremes()[0][1] for f, d in spec.domains.items()}
+
+    def build(values: Dict[str, Any]) -> None:
+        spec.config_class(**{**spec.fixed, **values})
+
+    try:
+        build(firsts)
+    except ConfigError as exc:
+        for fname, value in spec.fixed.items():  # blame one fixed field if it alone fails
+            try:
+                spec.config_class(**{fname: value})
+            except ConfigError:
+                raise ConfigError(f"{spec.path}.{fname}: {exc}") from None
+            except TypeError:
+                continue
+        if not spec.domains:
+            raise ConfigError(f"{spec.path}: {exc}") from None
+    for fname, domain in spec.domains.items():
+        for where, value in domain.extremes():
+            try:
+                build({**firsts, fname: value})
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+
+
+def _assign_keys(maskers: List[MaskerSpec]) -> None:
+    """Trial parameter names: ``<ConfigClass>_<field>`` (the prior hub's names), with the
+    masker's index added when a chain holds two maskers of the same class."""
+    counts: Dict[str, int] = {}
+    for m in maskers:
+        counts[m.config_class.__name__] = counts.get(m.config_class.__name__, 0) + 1
+    for j, m in enumerate(maskers):
+        cls = m.config_class.__name__
+        prefix = cls if counts[cls] == 1 else f"{cls}_{j}"
+        m.keys = {f: f"{prefix}_{f}" for f in m.domains}

@@ -1,0 +1,76 @@
+"""Support for the tuning tests: small recordings, a masker that fails on demand, and
+brute-force references (plain loops)."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+from sah.mask import Mask
+from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
+from sah.recording.format import LayerRecording, Recording
+from sah.validation import check_int
+
+
+@dataclass
+class FailingMaskerConfig(MaskerConfig):
+    """Adds nothing; raises at run time when ``fail`` is 1 (valid config either way)."""
+
+    fail: int = 0
+    search_space: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_int(type(self).__name__, "fail", self.fail, low=0, high=1)
+
+
+@MaskerRegistry.register(FailingMaskerConfig)
+class FailingMasker(FixedMasker):
+    def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
+                 sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
+        if self.config.fail:
+            raise RuntimeError("deliberate failure for the test (fail=1)")
+        return previous_mask
+
+
+def random_recording(num_layers=3, h=4, hk=2, q=6, n=64, d=16, seed=0) -> Recording:
+    g = torch.Generator().manual_seed(seed)
+    layers = [LayerRecording(10 + i, torch.randn(1, h, q, d, generator=g),
+                             torch.randn(1, hk, n, d, generator=g) * (1 + i),
+                             torch.randn(1, hk, n, d, generator=g)) for i in range(num_layers)]
+    return Recording(layers, torch.arange(n - q, n), d ** -0.5, {})
+
+
+def sink_local_error_ref(rec: Recording, index: int, sink: int, window: int) -> Tuple[float, float]:
+    """(output_error, density) of sink+local on one layer, by plain loops over rows."""
+    lr = rec.layers[index]
+    b, h, q, d = lr.queries.shape
+    hk, n = lr.keys.shape[1], lr.keys.shape[2]
+    num = den = 0.0
+    active = allowed = 0
+    for hi in range(h):
+        k, v = lr.keys[0, hi // (h // hk)].double(), lr.values[0, hi // (h // hk)].double()
+        for qi in range(q):
+            t = int(rec.query_positions[qi])
+            logits = [rec.scaling * float(lr.queries[0, hi, qi].double() @ k[j]) for j in range(t + 1)]
+            m = max(logits)
+            w = [math.exp(x - m) for x in logits]
+            dense = sum(w[j] * v[j] for j in range(t + 1)) / sum(w)
+            keep = [j for j in range(t + 1) if j < sink or j > t - window]
+            sparse = sum(w[j] * v[j] for j in keep) / sum(w[j] for j in keep)
+            num += float(((dense - sparse) ** 2).sum())
+            den += float((dense ** 2).sum())
+            active += len(keep)
+            allowed += t + 1
+    return math.sqrt(num / den), active / allowed
+
+
+def brute_force_front(points: Sequence[Tuple[float, float]]) -> List[int]:
+    """Indices of (density, error) points no other point dominates, sorted by density."""
+    front = []
+    for i, (d, e) in enumerate(points):
+        dominated = any((d2 <= d and e2 <= e and (d2 < d or e2 < e)) for d2, e2 in points)
+        duplicate_before = any(points[j] == (d, e) for j in range(i))
+        if not dominated and not duplicate_before:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
