@@ -1,8 +1,9 @@
 """The files of a run: trials.csv, summary.md, tuned/, pareto.png, resources/ (all atomic).
 
-``trials.csv`` is the source of truth: one row per trial (chain, trial index, status,
-every parameter, output_error, density, score, aux bits, layers evaluated, seconds, error
-message). Best configs, Pareto fronts and the density-target picks are computed from its
+``trials.csv`` is the source of truth: one row per scored configuration (chain, trial
+index, the Ray trial id and, for batched chains, the configuration's slot in its Ray
+trial's batch; status, every parameter, output_error, density, score, aux bits, layers
+evaluated, seconds, seconds inside chain evaluation, error message). Best configs, Pareto fronts and the density-target picks are computed from its
 rows, and a config is rebuilt from a row with the study's chain spec
 (:func:`row_config`), so what is exported is exactly what was scored.
 """
@@ -26,7 +27,8 @@ from sah.objectives import best_at_density, pareto_front
 from sah.tuning.space import Domain, plain_value
 from sah.tuning.study import ChainSpec, Study, parse_study
 
-FIGURES = ("output_error", "density", "score", "aux_bits_per_token", "layers_done", "seconds")
+FIGURES = ("output_error", "density", "score", "aux_bits_per_token", "layers_done", "seconds",
+           "eval_seconds")
 COMPLETED, FAILED, STOPPED, UNFINISHED = "completed", "failed", "stopped", "unfinished"
 
 
@@ -97,6 +99,9 @@ def collect_rows(study: Study, grids: Dict[str, Any], interrupted: bool = False
         grid = grids.get(chain.name)
         if grid is None:
             continue
+        if chain.batched:
+            rows += _batch_rows(chain, grid)
+            continue
         for index, result in enumerate(_creation_order(grid)):
             config = result.config or {}
             metrics = result.metrics or {}
@@ -120,11 +125,43 @@ def collect_rows(study: Study, grids: Dict[str, Any], interrupted: bool = False
     return rows
 
 
+def _batch_rows(chain: ChainSpec, grid: Any) -> List[Dict[str, Any]]:
+    """One row per configuration of a batched chain, ordered by trial index. A batch that
+    did not report (stopped or not finished) leaves its configurations unfinished; a whole
+    batch that raised marks each of its configurations failed with the message."""
+    rows: List[Dict[str, Any]] = []
+    for result in (grid[i] for i in range(len(grid))):
+        batch = (result.config or {}).get("batch") or {}
+        metrics = result.metrics or {}
+        figures = json.loads(metrics["batch_results"]) if "batch_results" in metrics else None
+        for slot, params in enumerate(batch.get("params", [])):
+            row: Dict[str, Any] = {"chain": chain.name, "trial": batch["first"] + slot,
+                                   "trial_id": _trial_id(result), "batch_slot": slot}
+            found = figures[slot] if figures is not None and slot < len(figures) else None
+            if result.error is not None:
+                status, message = FAILED, _error_message(result.error)
+            elif found is None:
+                status, message = UNFINISHED, ""
+            elif found.get("error_message"):
+                status, message = FAILED, found["error_message"]
+            else:
+                status, message = COMPLETED, ""
+            row["status"] = status
+            for name in chain.param_names:
+                row[name] = plain_value(params.get(name))
+            for name in FIGURES:
+                row[name] = plain_value(found.get(name)) if status == COMPLETED else None
+            row["error_message"] = message
+            rows.append(row)
+    return sorted(rows, key=lambda r: r["trial"])
+
+
 def csv_columns(study: Study) -> List[str]:
     params: List[str] = []
     for chain in study.chains:
         params += [p for p in chain.param_names if p not in params]
-    return ["chain", "trial", "trial_id", "status", *params, *FIGURES, "error_message"]
+    return ["chain", "trial", "trial_id", "batch_slot", "status", *params, *FIGURES,
+            "error_message"]
 
 
 def rows_to_csv(study: Study, rows: List[Dict[str, Any]]) -> str:

@@ -36,22 +36,30 @@ class TrialProgress(Callback):
         self._ensure_bar()
 
     def on_trial_complete(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
-        score = (trial.last_result or {}).get("score")
-        if score is not None and (trial.last_result or {}).get("complete") and score < self.best:
+        result = trial.last_result or {}
+        score = result.get("score")
+        if score is not None and result.get("complete") and score < self.best:
             self.best = float(score)
-        self._advance()
+        self.failed += int(result.get("failed", 0))
+        self._advance(_configs(trial))
 
     def on_trial_error(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
-        self.failed += 1
-        self._advance()
+        self.failed += _configs(trial)
+        self._advance(_configs(trial))
 
-    def _advance(self) -> None:
+    def _advance(self, count: int) -> None:
         bar = self._ensure_bar()
         if bar is not None:
-            bar.update(1)
+            bar.update(count)
             bar.set_postfix(best_score=f"{self.best:.4g}", failed=self.failed, refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _configs(trial: Any) -> int:
+    """Configurations a Ray trial scores (a batch holds several)."""
+    batch = (getattr(trial, "config", None) or {}).get("batch")
+    return len(batch["params"]) if isinstance(batch, dict) else 1

@@ -177,7 +177,10 @@ def _scheduler(study: Study, num_groups: int):
                          reduction_factor=study.scheduler["reduction_factor"])
 
 
-def _param_space(chain: ChainSpec) -> Dict[str, Any]:
+def _param_space(chain: ChainSpec, study: Study, index: int) -> Dict[str, Any]:
+    if chain.batched:
+        from sah.tuning.batching import batch_param_space
+        return batch_param_space(chain, study.seed, index, CHAIN_KEY)
     space: Dict[str, Any] = {CHAIN_KEY: chain.name}
     for name, domain in chain.domains.items():
         space[name] = domain.to_ray(as_grid=chain.searcher == "grid")
@@ -198,18 +201,22 @@ def run_chain(chain: ChainSpec, index: int, study: Study, trainable: Any, ray_di
     callbacks = [TrialProgress(chain.name, chain.expected_trials(), enabled=progress)]
     if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
-                                   param_space=_param_space(chain), resume_unfinished=True,
+                                   param_space=_param_space(chain, study, index),
+                                   resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         local = getattr(tuner, "_local_tuner", None)  # restored runs keep their old callbacks
         if local is not None:
             local.get_run_config().callbacks = callbacks
     else:
         search_alg, metric, mode = _searcher(chain, study, index)
+        num_samples = chain.num_samples
+        if chain.batched:  # the batches are a grid of their own; nothing to optimise
+            metric, mode, num_samples = None, None, 1
         tuner = tune.Tuner(
-            trainable, param_space=_param_space(chain),
+            trainable, param_space=_param_space(chain, study, index),
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, scheduler=_scheduler(study, num_groups),
-                metric=metric, mode=mode, num_samples=chain.num_samples, reuse_actors=True,
+                metric=metric, mode=mode, num_samples=num_samples, reuse_actors=True,
                 max_concurrent_trials=study.max_concurrent_trials,
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
@@ -307,7 +314,7 @@ def run_study(options: RunOptions) -> Path:
             grid, stopped = run_chain(chain, i, study, trainable, ray_dir, num_groups,
                                       options.progress)
             grids[chain.name] = grid
-            if stopped or len(grid) < chain.expected_trials():
+            if stopped or len(grid) < chain.expected_ray_trials():
                 interrupted = True
                 break
             done[chain.name] = "complete"

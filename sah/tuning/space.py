@@ -120,6 +120,24 @@ class Domain:
             return tune.randint(self.low, self.high)
         return tune.qrandint(self.low, self.high, self.q)
 
+    def sample(self, rng: Any) -> Any:
+        """One value drawn with ``rng`` (a ``numpy.random.Generator``), as the Ray domain of
+        the same kind would draw it: ``choice`` uniform over the values, ``uniform`` and
+        ``loguniform`` floats in ``[low, high]``, ``randint`` ints in ``[low, high)``,
+        ``qrandint`` multiples of ``q`` between the ends :meth:`extremes` checked.
+        ``grid`` domains are enumerated, not sampled (see :mod:`sah.tuning.batching`)."""
+        if self.kind in ("grid", "choice"):
+            return self.values[int(rng.integers(len(self.values)))]
+        if self.kind == "uniform":
+            return float(rng.uniform(self.low, self.high))
+        if self.kind == "loguniform":
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        if self.kind == "randint":
+            return int(rng.integers(self.low, self.high))
+        (_, first), (_, top) = self.extremes()
+        steps = max(0, (top - first) // self.q)
+        return int(first + self.q * int(rng.integers(steps + 1)))
+
     def to_dict(self) -> Dict[str, Any]:
         if self.kind in ("grid", "choice"):
             return {"search": self.kind, "values": list(self.values)}

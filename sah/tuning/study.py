@@ -14,6 +14,7 @@ resources_per_trial: {cpu: 1, gpu: 0}
 max_concurrent_trials: null    # default: as many as the CPUs allow
 layers: null                   # optional subset of the recorded layer ids
 layers_per_report: null        # layers per report (default: about 4 reports per trial)
+configs_per_trial: 8           # configurations one Ray trial scores (grid/random; see below)
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
 chains:
   - name: sink_local_oracle_top_k
@@ -23,6 +24,13 @@ chains:
       - type: OracleTopKConfig
         heavy_size: {search: loguniform, low: 0.005, high: 0.2}
 ```
+
+``configs_per_trial`` batches the configurations of grid and random chains: the driver
+enumerates the grid and draws the random samples itself (seeded, see
+:mod:`sah.tuning.batching`) and each Ray trial scores a batch of them one after the other,
+so Ray's fixed cost per trial is paid once per batch. It is forced to 1 for Optuna chains
+(the searcher learns from each result before proposing the next) and when a scheduler is
+set (ASHA stops single trials on their intermediate reports).
 
 Every error is one :class:`ConfigError` line naming the file and the YAML path,
 e.g. ``configs/x.yaml: chains[1].maskers[2].heavy_size.high: ...``.
@@ -49,7 +57,8 @@ from sah.validation import ConfigError
 SEARCHERS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "multi_objective",
             "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
-            "layers", "layers_per_report", "fit_hash_attention", "chains")
+            "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial", "chains")
+DEFAULT_CONFIGS_PER_TRIAL = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -96,6 +105,11 @@ class ChainSpec:
     searcher: str
     num_samples: int
     path: str = ""
+    configs_per_trial: int = 1  # effective batch size (1: one configuration per Ray trial)
+
+    @property
+    def batched(self) -> bool:
+        return self.configs_per_trial > 1
 
     @property
     def param_names(self) -> List[str]:
@@ -116,6 +130,11 @@ class ChainSpec:
             if d.kind == "grid" or (self.searcher == "grid" and d.kind == "choice"):
                 grid *= len(d.values)
         return grid * self.num_samples
+
+    def expected_ray_trials(self) -> int:
+        """How many Ray trials score those configurations (batches when batched)."""
+        n = self.expected_trials()
+        return -(-n // self.configs_per_trial) if self.batched else n
 
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "searcher": self.searcher, "num_samples": self.num_samples,
@@ -141,6 +160,7 @@ class Study:
     fit_hash_attention: Optional[Dict[str, Any]]
     chains: List[ChainSpec]
     source: str = "study"
+    configs_per_trial: int = DEFAULT_CONFIGS_PER_TRIAL
 
     def chain(self, name: str) -> ChainSpec:
         for c in self.chains:
@@ -160,6 +180,7 @@ class Study:
             "max_concurrent_trials": self.max_concurrent_trials, "layers": self.layers,
             "layers_per_report": self.layers_per_report,
             "fit_hash_attention": copy.deepcopy(self.fit_hash_attention),
+            "configs_per_trial": self.configs_per_trial,
             "chains": [c.to_dict() for c in self.chains],
         }
 
@@ -235,6 +256,9 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     fit = data.get("fit_hash_attention")
     _check(fit is None or isinstance(fit, dict), "fit_hash_attention",
            f"got {fit!r}; expected a mapping of fitting options or null")
+    per_trial = data.get("configs_per_trial", DEFAULT_CONFIGS_PER_TRIAL)
+    _check(_is_int(per_trial) and per_trial >= 1, "configs_per_trial",
+           f"got {per_trial!r}; expected an int >= 1 (configurations per Ray trial)")
     chains_data = data.get("chains")
     _check(isinstance(chains_data, list) and bool(chains_data), "chains",
            "expected a non-empty list of chains ({name, maskers})")
@@ -245,9 +269,12 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
         _check(c.name not in seen, f"chains[{i}].name",
                f"{c.name!r} is already the name of chains[{seen.get(c.name)}]; names must be unique")
         seen[c.name] = i
+        batchable = c.searcher in ("grid", "random") and scheduler is None
+        c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
     return Study(name, recording, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
-                 [int(x) for x in layers] if layers else None, per_report, fit, chains, source)
+                 [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
+                 per_trial)
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:

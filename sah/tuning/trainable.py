@@ -17,11 +17,12 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 
+from sah.attention import ResearchAttention
 from sah.evaluate import PROCESS_CACHE, iter_evaluation
 from sah.objectives import get_objective
 from sah.recording.format import LayerRecording, Recording
@@ -85,23 +86,26 @@ def trial_params(config: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in config.items() if k != CHAIN_KEY}
 
 
-def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = None,
-              task: Optional[TrialTask] = None) -> None:
-    """Ray Tune function trainable: one chain config, reports after each group of layers."""
-    from ray import tune
+def _device(task: TrialTask) -> Optional[str]:
+    return "cuda" if task.gpus_per_trial > 0 and torch.cuda.is_available() else None
 
-    assert recording is not None and task is not None
+
+def evaluate_params(chain: ChainSpec, params: Dict[str, Any], rec: Recording,
+                    task: TrialTask) -> Iterator[Dict[str, Any]]:
+    """Score one configuration; yield the metrics after each group of layers. Raises on a
+    failure (including non-finite figures). ``eval_seconds`` is the time spent inside chain
+    evaluation (building the chain, masks, estimator, figures), not in the caller."""
     start = time.perf_counter()
-    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
-    chain = task.chains[config[CHAIN_KEY]]
-    params = trial_params(config)
     attention_config = chain.build(params)
-    device = "cuda" if task.gpus_per_trial > 0 and torch.cuda.is_available() else None
     objective = get_objective(task.objective)
-    rec = recording.recording
-    aux_bits: Optional[float] = None
-    for partial in iter_evaluation(attention_config, rec, task.layers, task.layers_per_report,
-                                   PROCESS_CACHE, device):
+    eval_seconds = time.perf_counter() - start
+    partials = iter_evaluation(attention_config, rec, task.layers, task.layers_per_report,
+                               PROCESS_CACHE, _device(task))
+    while True:
+        began = time.perf_counter()
+        partial = next(partials, None)
+        if partial is None:
+            return
         error, density = partial.output_error, partial.density
         if not (np.isfinite(error) and np.isfinite(density)):
             raise FloatingPointError(f"non-finite figures after layer {partial.layers[-1].layer}: "
@@ -109,14 +113,68 @@ def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
         metrics: Dict[str, Any] = {
             "output_error": error, "density": density, "score": objective(error, density),
             "layers_done": len(partial.layers), "complete": partial.complete,
-            "seconds": time.perf_counter() - start,
         }
         if partial.complete:
-            from sah.attention import ResearchAttention
-            aux_bits = ResearchAttention.create_from_config(attention_config).aux_bits_per_token(
-                rec.head_dim)
-            metrics["aux_bits_per_token"] = aux_bits
-            metrics["per_layer"] = json.dumps([
-                {"layer": lf.layer, "output_error": lf.output_error, "density": lf.density}
-                for lf in partial.layers])
+            metrics["aux_bits_per_token"] = ResearchAttention.create_from_config(
+                attention_config).aux_bits_per_token(rec.head_dim)
+            metrics["per_layer"] = [{"layer": lf.layer, "output_error": lf.output_error,
+                                     "density": lf.density} for lf in partial.layers]
+        eval_seconds += time.perf_counter() - began
+        metrics["seconds"] = time.perf_counter() - start
+        metrics["eval_seconds"] = eval_seconds
+        yield metrics
+
+
+def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = None,
+              task: Optional[TrialTask] = None) -> None:
+    """Ray Tune function trainable: one chain config, reports after each group of layers
+    (a config holding a batch of configurations goes to :func:`run_batch`)."""
+    from ray import tune
+
+    from sah.tuning.batching import BATCH_KEY
+
+    assert recording is not None and task is not None
+    if BATCH_KEY in config:
+        return run_batch(config, recording, task)
+    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
+    chain = task.chains[config[CHAIN_KEY]]
+    for metrics in evaluate_params(chain, trial_params(config), recording.recording, task):
+        if "per_layer" in metrics:
+            metrics["per_layer"] = json.dumps(metrics["per_layer"])
         tune.report(metrics)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+
+
+def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = None,
+              task: Optional[TrialTask] = None) -> None:
+    """Ray Tune function trainable for a batch (:mod:`sah.tuning.batching`): scores every
+    configuration of ``config["batch"]`` in turn and reports once, at the end, a JSON list
+    of per-configuration figures (``error_message`` set for one that raised, which gets no
+    figures); the batch's best score is the trial's ``score``."""
+    from ray import tune
+
+    from sah.tuning.batching import BATCH_KEY
+
+    assert recording is not None and task is not None
+    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
+    chain = task.chains[config[CHAIN_KEY]]
+    batch = config[BATCH_KEY]
+    results: List[Dict[str, Any]] = []
+    for params in batch["params"]:
+        last: Dict[str, Any] = {}
+        try:
+            for last in evaluate_params(chain, params, recording.recording, task):
+                pass
+            results.append(last)
+        except Exception as exc:  # recorded per configuration; the batch goes on
+            results.append({"error_message": _one_line(exc)})
+    scores = [r["score"] for r in results if "score" in r]
+    tune.report({"complete": True, "batch_index": batch["index"], "batch_size": len(results),
+                 "failed": len(results) - len(scores),
+                 "score": min(scores) if scores else float("nan"),
+                 "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in results),
+                 "batch_results": json.dumps(results)})
