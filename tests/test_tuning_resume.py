@@ -57,7 +57,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
             {"type": "LocalMaskerConfig",
              "window_size": {"search": "uniform", "low": 0.01, "high": 0.5}}]}]}))
     results = tmp_path / "results"
-    exp_dir = results / "killme" / "ray" / "sink_local"
+    exp_dir = results / "killme" / "ray" / "_batched"  # the batches of every grid/random chain
     proc = launch(study, results)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and finished_trials(exp_dir) < 2:

@@ -76,7 +76,7 @@ def test_small_study_end_to_end(ray_session, rec_path, tmp_path, capsys):
                  "tuned/strided.hub.json", "resources/sink_local.json", "resources/strided.json"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run_dir / "ray" / "sink_local" / "tuner.pkl").is_file()  # Ray's experiment folder
+    assert (run_dir / "ray" / "_batched" / "tuner.pkl").is_file()  # one experiment: all batches
     recording = load_recording(rec_path)
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
     assert meta["recording"]["hash"] == recording.metadata["content_hash"]

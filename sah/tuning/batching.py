@@ -11,9 +11,12 @@ their configurations can be decided up front and scored several per trial:
   configurations do not depend on the batch size: batching only groups them.
 - :func:`split_batches` cuts them into batches of at most ``configs_per_trial``, sizes
   differing by at most one, so the last Ray trial is not a short straggler.
-- :func:`batch_param_space` turns the batches into one ``tune.grid_search`` value per
-  batch (``{index, first, params}``): every Ray trial carries the parameters it scores, so
-  its stored config alone says what it scored (``collect_rows`` reads it back).
+- :func:`batched_param_space` turns the batches of every batched chain of a study into
+  one ``tune.grid_search`` value per batch (``{chain, index, first, params}``), run as ONE
+  Ray experiment: the worker actors (their imports and cached layer contexts) then serve
+  every chain, and no slot idles at the end of each chain. Every Ray trial carries the
+  parameters it scores, so its stored config alone says what it scored (``collect_rows``
+  reads it back).
 
 A batch is atomic: its trial reports once, after the last configuration, so a run stopped
 mid-batch scores the whole batch again on resume and never keeps half of it. A
@@ -23,13 +26,14 @@ configuration that raises is recorded as failed with its message; the others sti
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from sah.tuning.study import ChainSpec
 
-BATCH_KEY = "batch"  # trial parameter holding {index, first, params: [...]} of a batch
+BATCH_KEY = "batch"  # trial parameter holding {chain, index, first, params: [...]}
+BATCHED_EXPERIMENT = "_batched"  # its folder under <run>/ray (no chain name starts with "_")
 
 
 def chain_param_sets(chain: ChainSpec, seed: int, chain_index: int) -> List[Dict[str, Any]]:
@@ -70,17 +74,19 @@ def split_batches(items: List[Any], max_size: int) -> List[List[Any]]:
 
 
 def chain_batches(chain: ChainSpec, seed: int, chain_index: int) -> List[Dict[str, Any]]:
-    """The chain's batches: ``{index, first (trial index of its first config), params}``."""
+    """The chain's batches: ``{chain, index, first (trial index of its first configuration),
+    params (one ``{name: value}`` per configuration)}``."""
     batches, first = [], 0
     for index, params in enumerate(split_batches(chain_param_sets(chain, seed, chain_index),
                                                  chain.configs_per_trial)):
-        batches.append({"index": index, "first": first, "params": params})
+        batches.append({"chain": chain.name, "index": index, "first": first, "params": params})
         first += len(params)
     return batches
 
 
-def batch_param_space(chain: ChainSpec, seed: int, chain_index: int,
-                      chain_key: str) -> Dict[str, Any]:
+def batched_param_space(chains: List[Tuple[int, ChainSpec]], seed: int) -> Dict[str, Any]:
+    """The param space of the experiment that runs the batches of ``chains`` (``(position
+    in the study, chain)`` pairs): one grid point per batch, chain after chain."""
     from ray import tune
-    return {chain_key: chain.name,
-            BATCH_KEY: tune.grid_search(chain_batches(chain, seed, chain_index))}
+    batches = [b for index, chain in chains for b in chain_batches(chain, seed, index)]
+    return {BATCH_KEY: tune.grid_search(batches)}

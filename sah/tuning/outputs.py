@@ -132,6 +132,8 @@ def _batch_rows(chain: ChainSpec, grid: Any) -> List[Dict[str, Any]]:
     rows: List[Dict[str, Any]] = []
     for result in (grid[i] for i in range(len(grid))):
         batch = (result.config or {}).get("batch") or {}
+        if batch.get("chain") != chain.name:
+            continue  # one experiment runs the batches of every batched chain
         metrics = result.metrics or {}
         figures = json.loads(metrics["batch_results"]) if "batch_results" in metrics else None
         for slot, params in enumerate(batch.get("params", [])):

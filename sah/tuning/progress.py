@@ -1,65 +1,74 @@
-"""A compact progress display: one bar per chain, updated as trials finish."""
+"""A compact progress display: one bar per chain, updated as its configurations finish."""
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from ray.tune import Callback
 
 
-class TrialProgress(Callback):
-    """Counts finished, failed and early-stopped trials of one chain; shows the best score."""
+def _chain_and_count(trial: Any) -> tuple:
+    """(chain name, configurations) of a Ray trial (a batch holds several configurations)."""
+    config = getattr(trial, "config", None) or {}
+    batch = config.get("batch")
+    if isinstance(batch, dict):
+        return batch.get("chain"), len(batch.get("params", []))
+    return config.get("chain"), 1
 
-    def __init__(self, chain: str, total: int, enabled: bool = True) -> None:
-        self.chain = chain
-        self.total = total
+
+class TrialProgress(Callback):
+    """Counts finished, failed and early-stopped configurations of each chain of one
+    experiment (``totals``: chain -> configurations); shows each chain's best score."""
+
+    def __init__(self, totals: Dict[str, int], enabled: bool = True) -> None:
+        self.totals = dict(totals)
         self.enabled = enabled
-        self.best = math.inf
-        self.failed = 0
-        self._bar: Optional[Any] = None
+        self.best = {c: math.inf for c in self.totals}
+        self.failed = {c: 0 for c in self.totals}
+        self._bars: Dict[str, Any] = {}
 
     def __getstate__(self) -> Dict[str, Any]:  # Ray pickles callbacks with the run config
         state = dict(self.__dict__)
-        state["_bar"] = None
+        state["_bars"] = {}
         return state
 
-    def _ensure_bar(self) -> Any:
-        if self._bar is None and self.enabled:
+    def _bar(self, chain: str) -> Any:
+        if chain not in self._bars and self.enabled and chain in self.totals:
             from tqdm import tqdm
-            self._bar = tqdm(total=self.total, desc=f"{self.chain:>28s}", unit="trial",
-                             file=sys.stderr, dynamic_ncols=True, leave=True)
-        return self._bar
+            self._bars[chain] = tqdm(total=self.totals[chain], desc=f"{chain:>28s}", unit="config",
+                                     file=sys.stderr, dynamic_ncols=True, leave=True)
+        return self._bars.get(chain)
 
     def setup(self, **info: Any) -> None:
-        self._ensure_bar()
+        for chain in self.totals:
+            self._bar(chain)
 
     def on_trial_complete(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
+        chain, count = _chain_and_count(trial)
         result = trial.last_result or {}
         score = result.get("score")
-        if score is not None and result.get("complete") and score < self.best:
-            self.best = float(score)
-        self.failed += int(result.get("failed", 0))
-        self._advance(_configs(trial))
+        if (chain in self.best and score is not None and result.get("complete")
+                and score < self.best[chain]):
+            self.best[chain] = float(score)
+        self._advance(chain, count, int(result.get("failed", 0)))
 
     def on_trial_error(self, iteration: int, trials: List[Any], trial: Any, **info: Any) -> None:
-        self.failed += _configs(trial)
-        self._advance(_configs(trial))
+        chain, count = _chain_and_count(trial)
+        self._advance(chain, count, count)
 
-    def _advance(self, count: int) -> None:
-        bar = self._ensure_bar()
+    def _advance(self, chain: str, count: int, failed: int) -> None:
+        if chain not in self.totals:
+            return
+        self.failed[chain] += failed
+        bar = self._bar(chain)
         if bar is not None:
             bar.update(count)
-            bar.set_postfix(best_score=f"{self.best:.4g}", failed=self.failed, refresh=False)
+            bar.set_postfix(best_score=f"{self.best[chain]:.4g}", failed=self.failed[chain],
+                            refresh=False)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def _configs(trial: Any) -> int:
-    """Configurations a Ray trial scores (a batch holds several)."""
-    batch = (getattr(trial, "config", None) or {}).get("batch")
-    return len(batch["params"]) if isinstance(batch, dict) else 1
+        for bar in self._bars.values():
+            bar.close()
+        self._bars = {}

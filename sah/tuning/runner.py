@@ -1,12 +1,16 @@
-"""Run a study with Ray Tune: one Tuner (one Ray experiment) per chain, then the outputs.
+"""Run a study with Ray Tune: one Tuner (one Ray experiment) for the batched chains and one
+per other chain, then the outputs.
 
 Order of work, so that bad input writes nothing: load and validate the study, check the
 run folder (an existing folder is only ever continued with ``resume``), find and load the
 recording, check the layer subset; only then create the run folder, write ``run.yaml``,
-fit HashAttention weights if asked, start Ray and run the chains. A chain's experiment
-lives in ``<run>/ray/<chain>``; a finished chain is marked in ``<run>/progress.json``.
+fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
+chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
+``<run>/ray/_batched``; an Optuna or ASHA chain's experiment lives in ``<run>/ray/<chain>``;
+a finished chain is marked in ``<run>/progress.json``.
 Ctrl-C or SIGTERM stops Ray Tune gracefully (its state is saved, finished trials kept);
-``resume`` restores each unfinished chain with ``Tuner.restore`` and skips finished ones.
+``resume`` restores each unfinished experiment with ``Tuner.restore`` (finished trials are
+kept, unfinished ones run again from their start).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -177,10 +181,7 @@ def _scheduler(study: Study, num_groups: int):
                          reduction_factor=study.scheduler["reduction_factor"])
 
 
-def _param_space(chain: ChainSpec, study: Study, index: int) -> Dict[str, Any]:
-    if chain.batched:
-        from sah.tuning.batching import batch_param_space
-        return batch_param_space(chain, study.seed, index, CHAIN_KEY)
+def _param_space(chain: ChainSpec) -> Dict[str, Any]:
     space: Dict[str, Any] = {CHAIN_KEY: chain.name}
     for name, domain in chain.domains.items():
         space[name] = domain.to_ray(as_grid=chain.searcher == "grid")
@@ -191,17 +192,43 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def run_chain(chain: ChainSpec, index: int, study: Study, trainable: Any, ray_dir: Path,
-              num_groups: int, progress: bool):
-    """Fit (or restore and continue) one chain's experiment; returns its ResultGrid."""
+Members = List[Tuple[int, ChainSpec]]  # (position in the study, chain)
+
+
+def experiments(study: Study) -> List[Tuple[str, Members]]:
+    """The Ray experiments of a study, in study order: ONE for all batched chains (at the
+    place of the first), and one per other chain (Optuna, ASHA, batch size 1)."""
+    from sah.tuning.batching import BATCHED_EXPERIMENT
+    out: List[Tuple[str, Members]] = []
+    batched: Members = []
+    for i, chain in enumerate(study.chains):
+        if not chain.batched:
+            out.append((chain.name, [(i, chain)]))
+            continue
+        if not batched:
+            out.append((BATCHED_EXPERIMENT, batched))
+        batched.append((i, chain))
+    return out
+
+
+def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: Path,
+                   num_groups: int, progress: bool):
+    """Fit (or restore and continue) one experiment; returns its ResultGrid and whether
+    it was interrupted."""
     from ray import tune
 
     from sah.tuning.progress import TrialProgress
-    exp_dir = ray_dir / chain.name
-    callbacks = [TrialProgress(chain.name, chain.expected_trials(), enabled=progress)]
+    exp_dir = ray_dir / name
+    callbacks = [TrialProgress({c.name: c.expected_trials() for _, c in members},
+                               enabled=progress)]
+    index, chain = members[0]
+    if chain.batched:
+        from sah.tuning.batching import batched_param_space
+        space = batched_param_space(members, study.seed)
+    else:
+        space = _param_space(chain)
     if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable,
-                                   param_space=_param_space(chain, study, index),
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=space,
                                    resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         local = getattr(tuner, "_local_tuner", None)  # restored runs keep their old callbacks
@@ -213,14 +240,14 @@ def run_chain(chain: ChainSpec, index: int, study: Study, trainable: Any, ray_di
         if chain.batched:  # the batches are a grid of their own; nothing to optimise
             metric, mode, num_samples = None, None, 1
         tuner = tune.Tuner(
-            trainable, param_space=_param_space(chain, study, index),
+            trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, scheduler=_scheduler(study, num_groups),
                 metric=metric, mode=mode, num_samples=num_samples, reuse_actors=True,
                 max_concurrent_trials=study.max_concurrent_trials,
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name=chain.name, storage_path=str(ray_dir), verbose=0, callbacks=callbacks,
+                name=name, storage_path=str(ray_dir), verbose=0, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
     previous_int = signal.getsignal(signal.SIGINT)
     sentinel_installed = _install_interrupt_sentinel()
@@ -310,14 +337,14 @@ def run_study(options: RunOptions) -> Path:
     interrupted = False
     try:
         done = _read_progress(run_dir)
-        for i, chain in enumerate(study.chains):
-            grid, stopped = run_chain(chain, i, study, trainable, ray_dir, num_groups,
-                                      options.progress)
-            grids[chain.name] = grid
-            if stopped or len(grid) < chain.expected_ray_trials():
+        for name, members in experiments(study):
+            grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
+                                           num_groups, options.progress)
+            grids.update({chain.name: grid for _, chain in members})
+            if stopped or len(grid) < sum(c.expected_ray_trials() for _, c in members):
                 interrupted = True
                 break
-            done[chain.name] = "complete"
+            done.update({chain.name: "complete" for _, chain in members})
             atomic_write_text(run_dir / "progress.json", json.dumps(done, indent=2))
     finally:
         if previous_term is not None:

@@ -161,8 +161,8 @@ def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
 
     assert recording is not None and task is not None
     torch.set_num_threads(max(1, int(task.cpus_per_trial)))
-    chain = task.chains[config[CHAIN_KEY]]
     batch = config[BATCH_KEY]
+    chain = task.chains[batch["chain"]]
     results: List[Dict[str, Any]] = []
     for params in batch["params"]:
         last: Dict[str, Any] = {}
