@@ -20,6 +20,10 @@ name, without progress bars, and prints a markdown table:
   every slot was evaluating chains for the whole run. ``share excl. start`` uses
   ``wall s - ray start s`` instead.
 
+A second table splits the wall time into phases (the runner logs them): Ray start-up,
+loading the study and recording, the HashAttention fit, each Ray experiment (chain
+evaluation happens in there), writing the outputs, and the rest.
+
 Repeats (``--repeats``) give one row each plus a median row. Other processes on the
 machine slow both evaluation and overhead; say so when quoting figures taken under load.
 
@@ -31,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -63,6 +69,19 @@ def run_once(args: argparse.Namespace, results_dir: Path, name: str) -> Dict[str
     if study.max_concurrent_trials:
         slots = min(slots, study.max_concurrent_trials)
 
+    phases: Dict[str, float] = {}
+
+    class PhaseLog(logging.Handler):  # the runner logs "phase NAME: SECONDS s"
+        def emit(self, record: logging.LogRecord) -> None:
+            match = re.match(r"phase (.+): ([0-9.]+) s$", record.getMessage())
+            if match:
+                phases[match.group(1)] = phases.get(match.group(1), 0.0) + float(match.group(2))
+
+    logger = logging.getLogger("sah.tuning")
+    handler = PhaseLog(logging.INFO)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
     started = time.perf_counter()
     init_ray(None, 0)  # what the runner would do; timed on its own
     ray_start = time.perf_counter() - started
@@ -70,7 +89,11 @@ def run_once(args: argparse.Namespace, results_dir: Path, name: str) -> Dict[str
         run_dir = run_study(options)
     finally:
         ray.shutdown()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     wall = time.perf_counter() - started
+    phases = {"ray start": ray_start, **phases}
+    phases["other"] = wall - sum(phases.values())
 
     with open(run_dir / "trials.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -80,7 +103,18 @@ def run_once(args: argparse.Namespace, results_dir: Path, name: str) -> Dict[str
             "failed": sum(r["status"] != "completed" for r in rows),
             "per_min": 60.0 * len(rows) / wall, "eval": eval_s, "slots": slots,
             "share": eval_s / (wall * slots),
-            "share_excl": eval_s / ((wall - ray_start) * slots)}
+            "share_excl": eval_s / ((wall - ray_start) * slots), "phases": phases}
+
+
+def phase_table(runs: List[Dict[str, Any]]) -> str:
+    """Where the wall time went (medians over the runs), in run order."""
+    names: List[str] = []
+    for r in runs:
+        names += [n for n in r["phases"] if n not in names]
+    lines = ["| phase | seconds (median) |", "|---|---|"]
+    for n in names:
+        lines.append(f"| {n} | {statistics.median(r['phases'].get(n, 0.0) for r in runs):.1f} |")
+    return "\n".join(lines)
 
 
 def table(runs: List[Dict[str, Any]]) -> str:
@@ -127,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"study: {args.config or 'configs/default.yaml'}; CPUs: {os.cpu_count()}; "
           f"load average before the last run ended: {os.getloadavg()[0]:.2f}")
     print(table(runs))
+    print()
+    print(phase_table(runs))
     return 0
 
 

@@ -317,9 +317,12 @@ def run_study(options: RunOptions) -> Path:
     run_dir = run_dir.resolve()
     if not (run_dir / "run.yaml").is_file():
         atomic_write_text(run_dir / "run.yaml", run_yaml)
+    log.info("phase load: %.2f s", time.time() - started)
     if study.fit_hash_attention:
         from sah.tuning.hash_fit import prepare_hash_attention
+        fit_started = time.time()
         prepare_hash_attention(study, recording, run_dir)
+        log.info("phase hash_fit: %.2f s", time.time() - fit_started)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress bars, not Ray's tables
     from ray import tune
@@ -338,8 +341,10 @@ def run_study(options: RunOptions) -> Path:
     try:
         done = _read_progress(run_dir)
         for name, members in experiments(study):
+            exp_started = time.time()
             grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
                                            num_groups, options.progress)
+            log.info("phase experiment %s: %.2f s", name, time.time() - exp_started)
             grids.update({chain.name: grid for _, chain in members})
             if stopped or len(grid) < sum(c.expected_ray_trials() for _, c in members):
                 interrupted = True
@@ -352,9 +357,11 @@ def run_study(options: RunOptions) -> Path:
         if started_ray and not interrupted:
             import ray
             ray.shutdown()
+    out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
     write_outputs(run_dir, study, rows, recording, final=not interrupted,
                   wall_seconds=time.time() - started)
+    log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:
         import ray
         if started_ray:
