@@ -75,6 +75,36 @@ def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float
     return candidates & (weights >= threshold) & (needed > 0)
 
 
+def top_k_positions_presorted(order: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k_positions` for scores whose descending ``order`` per row is known (the
+    context's cached sort of the logits): the first ``k`` candidates in that order. No
+    per-trial sort; ties keep key order."""
+    flags = candidates.gather(-1, order)
+    rank = flags.cumsum(-1, dtype=torch.int32)
+    return torch.zeros_like(candidates).scatter_(-1, order, flags & (rank <= int(k)))
+
+
+def top_p_positions_presorted(sorted_scores: torch.Tensor, order: torch.Tensor,
+                              candidates: torch.Tensor, top_p: float) -> torch.Tensor:
+    """:func:`top_p_positions` for scores already sorted in descending order per row
+    (``sorted_scores`` with key ``order``). Same set, ties at the threshold included."""
+    if top_p >= 1.0:
+        return candidates.clone()
+    if top_p <= 0.0:
+        return torch.zeros_like(candidates)
+    flags = candidates.gather(-1, order)
+    masked = sorted_scores.float().masked_fill(~flags, float("-inf"))
+    top = masked.amax(-1, keepdim=True)  # the best candidate's score
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = torch.exp(masked - top)  # descending over candidates, 0 on the rest
+    cumulative = weights.double().cumsum(-1)
+    before = cumulative - weights.double()  # candidates' mass ahead of each position
+    counted = flags & (before < top_p * cumulative[..., -1:])
+    threshold = torch.where(counted, weights, torch.full((), float("inf"))).amin(-1, keepdim=True)
+    picks_sorted = flags & (weights >= threshold)
+    return torch.zeros_like(candidates).scatter_(-1, order, picks_sorted)
+
+
 @dataclass
 class TopKMaskerConfig(MaskerConfig):
     """Base of top-k maskers. ``heavy_size``: int count of keys or float fraction of the keys."""
@@ -115,7 +145,10 @@ class TopKMasker(FixedMasker):
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
-        picks = top_k_positions(scores, candidates, k)
+        if scores is ctx.logits:  # oracle: reuse the context's sorted logits
+            picks = top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)
+        else:
+            picks = top_k_positions(scores, candidates, k)
         return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
 
 
@@ -136,5 +169,8 @@ class TopPMasker(FixedMasker):
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
-        picks = top_p_positions(scores, candidates, self.config.top_p)
+        if scores is ctx.logits:  # oracle: reuse the context's sorted logits
+            picks = top_p_positions_presorted(*ctx.logits_sorted, candidates, self.config.top_p)
+        else:
+            picks = top_p_positions(scores, candidates, self.config.top_p)
         return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
