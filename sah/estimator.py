@@ -118,7 +118,7 @@ def horvitz_thompson_weights(ctx: AttentionContext, mask: Mask) -> torch.Tensor:
     if mask.is_full():
         return ctx.exp_scores
     w = mask.to_dense()
-    active = w > 0
+    active = mask.active()
     # exp_scores is exactly 0 where not allowed, so u is 0 there too; divide exactly by W.
     return torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
                        torch.zeros_like(w))

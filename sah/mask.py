@@ -126,7 +126,7 @@ class Mask:
             return False
         if self._values is not None:
             return self._values.numel() == 0
-        return not bool((self._dense > 0).any())
+        return not bool(self.active().any())
 
     # seed-compatible names
     is_full_mask = is_full
@@ -160,7 +160,7 @@ class Mask:
         if self._indices is None:
             b, h, q, n = self.shape
             flat = self.to_dense().reshape(b * h * q, n)
-            row_of, col = (flat > 0).nonzero(as_tuple=True)  # row-major: sorted per row
+            row_of, col = self.active().reshape(b * h * q, n).nonzero(as_tuple=True)  # sorted per row
             self._indices = col
             self._values = flat[row_of, col]
             self._indptr = _indptr_from_rows(row_of, b * h * q)
@@ -264,7 +264,7 @@ class Mask:
             return 0
         if self._values is not None:
             return int(self._values.numel())
-        return int((self._dense > 0).sum())
+        return int(self.active().sum())
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2] * self.shape[3]

@@ -34,7 +34,7 @@ def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Ten
     """Boolean ``(b, h, q, n)``: allowed positions not yet active in ``previous_mask``."""
     if previous_mask.is_empty():
         return ctx.allowed_full
-    return ctx.allowed_full & ~(previous_mask.to_dense() > 0)
+    return ctx.allowed_full & ~previous_mask.active()
 
 
 def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
