@@ -122,6 +122,8 @@ def horvitz_thompson_weights(ctx: AttentionContext, mask: Mask) -> torch.Tensor:
     """
     if mask.is_full():
         return ctx.exp_scores
+    if mask.is_binary():  # every weight is 1: u is e on active positions
+        return torch.where(mask.active(), ctx.exp_scores, 0.0)
     w = mask.to_dense()
     active = mask.active()
     # exp_scores is exactly 0 where not allowed, so u is 0 there too; divide exactly by W.
