@@ -44,7 +44,7 @@ def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = F
         weights = ctx.probabilities if return_weights else None
         return SparseOutput(ctx.dense_output, 0, weights)
     d = ctx.dims
-    if mask.is_empty():
+    if mask.is_empty(scan=False):  # a dense mask of zeros takes the general path (same result)
         out = torch.zeros(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim,
                           device=ctx.device)
         rows = d.batch_size * d.num_heads * d.seq_len_queries
@@ -171,15 +171,15 @@ def evaluate_mask(ctx: AttentionContext, mask: Mask) -> Evaluation:
     sparse = sparse_attention(ctx, mask)
     dense = ctx.dense_output
     allowed_per_head = ctx.allowed_per_head
-    if mask.is_full() or mask.is_empty():
+    if mask.is_full() or mask.is_empty(scan=False):
         fill = 1.0 if mask.is_full() else 0.0
         per_head_active = allowed_per_head * fill
         active_total = float(per_head_active.sum()) if mask.is_full() else 0.0
     else:
         active = mask.active()
         # one pass: active allowed positions per head, and all active positions
-        per_head_active = (active & ctx.allowed).sum(dim=(0, 2, 3)).to(torch.float64)
-        active_total = float(active.sum())
+        per_head_active = torch.count_nonzero(active & ctx.allowed, dim=(0, 2, 3)).to(torch.float64)
+        active_total = float(torch.count_nonzero(active))
     num_allowed = float(allowed_per_head.sum())
     return Evaluation(
         output_error=output_error(dense, sparse.output),

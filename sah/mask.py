@@ -124,10 +124,12 @@ class Mask:
     def is_full(self) -> bool:
         return self._full
 
-    def is_empty(self) -> bool:
+    def is_empty(self, scan: bool = True) -> bool:
+        """True when nothing is active. ``scan=False`` only reads the flag (no pass over a
+        dense mask; a dense mask of zeros then answers False)."""
         if self._empty:
             return True
-        if self._full:
+        if self._full or not scan:
             return False
         if self._values is not None:
             return self._values.numel() == 0
@@ -282,7 +284,7 @@ class Mask:
             return 0
         if self._values is not None:
             return int(self._values.numel())
-        return int(self.active().sum())
+        return int(torch.count_nonzero(self.active()))
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2] * self.shape[3]
