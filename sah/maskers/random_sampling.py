@@ -88,7 +88,7 @@ class RandomSamplingMasker(SamplingMasker):
         if m == 0:
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
-        count = candidates.sum(-1, keepdim=True)  # N per row
+        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)  # N per row
         taken = count.clamp_max(m)
         generator = self.generator(kwargs, self.config.seed, ctx.device)
         picks = sample_without_replacement(candidates, taken, generator)

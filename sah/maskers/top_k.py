@@ -97,9 +97,11 @@ def top_p_positions_presorted(sorted_scores: torch.Tensor, order: torch.Tensor,
     top = masked.amax(-1, keepdim=True)  # the best candidate's score
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     weights = torch.exp(masked - top)  # descending over candidates, 0 on the rest
-    cumulative = weights.double().cumsum(-1)
-    before = cumulative - weights.double()  # candidates' mass ahead of each position
-    counted = flags & (before < top_p * cumulative[..., -1:])
+    weights64 = weights.double()
+    cumulative = weights64.cumsum(-1)
+    total = cumulative[..., -1:].clone()
+    before = cumulative.sub_(weights64)  # candidates' mass ahead of each position
+    counted = flags & (before < top_p * total)
     threshold = torch.where(counted, weights, torch.full((), float("inf"))).amin(-1, keepdim=True)
     picks_sorted = flags & (weights >= threshold)
     return torch.zeros_like(candidates).scatter_(-1, order, picks_sorted)
