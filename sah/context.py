@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -179,6 +179,13 @@ class AttentionContext:
         logits = logits.view(d.mask_shape)
         logits.mul_(self.scaling)
         return logits.masked_fill_(~self.allowed, float("-inf"))
+
+    @cached_property
+    def logits_sorted(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(values, indices)`` of each row's logits in descending order (stable: equal
+        logits keep key order). Shared by every oracle top-k / top-p trial on this call."""
+        values, indices = torch.sort(self.logits, dim=-1, descending=True, stable=True)
+        return values, indices
 
     @cached_property
     def row_max(self) -> torch.Tensor:

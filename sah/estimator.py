@@ -22,8 +22,11 @@ from sah.context import AttentionContext
 from sah.mask import Mask, _row_ids
 
 #: Masks with at most this share of active positions are estimated by gathering only the
-#: active keys' values (same result, less memory traffic).
+#: active keys (same result, less memory traffic). When the logits are already computed
+#: (evaluation against dense attention), the dense weighted sum wins sooner: measured on
+#: the default recording, gathering pays off below about 5% density.
 SPARSE_PATH_MAX_DENSITY = 0.25
+SPARSE_PATH_MAX_DENSITY_WITH_LOGITS = 0.05
 
 
 @dataclass
@@ -41,13 +44,15 @@ def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = F
         weights = ctx.probabilities if return_weights else None
         return SparseOutput(ctx.dense_output, 0, weights)
     d = ctx.dims
-    if mask.is_empty():
+    if mask.is_empty(scan=False):  # a dense mask of zeros takes the general path (same result)
         out = torch.zeros(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim,
                           device=ctx.device)
         rows = d.batch_size * d.num_heads * d.seq_len_queries
         weights = torch.zeros(ctx.mask_shape, device=ctx.device) if return_weights else None
         return SparseOutput(out, rows, weights)
-    if not return_weights and mask.num_active() <= SPARSE_PATH_MAX_DENSITY * mask.numel():
+    limit = (SPARSE_PATH_MAX_DENSITY_WITH_LOGITS if "logits" in ctx.__dict__
+             else SPARSE_PATH_MAX_DENSITY)
+    if not return_weights and mask.num_active() <= min(limit, SPARSE_PATH_MAX_DENSITY) * mask.numel():
         return _sparse_output_gathered(ctx, mask)
     u = horvitz_thompson_weights(ctx, mask)
     denom = u.sum(-1, keepdim=True)
@@ -117,8 +122,10 @@ def horvitz_thompson_weights(ctx: AttentionContext, mask: Mask) -> torch.Tensor:
     """
     if mask.is_full():
         return ctx.exp_scores
+    if mask.is_binary():  # every weight is 1: u is e on active positions
+        return torch.where(mask.active(), ctx.exp_scores, 0.0)
     w = mask.to_dense()
-    active = w > 0
+    active = mask.active()
     # exp_scores is exactly 0 where not allowed, so u is 0 there too; divide exactly by W.
     return torch.where(active, ctx.exp_scores / torch.where(active, w, torch.ones_like(w)),
                        torch.zeros_like(w))
@@ -164,15 +171,15 @@ def evaluate_mask(ctx: AttentionContext, mask: Mask) -> Evaluation:
     sparse = sparse_attention(ctx, mask)
     dense = ctx.dense_output
     allowed_per_head = ctx.allowed_per_head
-    if mask.is_full() or mask.is_empty():
+    if mask.is_full() or mask.is_empty(scan=False):
         fill = 1.0 if mask.is_full() else 0.0
         per_head_active = allowed_per_head * fill
         active_total = float(per_head_active.sum()) if mask.is_full() else 0.0
     else:
         active = mask.active()
         # one pass: active allowed positions per head, and all active positions
-        per_head_active = (active & ctx.allowed).sum(dim=(0, 2, 3)).to(torch.float64)
-        active_total = float(active.sum())
+        per_head_active = torch.count_nonzero(active & ctx.allowed, dim=(0, 2, 3)).to(torch.float64)
+        active_total = float(torch.count_nonzero(active))
     num_allowed = float(allowed_per_head.sum())
     return Evaluation(
         output_error=output_error(dense, sparse.output),

@@ -26,11 +26,12 @@ class Mask:
     class methods, never by hand."""
 
     __slots__ = ("shape", "_full", "_empty", "_dense", "_indices", "_indptr", "_values", "_active",
-                 "_device")
+                 "_binary", "_device")
 
     def __init__(self, shape: Shape, *, full: bool = False, empty: bool = False,
                  dense: Optional[torch.Tensor] = None,
                  sparse: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                 binary: Optional[torch.Tensor] = None,
                  device: Optional[torch.device] = None) -> None:
         if len(shape) != 4:
             raise ValueError(f"Mask.shape: got {tuple(shape)}; expected (batch, heads, queries, keys)")
@@ -39,7 +40,12 @@ class Mask:
         self._empty = empty
         self._dense = dense
         self._indices = self._indptr = self._values = None
-        self._active: Optional[torch.Tensor] = None
+        # binary form: a boolean tensor of active positions, every weight 1.0 (deterministic
+        # picks only); the float form is made from it only when asked for
+        self._active: Optional[torch.Tensor] = binary
+        self._binary = binary is not None
+        if binary is not None:
+            device = binary.device
         if sparse is not None:
             self._indices, self._indptr, self._values = sparse
         if dense is not None:
@@ -69,8 +75,7 @@ class Mask:
     def from_bool(cls, active: torch.Tensor, shape: Optional[Shape] = None) -> "Mask":
         """Weight 1.0 wherever ``active`` is True; ``active`` may broadcast to ``shape``."""
         shape = tuple(shape) if shape is not None else tuple(active.shape)
-        dense = active.to(torch.float32).expand(shape)
-        return cls(shape, dense=dense)
+        return cls(shape, binary=active.to(torch.bool).expand(shape))
 
     @classmethod
     def from_indices(cls, shape: Shape, indices: torch.Tensor,
@@ -119,14 +124,16 @@ class Mask:
     def is_full(self) -> bool:
         return self._full
 
-    def is_empty(self) -> bool:
+    def is_empty(self, scan: bool = True) -> bool:
+        """True when nothing is active. ``scan=False`` only reads the flag (no pass over a
+        dense mask; a dense mask of zeros then answers False)."""
         if self._empty:
             return True
-        if self._full:
+        if self._full or not scan:
             return False
         if self._values is not None:
             return self._values.numel() == 0
-        return not bool((self._dense > 0).any())
+        return not bool(self.active().any())
 
     # seed-compatible names
     is_full_mask = is_full
@@ -136,6 +143,10 @@ class Mask:
     def has_dense(self) -> bool:
         return self._dense is not None
 
+    def is_binary(self) -> bool:
+        """True when every active position has weight 1.0 and the mask is kept as booleans."""
+        return self._binary
+
     def to_dense(self) -> torch.Tensor:
         """Dense ``(b, h, q, n)`` float32 weights. A full mask is all ones (the estimator
         and densities intersect it with the allowed positions)."""
@@ -144,6 +155,8 @@ class Mask:
                 self._dense = torch.ones(self.shape, dtype=torch.float32, device=self._device)
             elif self._empty:
                 self._dense = torch.zeros(self.shape, dtype=torch.float32, device=self._device)
+            elif self._binary:
+                self._dense = self._active.to(torch.float32)
             else:
                 b, h, q, n = self.shape
                 rows = b * h * q
@@ -159,10 +172,12 @@ class Mask:
         """CSR ``(indices, indptr, values)``; a full mask lists every position."""
         if self._indices is None:
             b, h, q, n = self.shape
-            flat = self.to_dense().reshape(b * h * q, n)
-            row_of, col = (flat > 0).nonzero(as_tuple=True)  # row-major: sorted per row
+            row_of, col = self.active().reshape(b * h * q, n).nonzero(as_tuple=True)  # sorted per row
             self._indices = col
-            self._values = flat[row_of, col]
+            if self._binary:
+                self._values = torch.ones(col.numel(), dtype=torch.float32, device=col.device)
+            else:
+                self._values = self.to_dense().reshape(b * h * q, n)[row_of, col]
             self._indptr = _indptr_from_rows(row_of, b * h * q)
         return self._indices, self._indptr, self._values
 
@@ -184,6 +199,11 @@ class Mask:
             return other
         if other._empty:
             return self
+        if self._binary and other._binary:
+            return Mask(self.shape, binary=self._active | other._active)
+        if self._binary or other._binary:  # a deterministic pick wins: weight 1 there
+            picks, rest = (self, other) if self._binary else (other, self)
+            return Mask(self.shape, dense=torch.where(picks._active, 1.0, rest.to_dense()))
         if self._dense is None and other._dense is None:
             return self._merge_sparse(other)
         return Mask(self.shape, dense=(self.to_dense() + other.to_dense()).clamp_(0.0, 1.0))
@@ -264,7 +284,7 @@ class Mask:
             return 0
         if self._values is not None:
             return int(self._values.numel())
-        return int((self._dense > 0).sum())
+        return int(torch.count_nonzero(self.active()))
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2] * self.shape[3]

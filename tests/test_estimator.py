@@ -161,6 +161,7 @@ def test_gathered_and_dense_paths_agree_with_loops(monkeypatch, threshold, preco
     """Both estimator paths (dense weights, CSR gather) give the loop reference's output."""
     import sah.estimator as est
     monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY", threshold)
+    monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY_WITH_LOGITS", threshold)
     queries, keys, values = random_qkv(b=2, h=6, hk=2, q=3, n=17, d=4, seed=11, dtype=torch.float16)
     pos = torch.tensor([9, 13, 16])
     g = torch.Generator().manual_seed(3)
@@ -211,6 +212,7 @@ def test_gathered_path_padded_and_scattered_layouts(monkeypatch, uneven):
     scatter-add; both equal the loop reference."""
     import sah.estimator as est
     monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY_WITH_LOGITS", 1.0)
     queries, keys, values = random_qkv(b=1, h=4, hk=2, q=3, n=40, d=4, seed=14)
     pos = torch.tensor([20, 30, 39])
     g = torch.Generator().manual_seed(9)

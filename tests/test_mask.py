@@ -130,3 +130,28 @@ def test_from_indices_and_from_bool():
     b = Mask.from_bool(torch.tensor([True, False, True, False, False, True]).view(1, 1, 1, 6), shape)
     assert b.to_dense()[0, 1, 1].tolist() == [1, 0, 1, 0, 0, 1]
     assert b.num_active() == 12
+
+
+def test_binary_form_matches_the_float_form():
+    g = torch.Generator().manual_seed(11)
+    shape = (2, 3, 4, 13)
+    a_bool = torch.rand(shape, generator=g) < 0.3
+    b_bool = torch.rand(shape, generator=g) < 0.3
+    sampled = random_weights(shape, seed=12)
+    a, b = Mask.from_bool(a_bool), Mask.from_bool(b_bool)
+    assert a.is_binary() and not Mask.from_dense(a_bool.float()).is_binary()
+    assert torch.equal(a.to_dense(), a_bool.float())
+    both = a.merge(b)
+    assert both.is_binary()
+    assert torch.equal(both.to_dense(), (a_bool.float() + b_bool.float()).clamp(0, 1))
+    mixed = Mask.from_dense(sampled).merge(a)
+    assert torch.equal(mixed.to_dense(), (sampled + a_bool.float()).clamp(0, 1))
+    idx, ptr, val = a.to_sparse()
+    assert torch.equal(Mask.from_sparse(shape, idx, ptr, val).to_dense(), a_bool.float())
+    assert a.num_active() == int(a_bool.sum())
+    assert a.density() == pytest.approx(float(a_bool.float().mean()))
+    # broadcast booleans expand without copying and still merge exactly
+    row = torch.zeros(1, 1, 1, 13, dtype=torch.bool)
+    row[..., :3] = True
+    sink = Mask.from_bool(row, shape)
+    assert torch.equal(sink.merge(a).to_dense(), (a_bool | row).float())

@@ -36,7 +36,7 @@ import torch
 
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
-from sah.maskers.random_sampling import random_ranks
+from sah.maskers.random_sampling import sample_without_replacement
 from sah.maskers.top_k import candidate_positions
 from sah.validation import check_float, check_int, check_size, resolve_size
 
@@ -114,7 +114,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
             static = torch.zeros_like(ctx.row_sum)
         else:
             w = previous_mask.to_dense()
-            active = (w > 0) & ctx.allowed_full
+            active = previous_mask.active() & ctx.allowed_full
             static = torch.where(active, e / torch.where(active, w, torch.ones_like(w)), zero)
             static = static.sum(-1, keepdim=True)
 
@@ -124,7 +124,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         else:
             base = torch.full_like(count, int(cfg.base_rate_sampling))
         base = torch.minimum(base.clamp_min(2), count)
-        in_base = window & (random_ranks(window, generator) < base)
+        in_base = sample_without_replacement(window, base, generator)
         base_f = base.clamp_min(1).double()
         e_base = torch.where(in_base, e, zero).double()
         mean = e_base.sum(-1, keepdim=True) / base_f
@@ -133,7 +133,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
 
         budget = adaptive_budget(static, mean, std, count, base, cfg.epsilon, cfg.delta)
         budget = torch.where(sampled_rows, budget, torch.zeros_like(budget))
-        picks = window & (random_ranks(window, generator) < budget)
+        picks = sample_without_replacement(window, budget, generator)
         probability = budget.float() / count.clamp_min(1).float()
         weights = torch.where(picks, probability, zero)
         self._report(sparse_meta_data, budget.squeeze(-1), sampled_rows, kwargs)

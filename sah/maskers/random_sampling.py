@@ -40,8 +40,24 @@ def random_ranks(candidates: torch.Tensor, generator: torch.Generator) -> torch.
 def sample_without_replacement(candidates: torch.Tensor, budget: torch.Tensor,
                                generator: torch.Generator) -> torch.Tensor:
     """Boolean ``(b, h, q, n)``: per row, ``min(budget, N)`` candidates drawn uniformly without
-    replacement. ``budget`` broadcasts to ``(b, h, q, 1)``."""
-    return candidates & (random_ranks(candidates, generator) < budget)
+    replacement. ``budget`` broadcasts to ``(b, h, q, 1)``.
+
+    The same draw as keeping the candidates of :func:`random_ranks` below ``budget`` (the
+    ``budget`` smallest of one uniform noise per position), found with a partial
+    ``topk`` instead of a full sort when budgets are small."""
+    n = candidates.shape[-1]
+    budget = torch.as_tensor(budget, device=candidates.device)
+    largest = int(budget.max()) if budget.numel() else 0
+    if largest <= 0:
+        return torch.zeros_like(candidates)
+    if largest > n // 4:
+        return candidates & (random_ranks(candidates, generator) < budget)
+    noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+    noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
+    smallest = noise.topk(largest, dim=-1, largest=False, sorted=True).indices
+    keep = torch.arange(largest, device=candidates.device) < budget  # first `budget` per row
+    picks = torch.zeros_like(candidates).scatter_(-1, smallest, keep.expand(smallest.shape))
+    return picks & candidates
 
 
 @dataclass
@@ -72,7 +88,7 @@ class RandomSamplingMasker(SamplingMasker):
         if m == 0:
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
-        count = candidates.sum(-1, keepdim=True)  # N per row
+        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)  # N per row
         taken = count.clamp_max(m)
         generator = self.generator(kwargs, self.config.seed, ctx.device)
         picks = sample_without_replacement(candidates, taken, generator)

@@ -34,7 +34,7 @@ def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Ten
     """Boolean ``(b, h, q, n)``: allowed positions not yet active in ``previous_mask``."""
     if previous_mask.is_empty():
         return ctx.allowed_full
-    return ctx.allowed_full & ~(previous_mask.to_dense() > 0)
+    return ctx.allowed_full & ~previous_mask.active()
 
 
 def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,6 +73,38 @@ def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float
     needed = (before < top_p * total).sum(-1, keepdim=True)  # keys needed, (b, h, q, 1)
     threshold = ordered.gather(-1, (needed - 1).clamp_min(0))
     return candidates & (weights >= threshold) & (needed > 0)
+
+
+def top_k_positions_presorted(order: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k_positions` for scores whose descending ``order`` per row is known (the
+    context's cached sort of the logits): the first ``k`` candidates in that order. No
+    per-trial sort; ties keep key order."""
+    flags = candidates.gather(-1, order)
+    rank = flags.cumsum(-1, dtype=torch.int32)
+    return torch.zeros_like(candidates).scatter_(-1, order, flags & (rank <= int(k)))
+
+
+def top_p_positions_presorted(sorted_scores: torch.Tensor, order: torch.Tensor,
+                              candidates: torch.Tensor, top_p: float) -> torch.Tensor:
+    """:func:`top_p_positions` for scores already sorted in descending order per row
+    (``sorted_scores`` with key ``order``). Same set, ties at the threshold included."""
+    if top_p >= 1.0:
+        return candidates.clone()
+    if top_p <= 0.0:
+        return torch.zeros_like(candidates)
+    flags = candidates.gather(-1, order)
+    masked = sorted_scores.float().masked_fill(~flags, float("-inf"))
+    top = masked.amax(-1, keepdim=True)  # the best candidate's score
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = torch.exp(masked - top)  # descending over candidates, 0 on the rest
+    weights64 = weights.double()
+    cumulative = weights64.cumsum(-1)
+    total = cumulative[..., -1:].clone()
+    before = cumulative.sub_(weights64)  # candidates' mass ahead of each position
+    counted = flags & (before < top_p * total)
+    threshold = torch.where(counted, weights, torch.full((), float("inf"))).amin(-1, keepdim=True)
+    picks_sorted = flags & (weights >= threshold)
+    return torch.zeros_like(candidates).scatter_(-1, order, picks_sorted)
 
 
 @dataclass
@@ -115,7 +147,10 @@ class TopKMasker(FixedMasker):
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
-        picks = top_k_positions(scores, candidates, k)
+        if scores is ctx.logits:  # oracle: reuse the context's sorted logits
+            picks = top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)
+        else:
+            picks = top_k_positions(scores, candidates, k)
         return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
 
 
@@ -136,5 +171,8 @@ class TopPMasker(FixedMasker):
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
-        picks = top_p_positions(scores, candidates, self.config.top_p)
+        if scores is ctx.logits:  # oracle: reuse the context's sorted logits
+            picks = top_p_positions_presorted(*ctx.logits_sorted, candidates, self.config.top_p)
+        else:
+            picks = top_p_positions(scores, candidates, self.config.top_p)
         return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))

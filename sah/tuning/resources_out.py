@@ -1,7 +1,8 @@
 """``resources/<chain>.json``: the resource analysis of each tuned chain's mask.
 
 The mask analysed is the best config's mask on the first evaluated layer of the
-recording, batch 0, query head 0: a 2-D ``(queries x keys)`` boolean mask. It goes to
+recording, batch 0, query head 0, within the causally allowed positions: a 2-D
+``(queries x keys)`` boolean mask. It goes to
 :func:`sah.resources.analyse_mask` with the seed calculator's defaults (64 simultaneous
 multiplications, read limit 1000, row-first order).
 """
@@ -27,14 +28,11 @@ def chain_mask_2d(config: Any, recording: Any, layers: Any) -> Any:
     ctx = ContextCache().get(recording, index, recording.layers[index].keys.device)
     mask = ResearchAttention.create_from_config(config).compute_mask(
         ctx, layer_idx=recording.layers[index].layer)
-    return (mask.to_dense()[0, 0] > 0), recording.layers[index].layer
+    return (mask.active() & ctx.allowed_full)[0, 0], recording.layers[index].layer
 
 
 def write_resources(run_dir: Path, study: Study, rows: List[Dict[str, Any]], recording: Any) -> None:
-    try:
-        from sah.resources import analyse_mask
-    except ImportError:  # the resources work has not landed in this checkout
-        analyse_mask = None
+    from sah.resources import analyse_mask
     for chain in study.chains:
         best = best_row(rows, chain.name)
         if best is None:
@@ -42,12 +40,8 @@ def write_resources(run_dir: Path, study: Study, rows: List[Dict[str, Any]], rec
         mask, layer = chain_mask_2d(row_config(chain, best), recording, study.layers)
         source = {"chain": chain.name, "trial": best["trial"], "layer": layer, "batch": 0,
                   "head": 0, "shape": list(mask.shape), "active": int(mask.sum())}
-        if analyse_mask is None:
-            doc: Dict[str, Any] = {"source": source, "analysis": None,
-                                   "todo": "sah.resources.analyse_mask is not available"}
-        else:
-            analysis = analyse_mask(mask.cpu().numpy(), NUM_MULTIPLICATIONS, READ_LIMIT,
-                                    name=f"{chain.name} layer {layer} head 0", parameters=source)
-            doc = {"source": source, "analysis": analysis.to_dict()}
+        analysis = analyse_mask(mask.cpu().numpy(), NUM_MULTIPLICATIONS, READ_LIMIT,
+                                name=f"{chain.name} layer {layer} head 0", parameters=source)
+        doc: Dict[str, Any] = {"source": source, "analysis": analysis.to_dict()}
         atomic_write_text(run_dir / "resources" / f"{chain.name}.json",
                           json.dumps(doc, indent=2, default=str) + "\n")

@@ -1,0 +1,93 @@
+"""Every optimised path against the plain reference implementation, on random cases."""
+
+import pytest
+import torch
+
+from helpers import random_qkv
+from sah import AttentionContext, Mask
+from sah.maskers.top_k import (top_k_positions, top_k_positions_presorted, top_p_positions,
+                               top_p_positions_presorted)
+
+
+def random_case(seed, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 4, 37)
+    scores = torch.randn(shape, generator=g)
+    if ties:  # few distinct values: many exact ties
+        scores = (scores * 2).round() / 2
+    candidates = torch.rand(shape, generator=g) < torch.rand(1, generator=g).item()
+    candidates[0, 0, 0] = False  # a row without candidates
+    return scores, candidates
+
+
+def presort(scores):
+    values, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values, order
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_k_presorted_matches_topk(seed):
+    scores, candidates = random_case(seed, ties=False)
+    for k in (0, 1, 3, 10, 37, 50):
+        fast = top_k_positions_presorted(presort(scores)[1], candidates, k)
+        ref = top_k_positions(scores, candidates, k)
+        assert torch.equal(fast, ref), k
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_k_presorted_with_ties_picks_equally_good_sets(seed):
+    scores, candidates = random_case(seed, ties=True)
+    for k in (1, 4, 9):
+        fast = top_k_positions_presorted(presort(scores)[1], candidates, k)
+        ref = top_k_positions(scores, candidates, k)
+        assert torch.equal(fast.sum(-1), ref.sum(-1))
+        assert not (fast & ~candidates).any()
+        # same multiset of picked scores per row (ties broken differently at most)
+        picked_fast = torch.where(fast, scores, torch.full_like(scores, -99)).sort(-1).values
+        picked_ref = torch.where(ref, scores, torch.full_like(scores, -99)).sort(-1).values
+        assert torch.equal(picked_fast, picked_ref)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_p_presorted_matches_reference(seed, ties):
+    scores, candidates = random_case(seed, ties=ties)
+    values, order = presort(scores)
+    for top_p in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0):
+        fast = top_p_positions_presorted(values, order, candidates, top_p)
+        ref = top_p_positions(scores, candidates, top_p)
+        assert torch.equal(fast, ref), top_p
+
+
+def test_top_p_presorted_survives_a_dominant_non_candidate():
+    """The best key is already active (not a candidate) and 200 logits above the rest:
+    weights are taken relative to the best candidate, so nothing underflows."""
+    scores = torch.tensor([[[[200.0, 1.0, 0.5, 0.0, -1.0]]]])
+    candidates = torch.tensor([[[[False, True, True, True, True]]]])
+    values, order = presort(scores)
+    fast = top_p_positions_presorted(values, order, candidates, 0.5)
+    assert torch.equal(fast, top_p_positions(scores, candidates, 0.5))
+    assert fast[0, 0, 0].tolist() == [False, True, True, False, False]
+
+
+def test_context_sorted_logits_are_the_rows_in_descending_order():
+    queries, keys, values = random_qkv(b=1, h=4, hk=2, q=3, n=29, d=8, seed=2)
+    ctx = AttentionContext(queries, keys, values, query_positions=torch.tensor([10, 20, 28]))
+    sorted_values, order = ctx.logits_sorted
+    assert torch.equal(ctx.logits.gather(-1, order), sorted_values)
+    assert torch.all(sorted_values[..., 1:] <= sorted_values[..., :-1])
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_partial_topk_sampling_equals_the_full_rank_draw(seed):
+    """The topk path of sample_without_replacement draws exactly the set the full random
+    ranking draws from the same generator state (the budget smallest noises)."""
+    from sah.maskers.random_sampling import random_ranks, sample_without_replacement
+    g = torch.Generator().manual_seed(seed)
+    candidates = torch.rand(2, 3, 4, 64, generator=g) < 0.7
+    for top in (1, 5, 16):
+        budget = torch.randint(0, top + 1, (2, 3, 4, 1), generator=g)
+        fast = sample_without_replacement(candidates, budget, torch.Generator().manual_seed(seed))
+        ref = candidates & (random_ranks(candidates, torch.Generator().manual_seed(seed)) < budget)
+        assert torch.equal(fast, ref)
+        assert torch.equal(fast.sum(-1, keepdim=True), torch.minimum(budget, candidates.sum(-1, keepdim=True)))
