@@ -78,6 +78,9 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     resumed = stable_rows(results / "killme" / "trials.csv")
     assert len(resumed) == NUM_SAMPLES and all(r[2] == "completed" for r in resumed)
     assert len({r[1] for r in resumed}) == NUM_SAMPLES  # no trial repeated
+    with open(results / "killme" / "trials.csv", newline="") as fh:
+        ray_trials = {r["trial_id"] for r in csv.DictReader(fh)}
+    assert len(ray_trials) == NUM_SAMPLES // 8  # batched: 8 configurations per Ray trial
     assert set(done_before) <= set(resumed)  # no finished trial lost or re-scored
 
     proc = launch(study, results, "--name", "straight")
