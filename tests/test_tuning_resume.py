@@ -46,12 +46,13 @@ def stable_rows(path):
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     rec = tmp_path / "rec.safetensors"
     save_recording(make_synthetic_recording(num_layers=6, num_heads=8, num_kv_heads=2,
-                                            head_dim=64, num_keys=8192, num_queries=32, seed=5),
+                                            head_dim=64, num_keys=8192, num_queries=128, seed=5),
                    rec)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({
         "name": "killme", "recording": str(rec), "searcher": "random", "num_samples": NUM_SAMPLES,
         "seed": 11, "density_targets": [0.1], "layers_per_report": 2,
+        "configs_per_trial": 2,  # small batches: the signal lands while batches remain
         "chains": [{"name": "sink_local", "maskers": [
             {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 128}},
             {"type": "LocalMaskerConfig",
@@ -80,7 +81,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     assert len({r[1] for r in resumed}) == NUM_SAMPLES  # no trial repeated
     with open(results / "killme" / "trials.csv", newline="") as fh:
         ray_trials = {r["trial_id"] for r in csv.DictReader(fh)}
-    assert len(ray_trials) == NUM_SAMPLES // 8  # batched: 8 configurations per Ray trial
+    assert len(ray_trials) == NUM_SAMPLES // 2  # batched: 2 configurations per Ray trial
     assert set(done_before) <= set(resumed)  # no finished trial lost or re-scored
 
     proc = launch(study, results, "--name", "straight")
