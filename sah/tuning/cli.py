@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--searcher", choices=("grid", "random", "optuna"), help="override the study's searcher")
     parser.add_argument("--num-samples", type=int, help="trials per chain (random and optuna searchers)")
     parser.add_argument("--seed", type=int, help="seed of the searchers (reruns are reproducible)")
+    parser.add_argument("--configs-per-trial", type=int,
+                        help="configurations one Ray trial scores (grid/random chains; default 8)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also torch threads)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial")
     parser.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto') instead of starting one")
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
                          num_samples=args.num_samples, seed=args.seed,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                          address=args.address, resume=args.resume, results_dir=args.results_dir,
-                         progress=not args.quiet)
+                         progress=not args.quiet,
+                         extra={"configs_per_trial": args.configs_per_trial})
     try:
         run_dir = run_study(options)
     except (ConfigError, RecordingError, FileExistsError, FileNotFoundError) as exc:

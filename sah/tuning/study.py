@@ -25,12 +25,9 @@ chains:
         heavy_size: {search: loguniform, low: 0.005, high: 0.2}
 ```
 
-``configs_per_trial`` batches the configurations of grid and random chains: the driver
-enumerates the grid and draws the random samples itself (seeded, see
-:mod:`sah.tuning.batching`) and each Ray trial scores a batch of them one after the other,
-so Ray's fixed cost per trial is paid once per batch. It is forced to 1 for Optuna chains
-(the searcher learns from each result before proposing the next) and when a scheduler is
-set (ASHA stops single trials on their intermediate reports).
+``configs_per_trial``: configurations one Ray trial of a grid or random chain scores
+(:mod:`sah.tuning.batching`); 1 for Optuna chains (the searcher learns from each result)
+and with a scheduler (ASHA stops single trials on their intermediate reports).
 
 Every error is one :class:`ConfigError` line naming the file and the YAML path,
 e.g. ``configs/x.yaml: chains[1].maskers[2].heavy_size.high: ...``.
