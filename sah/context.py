@@ -101,6 +101,9 @@ class AttentionContext:
                 f"({d.seq_len_keys - 1})")
         self.query_positions = query_positions
         self.attention_mask = attention_mask
+        #: True when this context serves many chains (a trial cache sets it): maskers may
+        #: then build parameter-free precomputations that pay off only when reused.
+        self.shared = False
 
     # ------------------------------------------------------------------ shapes
     @property

@@ -27,6 +27,9 @@ from sah.mask import Mask, _row_ids
 #: the default recording, gathering pays off below about 5% density.
 SPARSE_PATH_MAX_DENSITY = 0.25
 SPARSE_PATH_MAX_DENSITY_WITH_LOGITS = 0.05
+#: ... but only while the values are small enough to stay in cache (recordings with a few
+#: thousand keys); long-context values are read from memory, and gathering wins up to 25%.
+SMALL_VALUES_BYTES = 16 << 20
 
 
 @dataclass
@@ -50,8 +53,9 @@ def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = F
         rows = d.batch_size * d.num_heads * d.seq_len_queries
         weights = torch.zeros(ctx.mask_shape, device=ctx.device) if return_weights else None
         return SparseOutput(out, rows, weights)
-    limit = (SPARSE_PATH_MAX_DENSITY_WITH_LOGITS if "logits" in ctx.__dict__
-             else SPARSE_PATH_MAX_DENSITY)
+    cheap_dense = ("logits" in ctx.__dict__
+                   and ctx.values.numel() * ctx.values.element_size() <= SMALL_VALUES_BYTES)
+    limit = SPARSE_PATH_MAX_DENSITY_WITH_LOGITS if cheap_dense else SPARSE_PATH_MAX_DENSITY
     if not return_weights and mask.num_active() <= min(limit, SPARSE_PATH_MAX_DENSITY) * mask.numel():
         return _sparse_output_gathered(ctx, mask)
     u = horvitz_thompson_weights(ctx, mask)

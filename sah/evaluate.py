@@ -131,6 +131,7 @@ class ContextCache:
         ctx = layers.get(slot)
         if ctx is None:
             ctx = layers[slot] = recording.context(index, device)
+            ctx.shared = True  # every trial in this process reuses it
         return ctx
 
     def clear(self) -> None:

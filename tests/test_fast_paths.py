@@ -91,3 +91,24 @@ def test_partial_topk_sampling_equals_the_full_rank_draw(seed):
         ref = candidates & (random_ranks(candidates, torch.Generator().manual_seed(seed)) < budget)
         assert torch.equal(fast, ref)
         assert torch.equal(fast.sum(-1, keepdim=True), torch.minimum(budget, candidates.sum(-1, keepdim=True)))
+
+
+@pytest.mark.parametrize("chain", [
+    [{"type": "SinkMaskerConfig", "sink_size": 3}, {"type": "OracleTopKConfig", "heavy_size": 0.2}],
+    [{"type": "LocalMaskerConfig", "window_size": 4}, {"type": "OracleTopPMaskerConfig", "top_p": 0.7}],
+])
+def test_shared_context_fast_paths_give_the_same_masks(chain):
+    """A context shared by many trials (sorted logits cached) gives the same masks and
+    figures as a fresh single-use context."""
+    from sah import ResearchAttention, ResearchAttentionConfig
+    queries, keys, values = random_qkv(b=1, h=6, hk=2, q=4, n=50, d=8, seed=21)
+    pos = torch.tensor([20, 30, 40, 49])
+    attn = ResearchAttention.create_from_config(ResearchAttentionConfig.from_dict(chain))
+    fresh = AttentionContext(queries, keys, values, query_positions=pos)
+    shared = AttentionContext(queries, keys, values, query_positions=pos)
+    shared.shared = True
+    ev_fresh, mask_fresh = attn.evaluate(fresh)
+    ev_shared, mask_shared = attn.evaluate(shared)
+    assert "logits_sorted" in shared.__dict__
+    assert torch.equal(mask_fresh.to_dense(), mask_shared.to_dense())
+    assert ev_fresh.output_error == pytest.approx(ev_shared.output_error, abs=1e-7)

@@ -147,7 +147,8 @@ class TopKMasker(FixedMasker):
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
-        if scores is ctx.logits:  # oracle: reuse the context's sorted logits
+        if scores is ctx.logits and (ctx.shared or "logits_sorted" in ctx.__dict__):
+            # oracle on a context many trials share: one sort per context, reused
             picks = top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)
         else:
             picks = top_k_positions(scores, candidates, k)
