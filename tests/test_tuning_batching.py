@@ -127,10 +127,17 @@ def test_batched_study_one_row_per_configuration(ray_session, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({
         "name": "batched", "recording": str(rec_path), "searcher": "random", "num_samples": 7,
-        "seed": 4, "configs_per_trial": 3, "density_targets": [0.5], "chains": [RANDOM_CHAIN]}))
+        "seed": 4, "configs_per_trial": 3, "density_targets": [0.5],
+        "chains": [RANDOM_CHAIN, {"name": "tpe", "searcher": "optuna", "num_samples": 3,
+                                  "maskers": RANDOM_CHAIN["maskers"][:2]}]}))
     run_dir = run_study(RunOptions(config=str(path), results_dir=str(tmp_path / "r"),
                                    progress=False))
-    rows = read_csv(run_dir / "trials.csv")
+    all_rows = read_csv(run_dir / "trials.csv")
+    tpe = [r for r in all_rows if r["chain"] == "tpe"]  # Optuna: one configuration per Ray trial
+    assert [int(r["trial"]) for r in tpe] == [0, 1, 2] and len({r["trial_id"] for r in tpe}) == 3
+    assert all(r["status"] == "completed" and r["batch_slot"] == "" for r in tpe)
+    assert sorted(p.name for p in (run_dir / "ray").iterdir()) == ["_batched", "tpe"]
+    rows = [r for r in all_rows if r["chain"] == "mixed"]
     assert len(rows) == 14 and [int(r["trial"]) for r in rows] == list(range(14))
     by_ray_trial = {}
     for r in rows:
@@ -141,7 +148,7 @@ def test_batched_study_one_row_per_configuration(ray_session, tmp_path):
              if len({r["FailingMaskerConfig_fail"] for r in rows if r["trial_id"] == t}) == 2]
     assert mixed  # some batch holds failing and succeeding configurations
     recording = load_recording(rec_path)
-    s = parse_study(yaml.safe_load(path.read_text()), str(path))
+    s = parse_study({**yaml.safe_load(path.read_text()), "chains": [RANDOM_CHAIN]}, str(path))
     expected = chain_param_sets(s.chains[0], s.seed, 0)
     for r, params in zip(rows, expected):
         assert int(r["SinkMaskerConfig_sink_size"]) == params["SinkMaskerConfig_sink_size"]
