@@ -15,6 +15,7 @@ kept, unfinished ones run again from their start).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
@@ -261,6 +262,26 @@ def run_experiment(name: str, members: Members, study: Study, trainable: Any, ra
     return grid, interrupted
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs, then deliver them: the outputs of a
+    run are never left half-written by a stop signal."""
+    received: List[int] = []
+    previous: Dict[int, Any] = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda n, f: received.append(n))
+    except ValueError:  # not the main thread: signals are not ours to hold
+        previous.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in received[:1]:
+            signal.raise_signal(signum)
+
+
 def _second_interrupt(signum: int, frame: Any) -> None:
     """SIGINT handler installed around ``Tuner.fit``. Ray Tune replaces it with its own
     graceful-stop handler and puts it back when a stop signal arrives, so finding it in
@@ -359,8 +380,9 @@ def run_study(options: RunOptions) -> Path:
             ray.shutdown()
     out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
-    write_outputs(run_dir, study, rows, recording, final=not interrupted,
-                  wall_seconds=time.time() - started)
+    with _signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
+        write_outputs(run_dir, study, rows, recording, final=not interrupted,
+                      wall_seconds=time.time() - started)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:
         import ray
