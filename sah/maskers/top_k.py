@@ -129,51 +129,59 @@ class TopPMaskerConfig(MaskerConfig):
         check_float(type(self).__name__, "top_p", self.top_p, 0.0, 1.0)
 
 
-class TopKMasker(FixedMasker):
+class ScoreSelectionMasker(FixedMasker):
+    """Shared flow of the score-based maskers: candidates, the method's scores, a
+    selection, and the merge. Subclasses supply :meth:`scores` and :meth:`select`."""
+
+    @abstractmethod
+    def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
+               **kwargs: Any) -> torch.Tensor:
+        """One score per position, ``(b, h, q, n)`` (larger is better; a logit for top-p)."""
+
+    @abstractmethod
+    def select(self, ctx: AttentionContext, scores: torch.Tensor,
+               candidates: torch.Tensor) -> torch.Tensor:
+        """Boolean ``(b, h, q, n)`` picks among ``candidates``."""
+
+    def selects_nothing(self, ctx: AttentionContext) -> bool:
+        return False
+
+    def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
+                 sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
+        if previous_mask.is_full():
+            return previous_mask
+        ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
+        if self.selects_nothing(ctx):
+            return previous_mask
+        candidates = candidate_positions(ctx, previous_mask)
+        scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
+        picks = self.select(ctx, scores, candidates)
+        return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
+
+
+class TopKMasker(ScoreSelectionMasker):
     """Adds, per row, the ``heavy_size`` candidates with the largest :meth:`scores`."""
 
-    @abstractmethod
-    def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
-               **kwargs: Any) -> torch.Tensor:
-        """One score per position, ``(b, h, q, n)`` (larger is better)."""
+    def selects_nothing(self, ctx: AttentionContext) -> bool:
+        return resolve_size(self.config.heavy_size, ctx.dims.seq_len_keys) == 0
 
-    def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
-                 sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
-        if previous_mask.is_full():
-            return previous_mask
-        ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
+    def select(self, ctx: AttentionContext, scores: torch.Tensor,
+               candidates: torch.Tensor) -> torch.Tensor:
         k = resolve_size(self.config.heavy_size, ctx.dims.seq_len_keys)
-        if k == 0:
-            return previous_mask
-        candidates = candidate_positions(ctx, previous_mask)
-        scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
         if scores is ctx.logits and (ctx.shared or "logits_sorted" in ctx.__dict__):
             # oracle on a context many trials share: one sort per context, reused
-            picks = top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)
-        else:
-            picks = top_k_positions(scores, candidates, k)
-        return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
+            return top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)
+        return top_k_positions(scores, candidates, k)
 
 
-class TopPMasker(FixedMasker):
+class TopPMasker(ScoreSelectionMasker):
     """Adds, per row, the smallest candidate set covering ``top_p`` of the remaining mass."""
 
-    @abstractmethod
-    def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
-               **kwargs: Any) -> torch.Tensor:
-        """One score (a logit) per position, ``(b, h, q, n)``."""
+    def selects_nothing(self, ctx: AttentionContext) -> bool:
+        return self.config.top_p <= 0.0
 
-    def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
-                 sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
-        if previous_mask.is_full():
-            return previous_mask
-        ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
-        if self.config.top_p <= 0.0:
-            return previous_mask
-        candidates = candidate_positions(ctx, previous_mask)
-        scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
+    def select(self, ctx: AttentionContext, scores: torch.Tensor,
+               candidates: torch.Tensor) -> torch.Tensor:
         if scores is ctx.logits:  # oracle: reuse the context's sorted logits
-            picks = top_p_positions_presorted(*ctx.logits_sorted, candidates, self.config.top_p)
-        else:
-            picks = top_p_positions(scores, candidates, self.config.top_p)
-        return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
+            return top_p_positions_presorted(*ctx.logits_sorted, candidates, self.config.top_p)
+        return top_p_positions(scores, candidates, self.config.top_p)
