@@ -102,7 +102,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, n)  # (b|1, 1, q, 1)
         index = ctx.key_index.view(1, 1, 1, -1)
         window = candidate_positions(ctx, previous_mask) & (index >= start) & (index < end)
-        count = window.sum(-1, keepdim=True)  # N, (b, h, q, 1)
+        count = torch.count_nonzero(window, dim=-1).unsqueeze(-1)  # N, (b, h, q, 1)
         sampled_rows = count >= 2
         if not bool(sampled_rows.any()):
             self._report(sparse_meta_data, torch.zeros_like(count.squeeze(-1)), sampled_rows, kwargs)
@@ -112,6 +112,8 @@ class AdaptiveSamplingMasker(SamplingMasker):
         zero = torch.zeros((), device=ctx.device)
         if previous_mask.is_empty():
             static = torch.zeros_like(ctx.row_sum)
+        elif previous_mask.is_binary():  # deterministic picks only: every W is 1
+            static = torch.where(previous_mask.active(), e, zero).sum(-1, keepdim=True)
         else:
             w = previous_mask.to_dense()
             active = previous_mask.active() & ctx.allowed_full
@@ -126,10 +128,11 @@ class AdaptiveSamplingMasker(SamplingMasker):
         base = torch.minimum(base.clamp_min(2), count)
         in_base = sample_without_replacement(window, base, generator)
         base_f = base.clamp_min(1).double()
-        e_base = torch.where(in_base, e, zero).double()
-        mean = e_base.sum(-1, keepdim=True) / base_f
-        sq_dev = torch.where(in_base, (e.double() - mean) ** 2, zero.double())
-        std = (sq_dev.sum(-1, keepdim=True) / (base_f - 1).clamp_min(1)).sqrt()
+        # elementwise in float32, sums accumulated in float64
+        mean = torch.where(in_base, e, zero).sum(-1, keepdim=True, dtype=torch.float64) / base_f
+        deviation = torch.where(in_base, e - mean.float(), zero)
+        sq_dev = (deviation * deviation).sum(-1, keepdim=True, dtype=torch.float64)
+        std = (sq_dev / (base_f - 1).clamp_min(1)).sqrt()
 
         budget = adaptive_budget(static, mean, std, count, base, cfg.epsilon, cfg.delta)
         budget = torch.where(sampled_rows, budget, torch.zeros_like(budget))
