@@ -64,11 +64,6 @@ def default_query_positions(num_queries: int, num_keys: int,
     return torch.arange(num_keys - num_queries, num_keys, device=device)
 
 
-def expand_kv(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``(b, hk, n, d)`` -> a ``(b, hk, g, n, d)`` view with no copy (GQA)."""
-    return x.unsqueeze(2).expand(-1, -1, group_size, -1, -1)
-
-
 #: Keys per block when converting half-precision keys/values to float32 on the fly.
 KEY_BLOCK = 8192
 
@@ -155,15 +150,9 @@ class AttentionContext:
     @cached_property
     def allowed_per_head(self) -> torch.Tensor:
         """Allowed positions per query head, ``(h,)`` float64 on the CPU."""
-        per_head = self.allowed.expand(self.mask_shape).sum(dim=(0, 2, 3))
+        per_head = torch.count_nonzero(self.allowed_full, dim=(0, 2, 3))
         return per_head.to(torch.float64).cpu()
 
-    @cached_property
-    def allowed_count(self) -> torch.Tensor:
-        """Allowed keys per row, ``(b, h, q)`` (int64)."""
-        return self.allowed_full.sum(-1)
-
-    # ------------------------------------------------------------------ scores
     @cached_property
     def logits(self) -> torch.Tensor:
         """``s * Q K^T`` in float32, ``(b, h, q, n)``; ``-inf`` where not allowed."""

@@ -56,7 +56,7 @@ def sparse_attention(ctx: AttentionContext, mask: Mask, return_weights: bool = F
     cheap_dense = ("logits" in ctx.__dict__
                    and ctx.values.numel() * ctx.values.element_size() <= SMALL_VALUES_BYTES)
     limit = SPARSE_PATH_MAX_DENSITY_WITH_LOGITS if cheap_dense else SPARSE_PATH_MAX_DENSITY
-    if not return_weights and mask.num_active() <= min(limit, SPARSE_PATH_MAX_DENSITY) * mask.numel():
+    if not return_weights and mask.num_active() <= limit * mask.numel():
         return _sparse_output_gathered(ctx, mask)
     u = horvitz_thompson_weights(ctx, mask)
     denom = u.sum(-1, keepdim=True)
@@ -85,7 +85,7 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
         q = ctx.queries.reshape(rows, d.head_dim)[row_of].float()
         k = ctx.keys.reshape(d.batch_size * d.num_kv_heads, d.seq_len_keys, d.head_dim)[kv_row, idx]
         logits = (q * k.float()).sum(-1) * ctx.scaling
-        allowed = ctx.allowed.expand(ctx.mask_shape).reshape(rows, d.seq_len_keys)[row_of, idx]
+        allowed = ctx.allowed_full.reshape(rows, d.seq_len_keys)[row_of, idx]
         logits = logits.masked_fill(~allowed, float("-inf"))
     # The estimate is invariant to the per-row shift; use the max over the row's active keys.
     shift = torch.full((rows,), float("-inf"), device=ctx.device).scatter_reduce_(
