@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,3 +12,18 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def rng():
     return torch.Generator().manual_seed(1234)
 
+
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A small local Ray cluster for one test module (workers see the repo and tests/)."""
+    import ray
+    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}})
+    yield
+    ray.shutdown()

@@ -4,9 +4,7 @@ a failing configuration inside a batch, and the HashAttention fit cache."""
 
 import csv
 import math
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +18,6 @@ from sah.tuning.study import parse_study
 from sah.validation import ConfigError
 import tuning_support  # noqa: F401  (registers FailingMaskerConfig)
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 
 RANDOM_CHAIN = {"name": "mixed", "maskers": [
     {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 32}},
@@ -100,16 +96,6 @@ def test_batch_size_option_and_where_it_is_forced_to_one():
     for bad in (0, 1.5, "8"):
         with pytest.raises(ConfigError, match=r"s.yaml: configs_per_trial: got"):
             study(configs_per_trial=bad)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}})
-    yield
-    ray.shutdown()
 
 
 def read_csv(path):

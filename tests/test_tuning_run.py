@@ -4,9 +4,6 @@ recorded per trial, ASHA with multi-objective Optuna, and `sah compare`."""
 
 import csv
 import json
-import math
-import os
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,18 +15,6 @@ from sah.tuning.runner import RunOptions, run_study
 from tuning_support import brute_force_front
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
