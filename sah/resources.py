@@ -192,6 +192,15 @@ def greedy_schedule(points: MaskPoints, num_multiplications: int, read_limit: in
     first_maj: List[int] = []
     last_maj: List[int] = []
     t = count = rows = ncols = nshared = cur_start = cur_first = cur_last = 0
+
+    def close_step(start: int, majors: int, minors: int, held: int, first: int, last: int) -> None:
+        starts.append(start)
+        n_maj.append(majors)
+        n_min.append(minors)
+        shared.append(held)
+        first_maj.append(first)
+        last_maj.append(last)
+
     lengths = np.diff(indptr)
     for r in np.flatnonzero(lengths).tolist():
         a, length = int(indptr[r]), int(lengths[r])
@@ -229,22 +238,12 @@ def greedy_schedule(points: MaskPoints, num_multiplications: int, read_limit: in
                 if row_new:
                     rows, row_in_step = rows + 1, True
             if count == n_mult or m < take:  # full, or the next point exceeds the read limit
-                starts.append(cur_start)
-                n_maj.append(rows)
-                n_min.append(ncols)
-                shared.append(nshared)
-                first_maj.append(cur_first)
-                last_maj.append(cur_last)
+                close_step(cur_start, rows, ncols, nshared, cur_first, cur_last)
                 t += 1
                 count = rows = ncols = nshared = 0
                 row_in_step = False
     if count:
-        starts.append(cur_start)
-        n_maj.append(rows)
-        n_min.append(ncols)
-        shared.append(nshared)
-        first_maj.append(cur_first)
-        last_maj.append(cur_last)
+        close_step(cur_start, rows, ncols, nshared, cur_first, cur_last)
     start = np.asarray(starts, dtype=np.int64)
     end = np.append(start[1:], points.num_active).astype(np.int64)
     num_major = np.asarray(n_maj, dtype=np.int64)
