@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sah.tuning.cli import main  # noqa: E402
+from sah.cli.tune import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sah.plotting_cli import add_arguments, run_patterns  # noqa: E402
+from sah.cli.patterns import add_arguments, run_patterns  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,7 @@
 """sah.evaluate: per-layer figures against a loop reference, means, cache sharing, groups."""
 
-import math
 
 import pytest
-import torch
 
 from sah import LocalMaskerConfig, ResearchAttentionConfig, SinkMaskerConfig
 from sah.evaluate import (ContextCache, evaluate_config, iter_evaluation, layer_groups,

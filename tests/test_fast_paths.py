@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import random_qkv
-from sah import AttentionContext, Mask
+from sah import AttentionContext
 from sah.maskers.top_k import (top_k_positions, top_k_positions_presorted, top_p_positions,
                                top_p_positions_presorted)
 

@@ -18,7 +18,7 @@ from sah.maskers.local import LocalMaskerConfig
 from sah.maskers.sink import SinkMaskerConfig
 from sah.patterns import PATTERN_NAMES, square_mask
 from sah.plotting import chain_contributions, plot_chain_masks, plot_pattern
-from sah.plotting_cli import print_nonzero, sparsity_lines
+from sah.cli.patterns import print_nonzero, sparsity_lines
 from tests.test_resources_cli import small_recording
 
 REPO = Path(__file__).resolve().parents[1]

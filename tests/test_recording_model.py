@@ -1,6 +1,5 @@
 """Recording from the real embedded model, checked against the model's own attention."""
 
-import os
 
 import pytest
 import torch

@@ -15,7 +15,7 @@ from sah.cli import main as sah_main
 from sah.maskers.local import LocalMaskerConfig
 from sah.recording import LayerRecording, Recording
 from sah.resources import analyse_mask, pattern_points
-from sah.resources_cli import analyse_chain_on_recording
+from sah.cli.resources import analyse_chain_on_recording
 from tests.test_resources import REFERENCE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,5 @@
 """Bad studies are refused before any trial, with the file and YAML path; nothing is written."""
 
-import os
-import textwrap
-from pathlib import Path
 
 import pytest
 import yaml

@@ -93,7 +93,7 @@ def format_summary(info: Dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     e, t = info["edge_keys"], info["top_fraction"]
-    lines += ["", f"softmax mass per layer (mean over heads and queries):",
+    lines += ["", "softmax mass per layer (mean over heads and queries):",
               f"{'layer':>5}  {'first ' + str(e):>10}  {'last ' + str(e):>10}  "
               f"{'top ' + format(t * 100, 'g') + '%':>8}  {'entropy':>8}"]
     for st in info["layers"]:

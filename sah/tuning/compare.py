@@ -12,7 +12,8 @@ import io
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from sah.tuning.outputs import best_row, load_run
+from sah.tuning.outputs.picks import best_row
+from sah.tuning.outputs.trials import load_run
 
 QUANTITIES = ("score", "density", "output_error", "aux_bits_per_token")
 

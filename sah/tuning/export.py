@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from sah.attention import ResearchAttentionConfig
-from sah.tuning.outputs import best_row, config_header, load_run, row_config, target_row
+from sah.tuning.outputs.picks import best_row, target_row
+from sah.tuning.outputs.trials import load_run, row_config
+from sah.tuning.outputs.tuned import config_header
 from sah.validation import ConfigError
 
 FORMATS = ("yaml", "json", "hub")

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from sah.tuning.outputs import atomic_write_text
+from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
 from sah.tuning.study import Study
 from sah.validation import ConfigError
 
@@ -105,7 +105,6 @@ def prepare_hash_attention(study: Study, recording: Any, run_dir: Path) -> Path:
         opts["layers"] = list(study.layers)
     cached = _cache_folder(recording, opts)
     if (cached / "weights.safetensors").is_file() and (cached / "report.json").is_file():
-        from sah.tuning.outputs import atomic_write_bytes
         atomic_write_bytes(path.parent / "report.json", (cached / "report.json").read_bytes())
         atomic_write_bytes(path, (cached / "weights.safetensors").read_bytes())
         return path
@@ -120,7 +119,6 @@ def prepare_hash_attention(study: Study, recording: Any, run_dir: Path) -> Path:
            "recall_after": {str(k): v for k, v in report.recall_after.items()}}
     atomic_write_text(path.parent / "report.json", json.dumps(doc, indent=2) + "\n")
     try:  # keep a copy for later runs; a cache that cannot be written only costs time
-        from sah.tuning.outputs import atomic_write_bytes
         atomic_write_bytes(cached / "weights.safetensors", path.read_bytes())
         atomic_write_bytes(cached / "report.json", (path.parent / "report.json").read_bytes())
     except OSError:

@@ -28,7 +28,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import yaml
 
 from sah.recording.format import Recording, RecordingError
-from sah.tuning.outputs import (atomic_write_text, collect_rows, write_outputs)
+from sah.tuning.outputs import collect_rows, write_outputs
+from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.study import ChainSpec, Study, load_study
 from sah.tuning.trainable import CHAIN_KEY, SharedRecording, TrialTask, run_trial
 from sah.validation import ConfigError

@@ -1,8 +1,9 @@
 """The ``sah`` console script: a thin dispatcher over subcommand modules.
 
-Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their subcommand runs, so
-``sah --help`` stays fast and the core never imports Ray.
+Every subcommand lives in its own module of this package (``sah/cli/<command>.py``), which
+defines ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when
+their subcommand runs, so ``sah --help`` stays fast and the core never imports Ray. The
+library (``sah`` outside this package) never imports from here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from typing import List, Optional
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "record": ("sah.recording.cli_record", "record Q, K, V from a Hugging Face causal LM"),
-    "inspect": ("sah.recording.cli_inspect", "summarise a recording"),
-    "resources": ("sah.resources_cli", "mask resource analysis of a pattern, tuned chain or saved mask"),
-    "patterns": ("sah.plotting_cli", "draw structured patterns and tuned chains' masks"),
-    "tune": ("sah.tuning.cli", "run a Ray Tune study (same as benchmark/run_optimize_configs.py)"),
-    "compare": ("sah.tuning.cli_compare", "compare the best configs of several runs"),
-    "export": ("sah.tuning.cli_export", "export a tuned config from a run"),
+    "record": ("sah.cli.record", "record Q, K, V from a Hugging Face causal LM"),
+    "inspect": ("sah.cli.inspect", "summarise a recording"),
+    "resources": ("sah.cli.resources", "mask resource analysis of a pattern, tuned chain or saved mask"),
+    "patterns": ("sah.cli.patterns", "draw structured patterns and tuned chains' masks"),
+    "tune": ("sah.cli.tune", "run a Ray Tune study (same as benchmark/run_optimize_configs.py)"),
+    "compare": ("sah.cli.compare", "compare the best configs of several runs"),
+    "export": ("sah.cli.export", "export a tuned config from a run"),
 }
 
 

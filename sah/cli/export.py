@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sah.tuning.export import export_text
-    from sah.tuning.outputs import atomic_write_text
+    from sah.tuning.outputs.files import atomic_write_text
     try:
         text = export_text(Path(args.run), args.chain, args.density, args.format)
     except (ConfigError, FileNotFoundError) as exc:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from sah.evaluate import ContextCache, layer_indices
-from sah.tuning.outputs import atomic_write_text, best_row, row_config
+from sah.tuning.outputs.files import atomic_write_text
+from sah.tuning.outputs.picks import best_row
+from sah.tuning.outputs.trials import row_config
 from sah.tuning.study import Study
 
 NUM_MULTIPLICATIONS = 64

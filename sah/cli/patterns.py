@@ -96,7 +96,7 @@ def run_chain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from sah.attention import ResearchAttention, ResearchAttentionConfig
     from sah.plotting import chain_contributions, masker_names, plot_chain_masks
     from sah.recording import load_recording
-    from sah.resources_cli import parse_heads
+    from sah.cli.resources import parse_heads
     from sah.validation import ConfigError
     if not args.config or args.layer is None:
         raise ConfigError("--recording needs --config FILE and --layer ID")

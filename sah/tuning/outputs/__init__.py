@@ -1,0 +1,49 @@
+"""The files of a run, one module per artefact (every file is written atomically):
+
+- :mod:`~sah.tuning.outputs.trials`: ``trials.csv`` (the source of truth) and reading a run back;
+- :mod:`~sah.tuning.outputs.picks`: best rows, Pareto fronts, density-target picks;
+- :mod:`~sah.tuning.outputs.tuned`: ``tuned/<chain>.yaml``, ``.density_<t>.yaml``, ``.hub.json``;
+- :mod:`~sah.tuning.outputs.summary`: ``summary.md``;
+- :mod:`~sah.tuning.outputs.pareto`: ``pareto.png`` and ``pareto.json``;
+- :mod:`~sah.tuning.outputs.resources`: ``resources/<chain>.json``;
+- :mod:`~sah.tuning.outputs.files`: atomic writes.
+
+:func:`write_outputs` writes them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
+from sah.tuning.outputs.pareto import pareto_json, plot_pareto
+from sah.tuning.outputs.picks import best_row, completed, front_rows, target_row
+from sah.tuning.outputs.resources import write_resources
+from sah.tuning.outputs.summary import summary_markdown
+from sah.tuning.outputs.trials import (COMPLETED, FAILED, FIGURES, STOPPED, UNFINISHED,
+                                       collect_rows, load_run, read_trials, row_config,
+                                       rows_to_csv)
+from sah.tuning.outputs.tuned import config_header, write_tuned
+from sah.tuning.study import Study
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "best_row", "collect_rows", "completed",
+           "config_header", "front_rows", "load_run", "read_trials", "row_config",
+           "rows_to_csv", "target_row", "write_outputs", "COMPLETED", "FAILED", "FIGURES",
+           "STOPPED", "UNFINISHED"]
+
+
+def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], recording: Any,
+                  final: bool, wall_seconds: float) -> None:
+    """trials.csv always; the rest once every chain has finished (``final``)."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "trials.csv", rows_to_csv(study, rows))
+    if not final:
+        return
+    from sah.evaluate import recording_key
+    meta = {"recording_hash": recording_key(recording), "wall_seconds": wall_seconds}
+    write_tuned(run_dir, study, rows)
+    atomic_write_bytes(run_dir / "pareto.png", plot_pareto(study, rows))
+    write_resources(run_dir, study, rows, recording)
+    atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
+    atomic_write_text(run_dir / "pareto.json", pareto_json(study, rows))

@@ -1,0 +1,38 @@
+"""``tuned/``: the best config of every chain and the best at each density target
+(loadable with ``ResearchAttentionConfig.from_file``), plus the prior hub's JSON layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+from sah.tuning.outputs.files import atomic_write_text
+from sah.tuning.outputs.picks import best_row, target_row
+from sah.tuning.outputs.trials import row_config
+from sah.tuning.study import Study
+
+
+def config_header(run: str, chain: str, row: Dict[str, Any], why: str) -> str:
+    return (f"# sah tuned config: run {run}, chain {chain}, {why}\n"
+            f"# trial {row['trial']}: output_error {row['output_error']!r}, density "
+            f"{row['density']!r}, score {row['score']!r}\n")
+
+
+def write_tuned(run_dir: Path, study: Study, rows: List[Dict[str, Any]]) -> None:
+    for chain in study.chains:
+        best = best_row(rows, chain.name)
+        if best is None:
+            continue
+        cfg = row_config(chain, best)
+        atomic_write_text(run_dir / "tuned" / f"{chain.name}.yaml",
+                          config_header(study.name, chain.name, best, f"best {study.objective}")
+                          + cfg.to_yaml())
+        atomic_write_text(run_dir / "tuned" / f"{chain.name}.hub.json", cfg.to_json(hub=True) + "\n")
+        for target in study.density_targets:
+            row = target_row(rows, chain.name, target)
+            if row is None:
+                continue
+            atomic_write_text(run_dir / "tuned" / f"{chain.name}.density_{target:g}.yaml",
+                              config_header(study.name, chain.name, row,
+                                            f"lowest error at density <= {target:g}")
+                              + row_config(chain, row).to_yaml())
