@@ -7,7 +7,7 @@ name, without progress bars, and prints a markdown table:
 - ``wall s``: wall time of the whole study (Ray start-up, recording load, HashAttention
   fitting, the Ray experiments, writing the outputs, Ray shutdown);
 - ``ray start s``: time of ``ray.init`` alone (started here, with the runner's own
-  :func:`~sah.tuning.runner.init_ray`, just before the study; ``ray.shutdown`` is timed
+  :func:`~sah.tuning.ray_setup.init_ray`, just before the study; ``ray.shutdown`` is timed
   after it);
 - ``configs``: configurations scored (rows of ``trials.csv``), ``ray trials``: Ray Tune
   trials that scored them (several configurations per Ray trial when batched);
@@ -55,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def run_once(args: argparse.Namespace, results_dir: Path, name: str) -> Dict[str, Any]:
     import ray
 
-    from sah.tuning.runner import DEFAULT_STUDY, RunOptions, init_ray, run_study
+    from sah.tuning.ray_setup import init_ray
+    from sah.tuning.runner import DEFAULT_STUDY, RunOptions, run_study
     from sah.tuning.study import load_study
 
     extra: Dict[str, Any] = {}

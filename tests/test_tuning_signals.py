@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from sah.tuning.runner import _signals_deferred
+from sah.tuning.signals import signals_deferred as _signals_deferred
 
 
 def test_signal_during_outputs_is_held_until_the_block_ends(tmp_path):

@@ -7,7 +7,10 @@ recording, check the layer subset; only then create the run folder, write ``run.
 fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched``; an Optuna or ASHA chain's experiment lives in ``<run>/ray/<chain>``;
-a finished chain is marked in ``<run>/progress.json``.
+a finished chain is marked in ``<run>/progress.json``. The pieces live beside this module:
+:mod:`~sah.tuning.run_folder` (run folder checks, ``run.yaml``, ``progress.json``),
+:mod:`~sah.tuning.ray_setup` (starting Ray), :mod:`~sah.tuning.experiments` (the Ray
+experiments) and :mod:`~sah.tuning.signals` (stop signals).
 Ctrl-C or SIGTERM stops Ray Tune gracefully (its state is saved, finished trials kept);
 ``resume`` restores each unfinished experiment with ``Tuner.restore`` (finished trials are
 kept, unfinished ones run again from their start).
@@ -15,7 +18,6 @@ kept, unfinished ones run again from their start).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,18 +25,21 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import yaml
 
 from sah.recording.format import Recording, RecordingError
+from sah.tuning.experiments import experiments, run_experiment
 from sah.tuning.outputs import collect_rows, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
-from sah.tuning.study import ChainSpec, Study, load_study
-from sah.tuning.trainable import CHAIN_KEY, SharedRecording, TrialTask, run_trial
+from sah.tuning.ray_setup import REPO_ROOT, init_ray, versions
+from sah.tuning.run_folder import _comparable, check_run_folder, read_progress
+from sah.tuning.signals import forward_sigterm, signals_deferred
+from sah.tuning.study import Study, load_study
+from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
 from sah.validation import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = REPO_ROOT / "configs" / "default.yaml"
 log = logging.getLogger("sah.tuning")
 
@@ -87,222 +92,6 @@ def load_study_recording(path: Path) -> Recording:
     return load_recording(path)
 
 
-def check_run_folder(run_dir: Path, study: Study, resume: bool) -> None:
-    """An existing run folder is never overwritten; ``resume`` continues the same study."""
-    if not run_dir.exists():
-        if resume:
-            raise FileNotFoundError(f"{run_dir}: no run to resume; drop --resume to start it")
-        return
-    run_yaml = run_dir / "run.yaml"
-    if not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or "
-                              f"--name to start a new run")
-    if not run_yaml.is_file():
-        raise FileExistsError(f"{run_dir} exists but holds no run.yaml (not a sah run); pick "
-                              f"another --name or --results-dir")
-    stored = yaml.safe_load(run_yaml.read_text()).get("study")
-    if stored != _comparable(study):
-        raise FileExistsError(f"{run_dir} holds a different study ({stored.get('name') if stored else '?'}); "
-                              f"--resume must use the same study and flags, or pick another --name")
-
-
-def _comparable(study: Study) -> Dict[str, Any]:
-    return json.loads(json.dumps(study.to_dict()))
-
-
-def versions() -> Dict[str, str]:
-    import platform
-
-    import ray
-    import torch
-
-    import sah
-    out = {"sah": str(sah.__version__), "ray": str(ray.__version__),
-           "torch": str(torch.__version__), "python": platform.python_version()}
-    try:
-        import optuna
-        out["optuna"] = str(optuna.__version__)
-    except ImportError:  # pragma: no cover
-        pass
-    return out
-
-
-# ---------------------------------------------------------------------- ray
-def init_ray(address: Optional[str], recording_bytes: int) -> bool:
-    """Start (or join) Ray unless it already runs. Returns True when we started it."""
-    import ray
-    if ray.is_initialized():
-        return False
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    if address:
-        ray.init(address=address, **common)
-        return True
-    store = int(min(max(1 << 30, 3 * recording_bytes), 4 << 30))
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=store,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **common)
-    return True
-
-
-def _forward_sigterm() -> Any:
-    """Make SIGTERM act like Ctrl-C so Ray Tune stops gracefully and saves its state."""
-    def handler(signum: int, frame: Any) -> None:
-        current = signal.getsignal(signal.SIGINT)
-        if callable(current):
-            current(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None
-
-
-def _searcher(chain: ChainSpec, study: Study, index: int):
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    seed = study.seed + index
-    if chain.searcher != "optuna":
-        return BasicVariantGenerator(random_state=seed), "score", "min"
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if study.multi_objective:
-        sampler = optuna.samplers.TPESampler(seed=seed)
-        return OptunaSearch(metric=["output_error", "density"], mode=["min", "min"],
-                            sampler=sampler), None, None
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    return OptunaSearch(metric="score", mode="min", sampler=sampler), "score", "min"
-
-
-def _scheduler(study: Study, num_groups: int):
-    if not study.scheduler:
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-    return ASHAScheduler(metric="score", mode="min", time_attr="training_iteration",
-                         max_t=max(1, num_groups), grace_period=study.scheduler["grace_period"],
-                         reduction_factor=study.scheduler["reduction_factor"])
-
-
-def _param_space(chain: ChainSpec) -> Dict[str, Any]:
-    space: Dict[str, Any] = {CHAIN_KEY: chain.name}
-    for name, domain in chain.domains.items():
-        space[name] = domain.to_ray(as_grid=chain.searcher == "grid")
-    return space
-
-
-def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
-
-
-Members = List[Tuple[int, ChainSpec]]  # (position in the study, chain)
-
-
-def experiments(study: Study) -> List[Tuple[str, Members]]:
-    """The Ray experiments of a study, in study order: ONE for all batched chains (at the
-    place of the first), and one per other chain (Optuna, ASHA, batch size 1)."""
-    from sah.tuning.batching import BATCHED_EXPERIMENT
-    out: List[Tuple[str, Members]] = []
-    batched: Members = []
-    for i, chain in enumerate(study.chains):
-        if not chain.batched:
-            out.append((chain.name, [(i, chain)]))
-            continue
-        if not batched:
-            out.append((BATCHED_EXPERIMENT, batched))
-        batched.append((i, chain))
-    return out
-
-
-def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: Path,
-                   num_groups: int, progress: bool):
-    """Fit (or restore and continue) one experiment; returns its ResultGrid and whether
-    it was interrupted."""
-    from ray import tune
-
-    from sah.tuning.progress import TrialProgress
-    exp_dir = ray_dir / name
-    callbacks = [TrialProgress({c.name: c.expected_trials() for _, c in members},
-                               enabled=progress)]
-    index, chain = members[0]
-    if chain.batched:
-        from sah.tuning.batching import batched_param_space
-        space = batched_param_space(members, study.seed)
-    else:
-        space = _param_space(chain)
-    if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=space,
-                                   resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-        local = getattr(tuner, "_local_tuner", None)  # restored runs keep their old callbacks
-        if local is not None:
-            local.get_run_config().callbacks = callbacks
-    else:
-        search_alg, metric, mode = _searcher(chain, study, index)
-        num_samples = chain.num_samples
-        if chain.batched:  # the batches are a grid of their own; nothing to optimise
-            metric, mode, num_samples = None, None, 1
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                search_alg=search_alg, scheduler=_scheduler(study, num_groups),
-                metric=metric, mode=mode, num_samples=num_samples, reuse_actors=True,
-                max_concurrent_trials=study.max_concurrent_trials,
-                trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(ray_dir), verbose=0, callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
-    previous_int = signal.getsignal(signal.SIGINT)
-    sentinel_installed = _install_interrupt_sentinel()
-    try:
-        grid = tuner.fit()
-    finally:
-        callbacks[0].close()
-    interrupted = sentinel_installed and signal.getsignal(signal.SIGINT) is _second_interrupt
-    if sentinel_installed:
-        signal.signal(signal.SIGINT, previous_int)
-    return grid, interrupted
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs, then deliver them: the outputs of a
-    run are never left half-written by a stop signal."""
-    received: List[int] = []
-    previous: Dict[int, Any] = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda n, f: received.append(n))
-    except ValueError:  # not the main thread: signals are not ours to hold
-        previous.clear()
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in received[:1]:
-            signal.raise_signal(signum)
-
-
-def _second_interrupt(signum: int, frame: Any) -> None:
-    """SIGINT handler installed around ``Tuner.fit``. Ray Tune replaces it with its own
-    graceful-stop handler and puts it back when a stop signal arrives, so finding it in
-    place after ``fit`` means the run was interrupted; a second Ctrl-C lands here."""
-    raise KeyboardInterrupt
-
-
-def _install_interrupt_sentinel() -> bool:
-    try:
-        signal.signal(signal.SIGINT, _second_interrupt)
-        return True
-    except ValueError:  # not the main thread: Ray Tune does not catch signals either
-        return False
-
-
-def _read_progress(run_dir: Path) -> Dict[str, str]:
-    path = run_dir / "progress.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 # ---------------------------------------------------------------------- the run
 def run_study(options: RunOptions) -> Path:
     """Validate, run every chain, write the outputs. Returns the run folder."""
@@ -351,7 +140,7 @@ def run_study(options: RunOptions) -> Path:
     started_ray = init_ray(options.address, sum(
         t.numel() * t.element_size() for lr in recording.layers
         for t in (lr.queries, lr.keys, lr.values)))
-    previous_term = _forward_sigterm()
+    previous_term = forward_sigterm()
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
                      group, study.cpus_per_trial, study.gpus_per_trial)
     trainable = tune.with_resources(
@@ -361,7 +150,7 @@ def run_study(options: RunOptions) -> Path:
     grids: Dict[str, Any] = {}
     interrupted = False
     try:
-        done = _read_progress(run_dir)
+        done = read_progress(run_dir)
         for name, members in experiments(study):
             exp_started = time.time()
             grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
@@ -381,7 +170,7 @@ def run_study(options: RunOptions) -> Path:
             ray.shutdown()
     out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
-    with _signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
+    with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
         write_outputs(run_dir, study, rows, recording, final=not interrupted,
                       wall_seconds=time.time() - started)
     log.info("phase outputs: %.2f s", time.time() - out_started)

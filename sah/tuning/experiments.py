@@ -1,0 +1,118 @@
+"""The Ray experiments of a study: ONE for all batched (grid/random) chains and one per
+other chain (Optuna, ASHA); their searchers, schedulers and param spaces, and
+:func:`run_experiment`, which fits a new experiment or restores and continues one."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from sah.tuning.signals import _second_interrupt, install_interrupt_sentinel
+from sah.tuning.study import ChainSpec, Study
+from sah.tuning.trainable import CHAIN_KEY
+
+
+def _searcher(chain: ChainSpec, study: Study, index: int):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    seed = study.seed + index
+    if chain.searcher != "optuna":
+        return BasicVariantGenerator(random_state=seed), "score", "min"
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if study.multi_objective:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        return OptunaSearch(metric=["output_error", "density"], mode=["min", "min"],
+                            sampler=sampler), None, None
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    return OptunaSearch(metric="score", mode="min", sampler=sampler), "score", "min"
+
+
+def _scheduler(study: Study, num_groups: int):
+    if not study.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+    return ASHAScheduler(metric="score", mode="min", time_attr="training_iteration",
+                         max_t=max(1, num_groups), grace_period=study.scheduler["grace_period"],
+                         reduction_factor=study.scheduler["reduction_factor"])
+
+
+def _param_space(chain: ChainSpec) -> Dict[str, Any]:
+    space: Dict[str, Any] = {CHAIN_KEY: chain.name}
+    for name, domain in chain.domains.items():
+        space[name] = domain.to_ray(as_grid=chain.searcher == "grid")
+    return space
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+Members = List[Tuple[int, ChainSpec]]  # (position in the study, chain)
+
+
+def experiments(study: Study) -> List[Tuple[str, Members]]:
+    """The Ray experiments of a study, in study order: ONE for all batched chains (at the
+    place of the first), and one per other chain (Optuna, ASHA, batch size 1)."""
+    from sah.tuning.batching import BATCHED_EXPERIMENT
+    out: List[Tuple[str, Members]] = []
+    batched: Members = []
+    for i, chain in enumerate(study.chains):
+        if not chain.batched:
+            out.append((chain.name, [(i, chain)]))
+            continue
+        if not batched:
+            out.append((BATCHED_EXPERIMENT, batched))
+        batched.append((i, chain))
+    return out
+
+
+def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: Path,
+                   num_groups: int, progress: bool):
+    """Fit (or restore and continue) one experiment; returns its ResultGrid and whether
+    it was interrupted."""
+    from ray import tune
+
+    from sah.tuning.progress import TrialProgress
+    exp_dir = ray_dir / name
+    callbacks = [TrialProgress({c.name: c.expected_trials() for _, c in members},
+                               enabled=progress)]
+    index, chain = members[0]
+    if chain.batched:
+        from sah.tuning.batching import batched_param_space
+        space = batched_param_space(members, study.seed)
+    else:
+        space = _param_space(chain)
+    if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=space,
+                                   resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        local = getattr(tuner, "_local_tuner", None)  # restored runs keep their old callbacks
+        if local is not None:
+            local.get_run_config().callbacks = callbacks
+    else:
+        search_alg, metric, mode = _searcher(chain, study, index)
+        num_samples = chain.num_samples
+        if chain.batched:  # the batches are a grid of their own; nothing to optimise
+            metric, mode, num_samples = None, None, 1
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg, scheduler=_scheduler(study, num_groups),
+                metric=metric, mode=mode, num_samples=num_samples, reuse_actors=True,
+                max_concurrent_trials=study.max_concurrent_trials,
+                trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(ray_dir), verbose=0, callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+    previous_int = signal.getsignal(signal.SIGINT)
+    sentinel_installed = install_interrupt_sentinel()
+    try:
+        grid = tuner.fit()
+    finally:
+        callbacks[0].close()
+    interrupted = sentinel_installed and signal.getsignal(signal.SIGINT) is _second_interrupt
+    if sentinel_installed:
+        signal.signal(signal.SIGINT, previous_int)
+    return grid, interrupted
