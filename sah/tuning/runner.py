@@ -2,9 +2,11 @@
 per other chain, then the outputs.
 
 Order of work, so that bad input writes nothing: load and validate the study, check the
-run folder (an existing folder is only ever continued with ``resume``), find and load the
-recording, check the layer subset; only then create the run folder, write ``run.yaml``,
-fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
+run folder (an existing folder is only ever continued with ``resume``), find, make and load
+the scored and fit recordings and check them (:mod:`~sah.tuning.recordings`: no fit span
+overlapping a scored one, one model shape, the layers; on ``resume`` the content hashes
+``run.yaml`` stored); only then create the run folder, write ``run.yaml``, fit
+HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched``; an Optuna or ASHA chain's experiment lives in ``<run>/ray/<chain>``;
 a finished chain is marked in ``<run>/progress.json``. The pieces live beside this module:
@@ -29,16 +31,15 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from sah.recording.format import Recording, RecordingError
 from sah.tuning.experiments import experiments, run_experiment
 from sah.tuning.outputs import collect_rows, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.ray_setup import REPO_ROOT, init_ray, versions
 from sah.tuning.run_folder import _comparable, check_run_folder, read_progress
 from sah.tuning.signals import forward_sigterm, signals_deferred
-from sah.tuning.study import Study, load_study
+from sah.tuning.recordings import check_resume_hashes, load_recording_sets
+from sah.tuning.study import load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
-from sah.validation import ConfigError
 
 DEFAULT_STUDY = REPO_ROOT / "configs" / "default.yaml"
 log = logging.getLogger("sah.tuning")
@@ -74,21 +75,6 @@ class RunOptions:
         return out
 
 
-# ---------------------------------------------------------------------- checks
-def resolve_recording(study: Study) -> Path:
-    """The recording file of the study (the default one is made if missing)."""
-    from sah.recording.embedded import resolve_recording as resolve
-    try:
-        return resolve(study.recording, f"{study.source}: recording")
-    except (FileNotFoundError, ValueError) as exc:
-        raise RecordingError(str(exc)) from None
-
-
-def load_study_recording(path: Path) -> Recording:
-    from sah.recording.format import load_recording
-    return load_recording(path)
-
-
 # ---------------------------------------------------------------------- the run
 def run_study(options: RunOptions) -> Path:
     """Validate, run every chain, write the outputs. Returns the run folder."""
@@ -98,26 +84,18 @@ def run_study(options: RunOptions) -> Path:
     from sah.tuning.hash_fit import attach_weights
     attach_weights(study, run_dir)
     check_run_folder(run_dir, study, options.resume)
-    recording_path = resolve_recording(study)
-    recording = load_study_recording(recording_path)
-    if study.layers:
-        missing = [x for x in study.layers if x not in recording.layer_ids]
-        if missing:
-            raise ConfigError(f"{study.source}: layers: layer {missing[0]} is not in the recording "
-                              f"{recording_path} (recorded layers: {recording.layer_ids})")
+    sets = load_recording_sets(study)
+    described = sets.describe(fitting=bool(study.fit_hash_attention))
+    if options.resume and (run_dir / "run.yaml").is_file():
+        check_resume_hashes(run_dir, yaml.safe_load((run_dir / "run.yaml").read_text()), described)
+    recording = sets.scored[0].recording
     num_layers = len(study.layers or recording.layer_ids)
     from sah.evaluate import default_group_size, layer_groups
     group = study.layers_per_report or default_group_size(num_layers)
     num_groups = len(layer_groups(list(range(num_layers)), group))
-    from sah.evaluate import recording_key
-    rec_hash = recording_key(recording)
 
     run_yaml = yaml.safe_dump({
-        "study": _comparable(study), "study_file": str(study.source),
-        "recording": {"path": str(Path(recording_path).resolve()), "hash": rec_hash,
-                      "layers": recording.layer_ids, "num_keys": recording.num_keys,
-                      "num_queries": recording.num_queries,
-                      "model": (recording.metadata or {}).get("model_id")},
+        "study": _comparable(study), "study_file": str(study.source), **described,
         "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, sort_keys=False)
 
     # ---- from here on, the run folder is ours
@@ -129,19 +107,23 @@ def run_study(options: RunOptions) -> Path:
     if study.fit_hash_attention:
         from sah.tuning.hash_fit import prepare_hash_attention
         fit_started = time.time()
-        prepare_hash_attention(study, recording, run_dir)
+        prepare_hash_attention(study, {r.label: r.recording for r in sets.fit_or_scored},
+                               run_dir, {r.label: r.recording for r in sets.scored},
+                               progress=options.progress)
         log.info("phase hash_fit: %.2f s", time.time() - fit_started)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress bars, not Ray's tables
     from ray import tune
     started_ray = init_ray(options.address, sum(
-        t.numel() * t.element_size() for lr in recording.layers
+        t.numel() * t.element_size() for r in sets.scored for lr in r.recording.layers
         for t in (lr.queries, lr.keys, lr.values)))
     previous_term = forward_sigterm()
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
-                     group, study.cpus_per_trial, study.gpus_per_trial)
+                     group, study.cpus_per_trial, study.gpus_per_trial,
+                     [r.label for r in sets.scored])
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, recording=SharedRecording(recording), task=task),
+        tune.with_parameters(run_trial, recordings=[SharedRecording(r.recording)
+                                                    for r in sets.scored], task=task),
         {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial})
     ray_dir = run_dir / "ray"
     grids: Dict[str, Any] = {}
@@ -168,7 +150,7 @@ def run_study(options: RunOptions) -> Path:
     out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
     with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
-        write_outputs(run_dir, study, rows, recording, final=not interrupted,
+        write_outputs(run_dir, study, rows, sets, final=not interrupted,
                       wall_seconds=time.time() - started)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:

@@ -2,7 +2,8 @@
 
 ```yaml
 name: my_study                 # run name (default: the file's stem)
-recording: default             # 'default' (made on first use) or a recording file
+recordings: [docs, code]       # scored recordings: embedded names (made on first use) or files
+fit_recordings: [prose]        # learned maskers (HashAttention) are fitted on these
 objective: sparsity_10         # 'default' or 'sparsity_T' (T in percent)
 density_targets: [0.05, 0.10]  # best config exported at each density
 searcher: optuna               # grid | random | optuna (TPE)
@@ -16,6 +17,7 @@ layers: null                   # optional subset of the recorded layer ids
 layers_per_report: null        # layers per report (default: about 4 reports per trial)
 configs_per_trial: 8           # configurations one Ray trial scores (grid/random; see below)
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
+                               # (on fit_recordings; :mod:`sah.tuning.fit_options`)
 chains:
   - name: sink_local_oracle_top_k
     searcher: random           # optional per-chain override (also num_samples)
@@ -24,6 +26,13 @@ chains:
       - type: OracleTopKConfig
         heavy_size: {search: loguniform, low: 0.005, high: 0.2}
 ```
+
+``recordings``: every configuration is scored on each; its ``output_error`` and ``density``
+are the means over these recordings of each recording's mean over layers. ``recording: X``
+is the one-element ``recordings: [X]`` (give one or the other). ``fit_recordings``: what
+``fit_hash_attention`` fits on (default: the scored recordings, which makes HashAttention's
+figures optimistic; the run says so). :mod:`sah.tuning.recordings` loads both sets and
+refuses a fit recording whose text span overlaps a scored one's.
 
 ``configs_per_trial``: configurations one Ray trial of a grid or random chain scores
 (:mod:`sah.tuning.batching`); 1 for Optuna chains (the searcher learns from each result)
@@ -48,11 +57,12 @@ import sah.maskers  # noqa: F401  (registers every masker)
 from sah.attention import ResearchAttentionConfig
 from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.objectives import get_objective
+from sah.tuning.fit_options import parse_fit_options
 from sah.tuning.space import Domain, plain_value
 from sah.validation import ConfigError
 
 SEARCHERS = ("grid", "random", "optuna")
-TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "multi_objective",
+TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets", "searcher", "multi_objective",
             "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
             "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
@@ -141,7 +151,7 @@ class ChainSpec:
 @dataclass
 class Study:
     name: str
-    recording: str
+    recordings: List[str]      # scored recordings (embedded names or files), as written
     objective: str
     density_targets: List[float]
     searcher: str
@@ -158,6 +168,13 @@ class Study:
     chains: List[ChainSpec]
     source: str = "study"
     configs_per_trial: int = DEFAULT_CONFIGS_PER_TRIAL
+    fit_recordings: List[str] = field(default_factory=list)  # empty: fit on the scored ones
+    recordings_key: str = "recordings"  # the key the file used ("recording" for one)
+
+    @property
+    def recording(self) -> str:
+        """The first scored recording (studies used to name exactly one)."""
+        return self.recordings[0]
 
     def chain(self, name: str) -> ChainSpec:
         for c in self.chains:
@@ -169,7 +186,8 @@ class Study:
     def to_dict(self) -> Dict[str, Any]:
         """The resolved study (defaults filled in, CLI overrides applied)."""
         return {
-            "name": self.name, "recording": self.recording, "objective": self.objective,
+            "name": self.name, "recordings": list(self.recordings),
+            "fit_recordings": list(self.fit_recordings), "objective": self.objective,
             "density_targets": list(self.density_targets), "searcher": self.searcher,
             "multi_objective": self.multi_objective, "num_samples": self.num_samples,
             "seed": self.seed, "scheduler": copy.deepcopy(self.scheduler),
@@ -218,9 +236,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     name = data.get("name", default_name)
     _check(isinstance(name, str) and bool(_NAME.match(name)), "name",
            f"got {name!r}; use letters, digits, '_', '-', '.'")
-    recording = data.get("recording", "default")
-    _check(isinstance(recording, str) and recording != "", "recording",
-           "expected 'default' or the path of a recording file")
+    recordings, fit_recordings = _parse_recording_lists(data)
     objective = data.get("objective", "sparsity_10")
     _check(isinstance(objective, str), "objective", f"got {objective!r}; expected a name")
     get_objective(objective)
@@ -250,9 +266,10 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     per_report = data.get("layers_per_report")
     _check(per_report is None or (_is_int(per_report) and per_report >= 1), "layers_per_report",
            f"got {per_report!r}; expected an int >= 1 or null")
-    fit = data.get("fit_hash_attention")
-    _check(fit is None or isinstance(fit, dict), "fit_hash_attention",
-           f"got {fit!r}; expected a mapping of fitting options or null")
+    fit = parse_fit_options(data.get("fit_hash_attention"))
+    _check(fit is not None or not fit_recordings, "fit_recordings",
+           "nothing is fitted in this study (no fit_hash_attention); remove fit_recordings or "
+           "add fit_hash_attention")
     per_trial = data.get("configs_per_trial", DEFAULT_CONFIGS_PER_TRIAL)
     _check(_is_int(per_trial) and per_trial >= 1, "configs_per_trial",
            f"got {per_trial!r}; expected an int >= 1 (configurations per Ray trial)")
@@ -268,10 +285,39 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
         seen[c.name] = i
         batchable = c.searcher in ("grid", "random") and scheduler is None
         c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
-    return Study(name, recording, objective, [float(t) for t in targets], searcher, multi,
+    return Study(name, recordings, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
-                 per_trial)
+                 per_trial, fit_recordings, "recording" if "recordings" not in data else "recordings")
+
+
+def _parse_recording_lists(data: Dict[str, Any]) -> tuple:
+    """``recordings`` (or the one-element ``recording``) and ``fit_recordings``: lists of
+    embedded recording names or file paths; names are checked here (no file is read)."""
+    from sah.recording.embedded import parse_embedded
+    _check(not ("recording" in data and "recordings" in data), "recording",
+           "give either recording (one) or recordings (a list), not both")
+    if "recordings" in data:
+        scored, key = data["recordings"], "recordings"
+        _check(isinstance(scored, list) and bool(scored), key,
+               f"got {scored!r}; expected a non-empty list of embedded recording names "
+               f"(docs, code, prose, docs-8192, ...) or recording files")
+    else:
+        scored, key = [data.get("recording", "default")], "recording"
+    fit = data.get("fit_recordings", [])
+    _check(isinstance(fit, list), "fit_recordings",
+           f"got {fit!r}; expected a list of embedded recording names or recording files")
+    for where, items in ((key, scored), ("fit_recordings", fit)):
+        for i, item in enumerate(items):
+            path = where if where == "recording" else f"{where}[{i}]"
+            _check(isinstance(item, str) and item.strip() != "", path,
+                   f"got {item!r}; expected an embedded recording name (default, docs, code, "
+                   f"prose, docs-8192, ...) or the path of a recording file")
+            try:
+                parse_embedded(item, path)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+    return [str(x) for x in scored], [str(x) for x in fit]
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
