@@ -144,7 +144,7 @@ def test_issue15_item19_hash_attention_fitting_reports_each_layer(tmp_path, capf
                            progress=True)
     err = capfd.readouterr().err
     assert "sah: fitting HashAttention hash functions on fitrec: 3 layers, 2 steps each" in err
-    assert "HashAttention fit" in err and "3/3" in err  # the bar over the layers
+    assert "HashAttention fit:" in err and "/3 [" in err  # the bar over the 3 layers
     assert re.search(r"sah: HashAttention ready in [0-9.]+ s; top-k recall after \(before\) "
                      r"fitting: fit fitrec [0-9.]+ \([0-9.]+\); scored scored [0-9.]+", err), err
 
