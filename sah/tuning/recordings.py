@@ -30,6 +30,40 @@ from sah.validation import ConfigError
 SCORED, FIT = "recordings", "fit_recordings"
 
 
+def parse_recording_lists(data: Dict[str, Any]) -> tuple:
+    """``recordings`` (or the one-element ``recording``) and ``fit_recordings``: lists of
+    embedded recording names or file paths; names are checked here (no file is read)."""
+    from sah.recording.embedded import parse_embedded
+    _require(not ("recording" in data and "recordings" in data), "recording",
+             "give either recording (one) or recordings (a list), not both")
+    if "recordings" in data:
+        scored, key = data["recordings"], "recordings"
+        _require(isinstance(scored, list) and bool(scored), key,
+                 f"got {scored!r}; expected a non-empty list of embedded recording names "
+                 f"(docs, code, prose, docs-8192, ...) or recording files")
+    else:
+        scored, key = [data.get("recording", "default")], "recording"
+    fit = data.get("fit_recordings", [])
+    _require(isinstance(fit, list), "fit_recordings",
+             f"got {fit!r}; expected a list of embedded recording names or recording files")
+    for where, items in ((key, scored), ("fit_recordings", fit)):
+        for i, item in enumerate(items):
+            path = where if where == "recording" else f"{where}[{i}]"
+            _require(isinstance(item, str) and item.strip() != "", path,
+                     f"got {item!r}; expected an embedded recording name (default, docs, code, "
+                     f"prose, docs-8192, ...) or the path of a recording file")
+            try:
+                parse_embedded(item, path)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+    return [str(x) for x in scored], [str(x) for x in fit]
+
+
+def _require(cond: bool, path: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{path}: {message}")
+
+
 def recording_labels(names: Sequence[str]) -> List[str]:
     """The labels of a list of recordings as a study writes them (no file is read)."""
     from sah.recording.embedded import is_embedded_name

@@ -58,13 +58,14 @@ from sah.attention import ResearchAttentionConfig
 from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.objectives import get_objective
 from sah.tuning.fit_options import parse_fit_options
+from sah.tuning.recordings import parse_recording_lists
 from sah.tuning.space import Domain, plain_value
 from sah.validation import ConfigError
 
 SEARCHERS = ("grid", "random", "optuna")
-TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets", "searcher", "multi_objective",
-            "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
-            "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial", "chains")
+TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets",
+            "searcher", "multi_objective", "num_samples", "seed", "scheduler",
+            "resources_per_trial", "max_concurrent_trials", "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -236,7 +237,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     name = data.get("name", default_name)
     _check(isinstance(name, str) and bool(_NAME.match(name)), "name",
            f"got {name!r}; use letters, digits, '_', '-', '.'")
-    recordings, fit_recordings = _parse_recording_lists(data)
+    recordings, fit_recordings = parse_recording_lists(data)
     objective = data.get("objective", "sparsity_10")
     _check(isinstance(objective, str), "objective", f"got {objective!r}; expected a name")
     get_objective(objective)
@@ -289,35 +290,6 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
                  per_trial, fit_recordings, "recording" if "recordings" not in data else "recordings")
-
-
-def _parse_recording_lists(data: Dict[str, Any]) -> tuple:
-    """``recordings`` (or the one-element ``recording``) and ``fit_recordings``: lists of
-    embedded recording names or file paths; names are checked here (no file is read)."""
-    from sah.recording.embedded import parse_embedded
-    _check(not ("recording" in data and "recordings" in data), "recording",
-           "give either recording (one) or recordings (a list), not both")
-    if "recordings" in data:
-        scored, key = data["recordings"], "recordings"
-        _check(isinstance(scored, list) and bool(scored), key,
-               f"got {scored!r}; expected a non-empty list of embedded recording names "
-               f"(docs, code, prose, docs-8192, ...) or recording files")
-    else:
-        scored, key = [data.get("recording", "default")], "recording"
-    fit = data.get("fit_recordings", [])
-    _check(isinstance(fit, list), "fit_recordings",
-           f"got {fit!r}; expected a list of embedded recording names or recording files")
-    for where, items in ((key, scored), ("fit_recordings", fit)):
-        for i, item in enumerate(items):
-            path = where if where == "recording" else f"{where}[{i}]"
-            _check(isinstance(item, str) and item.strip() != "", path,
-                   f"got {item!r}; expected an embedded recording name (default, docs, code, "
-                   f"prose, docs-8192, ...) or the path of a recording file")
-            try:
-                parse_embedded(item, path)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-    return [str(x) for x in scored], [str(x) for x in fit]
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:

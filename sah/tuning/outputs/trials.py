@@ -5,7 +5,8 @@ chains, the configuration's slot in its Ray trial's batch; status, every paramet
 output_error, density (means over the scored recordings), score, aux bits, layers
 evaluated, seconds, seconds inside chain evaluation, each scored recording's own figures
 ``output_error[<recording>]`` and ``density[<recording>]`` (means over its layers), error
-message). Rows held in memory also carry ``per_layer`` (written to ``per_layer.csv``). Best configs, Pareto fronts and the density-target picks are
+message). Rows held in memory also carry ``per_layer`` (written to ``per_layer.csv``).
+Best configs, Pareto fronts and the density-target picks are
 computed from its rows (:mod:`sah.tuning.outputs.picks`), and a config is rebuilt from a
 row with the study's chain spec (:func:`row_config`), so what is exported is exactly what
 was scored.
