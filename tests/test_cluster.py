@@ -194,6 +194,10 @@ def test_two_node_cluster_runs_a_study_like_one_node(rec, tmp_path):
     storage = tmp_path / "shared_storage"  # "every node can reach it": same machine here
     with two_node_cluster() as cluster:
         up = time.time() - started
+        # a plain ray.init() elsewhere cannot find it: its address file is in its own temp dir
+        from ray._private.services import canonicalize_bootstrap_address
+        found = canonicalize_bootstrap_address(None)  # what ray.init() here would join
+        assert found is None or found.rsplit(":", 1)[-1] != cluster.address.rsplit(":", 1)[-1]
         # three commands at once (each mostly waits on process and Ray start-up):
         # the study on the cluster; a local run that must not join the cluster although
         # RAY_ADDRESS and the token point at it; an impossible request against the cluster

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from sah.tuning.cluster import NodeResources, local_node_resources, node_list
 
@@ -51,7 +51,7 @@ def join_cluster(address: str) -> bool:
     package = str(Path(sah.__file__).resolve().parent)
     try:
         ray.init(address=address, runtime_env={"py_modules": [package]}, **_COMMON)
-    except (ConnectionError, RuntimeError) as exc:  # no cluster there, or the token is refused
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:  # none, or token refused
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         raise ConnectionError(f"--address {address}: cannot join the Ray cluster "
                               f"({lines[0] if lines else type(exc).__name__}); check the "
@@ -73,6 +73,11 @@ def start_local_ray(recording_bytes: int) -> bool:
              object_store_memory=store,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **_COMMON)
     return True
+
+
+def init_ray(address: Optional[str], recording_bytes: int) -> bool:
+    """Join ``address`` or start a private local Ray; True when this call did it."""
+    return join_cluster(address) if address else start_local_ray(recording_bytes)
 
 
 def cluster_nodes() -> List[NodeResources]:

@@ -2,7 +2,8 @@
 
 One row per scored configuration (chain, trial index, the Ray trial id and, for batched
 chains, the configuration's slot in its Ray trial's batch; ``node_id``, the Ray node the
-trial ran on (a batch's node for each of its rows); status, every parameter,
+trial ran on (a batch's node for each of its rows; empty for a trial that failed before it
+reported); status, every parameter,
 output_error, density, score, aux bits, layers evaluated, seconds, seconds inside chain
 evaluation, error message). Best configs, Pareto fronts and the density-target picks are
 computed from its rows (:mod:`sah.tuning.outputs.picks`), and a config is rebuilt from a
