@@ -18,7 +18,6 @@ from sah.maskers.hash_attention import random_hat_weights
 from sah.recording import load_recording, make_synthetic_recording, save_recording
 from sah.tuning.runner import RunOptions, run_study
 
-pytestmark = pytest.mark.slow
 LAYERS = [0, 2]  # the synthetic recording's layer ids are 0..2; two of them are scored
 
 
@@ -49,6 +48,50 @@ def assert_reproduces(config_path, chain, rows, recording, trial=None):
     assert again.density == float(row["density"]), config_path
 
 
+def test_weight_file_is_resolved_against_the_config_folder(tmp_path, monkeypatch):
+    from sah import HashAttentionTopKMaskerConfig
+    from sah.maskers.hash_attention import save_hat_weights
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    save_hat_weights({0: random_hat_weights(2, 1, 8, 4, 1, 8, seed=1)}, folder / "w.safetensors")
+    config = ResearchAttentionConfig([HashAttentionTopKMaskerConfig(
+        heavy_size=4, hat_bits=4, hat_mlp_layers=1, hat_weight_file="w.safetensors")])
+    config.to_file(folder / "c.yaml")
+    config.to_file(folder / "c.json", hub=True)
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    for name in ("c.yaml", "c.json"):
+        loaded = ResearchAttentionConfig.from_file(folder / name)
+        assert loaded.masker_configs[0].hat_weight_file == str(folder / "w.safetensors")
+    absolute = ResearchAttentionConfig([HashAttentionTopKMaskerConfig(
+        heavy_size=4, hat_bits=4, hat_mlp_layers=1, hat_weight_file=str(tmp_path / "x.pt"))])
+    absolute.to_file(folder / "abs.yaml")  # an absolute name is kept as it is
+    assert ResearchAttentionConfig.from_file(folder / "abs.yaml").masker_configs[0] \
+        .hat_weight_file == str(tmp_path / "x.pt")
+
+
+def test_weights_travel_as_arrays_and_are_rebuilt_once_per_process():
+    import pickle
+
+    from sah.tuning.artefacts import SharedWeights, with_weights
+    weights = {3: random_hat_weights(4, 2, 8, 4, 2, 8, seed=0)}
+    shared = SharedWeights(weights)
+    first, second = (pickle.loads(pickle.dumps(shared)) for _ in range(2))
+    assert first is second  # one rebuild per process, reused by every later trial
+    assert first.digest == shared.digest
+    for name, tensors in weights[3].items():
+        assert all(torch.equal(a, b) for a, b in zip(tensors, first.weights[3][name]))
+    other = SharedWeights({3: random_hat_weights(4, 2, 8, 4, 2, 8, seed=1)})
+    assert pickle.loads(pickle.dumps(other)) is not first and other.digest != shared.digest
+    from sah import HashAttentionTopKMaskerConfig
+    cfg = ResearchAttentionConfig([HashAttentionTopKMaskerConfig(
+        heavy_size=4, hat_bits=4, hat_mlp_layers=2, hat_mlp_hidden_size=8,
+        hat_weight_file="hash_attention.safetensors")])
+    resolved = with_weights(cfg, {"hash_attention.safetensors": first})
+    assert resolved.masker_configs[0].hat_weight_file is None
+    assert resolved.masker_configs[0].hat_weights is first.weights
+
+
+@pytest.mark.slow
 def test_moved_run_folder_still_exports_and_resumes(ray_session, rec_path, tmp_path, capsys):
     import ray
     recording = load_recording(rec_path)
