@@ -125,6 +125,9 @@ def two_node_cluster(timeout: float = 90.0) -> Iterator[TwoNodeCluster]:
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    # the nodes do not get this checkout on PYTHONPATH: sah's code reaches their workers with
+    # the job (runtime_env py_modules), as on a real cluster
+    nodes_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     port = free_port()
     common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=150000000",
               "--disable-usage-stats"]
@@ -134,7 +137,7 @@ def two_node_cluster(timeout: float = 90.0) -> Iterator[TwoNodeCluster]:
             ["--head", f"--port={port}", f"--temp-dir={base / 'head'}", *common,
              '--resources={"node_a": 1}', "--include-dashboard=false",
              f"--dashboard-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"],
-            env, base / "head.log"))
+            nodes_env, base / "head.log"))
         started = time.time()
         while not (base / "head" / "ray_current_cluster").is_file():
             if cluster.procs[0].poll() is not None or time.time() - started > timeout:
@@ -143,7 +146,7 @@ def two_node_cluster(timeout: float = 90.0) -> Iterator[TwoNodeCluster]:
         cluster.procs.append(_start_node(
             [f"--address={cluster.address}", f"--temp-dir={base / 'worker'}", *common,
              '--resources={"node_b": 1}', f"--dashboard-agent-listen-port={free_port()}"],
-            env, base / "worker.log"))
+            nodes_env, base / "worker.log"))
         probe = subprocess.run([sys.executable, "-c", PROBE, cluster.address, str(timeout)],
                                env=env, capture_output=True, text=True, timeout=timeout + 30)
         if probe.returncode != 0:

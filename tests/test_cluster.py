@@ -138,13 +138,13 @@ def test_gpu_fractions_share_one_gpu(ray_with_one_logical_gpu):
 
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("change, message", [
-    ({"cpus_per_trial": 1000.0}, r"resources_per_trial.cpu: a trial asks for cpu 1000 but the largest node of this machine has"),
-    ({"gpus_per_trial": 1.0}, r"resources_per_trial.gpu: a trial asks for 1 GPU but this machine has no GPU"),
+    ({"cpus_per_trial": 1000.0}, r"resources_per_trial.cpu: a trial asks for cpu 1000 but the largest node of this machine's local Ray has"),
+    ({"gpus_per_trial": 1.0}, r"resources_per_trial.gpu: a trial asks for 1 GPU but this machine's local Ray has no GPU"),
     ({"cpus_per_trial": math.inf}, r"resources_per_trial.cpu: got inf; expected a finite number"),
     ({"cpus_per_trial": math.nan}, r"resources_per_trial.cpu: got nan; expected a finite number"),
     ({"gpus_per_trial": 1.5}, r"resources_per_trial.gpu: got 1.5; use a fraction <= 1"),
     ({"resources_per_trial": {"cpu": 1, "custom_resources": {"tpu": 1}}},
-     r"custom_resources.tpu: a trial asks for tpu 1 but no node of this machine"),
+     r"custom_resources.tpu: a trial asks for tpu 1 but no node of this machine's local Ray"),
     ({"chain_resources": {"gpu": 0.5}}, r"chains\[1\].resources_per_trial.gpu: a trial asks"),
 ])
 def test_impossible_resources_are_refused_before_anything_is_written(rec, tmp_path, change, message):
@@ -174,7 +174,7 @@ def test_cli_refuses_impossible_resources_in_seconds(rec, tmp_path):
     study = write_study(tmp_path / "s.yaml", rec)
     results = tmp_path / "results"
     for flag, value, reason in (("--cpus-per-trial", "inf", "finite"),
-                                ("--cpus-per-trial", "1000", "largest node of this machine")):
+                                ("--cpus-per-trial", "1000", "largest node of this machine's local Ray")):
         started = time.time()
         out = run_cli(["tune", "--config", str(study), flag, value, "--results-dir",
                        str(results), "--quiet"], clean_env(), timeout=120)

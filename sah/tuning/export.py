@@ -46,9 +46,13 @@ def export_config(run_dir: Path, chain: str, density: Optional[float] = None
     return artefacts.resolved(config), row
 
 
-def render(config: ResearchAttentionConfig, fmt: str, header: str = "") -> str:
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"--format: got {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def render(config: ResearchAttentionConfig, fmt: str, header: str = "") -> str:
+    _check_format(fmt)
     if fmt == "yaml":
         return header + config.to_yaml()
     return config.to_json(hub=fmt == "hub") + "\n"
@@ -61,8 +65,7 @@ def _header(run_dir: Path, chain: str, row: Dict[str, Any], density: Optional[fl
 
 def export_text(run_dir: Path, chain: str, density: Optional[float] = None, fmt: str = "yaml") -> str:
     """The config as text, for printing; refused when it needs a weight file."""
-    if fmt not in FORMATS:
-        render(ResearchAttentionConfig(), fmt)
+    _check_format(fmt)
     config, row, artefacts = _chosen(run_dir, chain, density)
     files = [a.name for a in artefacts.needed(config)]
     if files:
@@ -76,8 +79,7 @@ def export_to_file(run_dir: Path, chain: str, out: Path, density: Optional[float
                    fmt: str = "yaml") -> List[Path]:
     """Write the config to ``out`` and its weight files next to it (``<out stem>.<name>``);
     returns every path written, the config first."""
-    if fmt not in FORMATS:
-        render(ResearchAttentionConfig(), fmt)
+    _check_format(fmt)
     config, row, artefacts = _chosen(run_dir, chain, density)
     out = Path(out)
     prefix = f"{out.stem}."

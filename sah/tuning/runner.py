@@ -110,7 +110,8 @@ def run_study(options: RunOptions) -> Path:
     per_chain = {c.name: study.trial_resources(c) for c in study.chains}
     started_ray = join_cluster(options.address) if options.address else False
     try:  # nothing is written until the run folder is made; a refusal leaves the cluster
-        where = f"the Ray cluster at {options.address}" if options.address else "this machine"
+        where = (f"the Ray cluster at {options.address}" if options.address
+                 else "this machine's local Ray")
         nodes = planned_nodes()
         for i, chain in enumerate(study.chains):
             try:
