@@ -186,6 +186,15 @@ def finish_cli(proc: subprocess.Popen, timeout: float = 240.0) -> subprocess.Com
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def finish_all(procs: List[subprocess.Popen], timeout: float = 240.0
+               ) -> List[subprocess.CompletedProcess]:
+    """:func:`finish_cli` for each; if one fails, the others are stopped too."""
+    try:
+        return [finish_cli(p, timeout) for p in procs]
+    finally:
+        stop_sessions([p for p in procs if p.poll() is None], grace=5)
+
+
 def run_cli(args: List[str], env: Dict[str, str], timeout: float = 240.0
             ) -> subprocess.CompletedProcess:
     return finish_cli(start_cli(args, env), timeout)

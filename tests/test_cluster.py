@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from cluster_support import clean_env, finish_cli, run_cli, start_cli, two_node_cluster
+from cluster_support import clean_env, finish_all, run_cli, start_cli, two_node_cluster
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.cluster import check_trial_resources, pick_device, trial_request
 from sah.tuning.runner import RunOptions, run_study
@@ -210,7 +210,7 @@ def test_two_node_cluster_runs_a_study_like_one_node(rec, tmp_path):
         refused = start_cli(["tune", "--config", str(single), "--address", cluster.address,
                              "--cpus-per-trial", "2", "--results-dir", str(tmp_path / "refused"),
                              "--quiet"], cluster.env)
-        outs = [finish_cli(p) for p in (on_cluster, local, refused)]
+        outs = finish_all([on_cluster, local, refused])
         nodes = dict(cluster.nodes)
     for out in outs[:2]:
         assert out.returncode == 0, out.stdout + out.stderr
