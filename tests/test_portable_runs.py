@@ -167,3 +167,16 @@ def test_moved_run_folder_still_exports_and_resumes(ray_session, rec_path, tmp_p
     assert {k: r["trial_id"] for k, r in resumed.items()} == {k: r["trial_id"] for k, r in rows.items()}
     assert {k: r["output_error"] for k, r in resumed.items()} == {k: r["output_error"] for k, r in rows.items()}
     assert not (moved / "ray").exists()
+
+
+def test_a_missing_weight_file_is_refused_before_the_run_folder(rec_path, tmp_path):
+    from sah.validation import ConfigError
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "nofile", "recording": str(rec_path), "chains": [{"name": "hat", "maskers": [
+            {"type": "HashAttentionTopKMaskerConfig", "hat_bits": 8, "hat_mlp_layers": 1,
+             "hat_weight_file": str(tmp_path / "missing.pt"), "heavy_size": 0.1}]}]}))
+    with pytest.raises(ConfigError, match=r"study.yaml: chains\[0\].maskers\[0\]: "
+                                          r"hat_weight_file .*missing.pt: no such file"):
+        run_study(RunOptions(config=str(study), results_dir=str(tmp_path / "r"), progress=False))
+    assert not (tmp_path / "r").exists()

@@ -48,6 +48,7 @@ class Artefact:
     sources: List[Path] = field(default_factory=list)  # where the driver looks, in order
     fitted: bool = False
     allow_pickle: bool = False
+    where: str = ""                  # "<study file>: chains[i].maskers[j]", for messages
 
     def source(self) -> Path:
         for path in self.sources:
@@ -72,7 +73,8 @@ def study_artefacts(study: Study, run_dir: Path) -> Dict[str, Artefact]:
                 continue
             if study.fit_hash_attention and value == FITTED_NAME:
                 out[value] = Artefact(value, FITTED_NAME, [run_dir / "tuned" / FITTED_NAME,
-                                                           weights_path(run_dir)], fitted=True)
+                                                           weights_path(run_dir)], fitted=True,
+                                      where=f"{study.source}: {masker.path}")
                 continue
             stem, name, i = Path(str(value)).stem or "weights", "", 1
             while not name or name in taken:
@@ -81,7 +83,8 @@ def study_artefacts(study: Study, run_dir: Path) -> Dict[str, Artefact]:
             taken.add(name)
             out[value] = Artefact(str(value), name,
                                   [run_dir / "tuned" / name, Path(str(value)).expanduser()],
-                                  allow_pickle=bool(masker.fixed.get("allow_pickle", False)))
+                                  allow_pickle=bool(masker.fixed.get("allow_pickle", False)),
+                                  where=f"{study.source}: {masker.path}")
     return out
 
 
@@ -138,7 +141,10 @@ def load_artefacts(artefacts: Dict[str, Artefact], fitted: Optional[bool] = None
     for value, art in artefacts.items():
         if fitted is not None and art.fitted != fitted:
             continue
-        out[value] = SharedWeights(load_hat_weights(art.source(), art.allow_pickle))
+        try:
+            out[value] = SharedWeights(load_hat_weights(art.source(), art.allow_pickle))
+        except ConfigError as exc:
+            raise ConfigError(f"{art.where}: {exc}" if art.where else str(exc)) from None
     return out
 
 
