@@ -7,7 +7,10 @@ out of band and a worker maps them without copying, so handing the recordings to
 costs milliseconds instead of a full deserialisation. Layer contexts (logits, dense
 outputs...) are cached per worker process (:data:`sah.evaluate.PROCESS_CACHE`, sized to
 hold every scored recording) and, with ``reuse_actors=True``, shared by every trial the
-worker runs.
+worker runs. Fitted (or given) HashAttention weights travel the same way, in the
+:class:`TrialTask` (:class:`~sah.tuning.artefacts.SharedWeights`), never as a path into the
+driver's run folder. Every report carries ``node_id``, the Ray node the trial ran on, and a
+trial computes on the device Ray gave it (:func:`sah.tuning.cluster.trial_device`).
 
 Several scored recordings: a configuration's ``output_error`` and ``density`` are the means
 over the recordings of each recording's mean over the evaluated layers. The recordings are
@@ -26,7 +29,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +38,8 @@ from sah.attention import ResearchAttention
 from sah.evaluate import PROCESS_CACHE, iter_evaluation
 from sah.objectives import get_objective
 from sah.recording.format import LayerRecording, Recording
+from sah.tuning.artefacts import SharedWeights, with_weights
+from sah.tuning.cluster import trial_device
 from sah.tuning.study import ChainSpec
 
 CHAIN_KEY = "chain"  # the constant trial parameter that names the chain
@@ -88,7 +93,13 @@ class TrialTask:
     layers_per_report: Optional[int]
     cpus_per_trial: float
     gpus_per_trial: float
+    weights: Dict[str, SharedWeights] = field(default_factory=dict)  # hat_weight_file -> tensors
+    per_chain: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # chain -> (cpu, gpu)
     recording_labels: List[str] = field(default_factory=list)  # one per scored recording
+
+    def resources(self, chain: str) -> Tuple[float, float]:
+        """``(cpus, gpus)`` of one trial of ``chain`` (its own resources_per_trial, if any)."""
+        return self.per_chain.get(chain, (self.cpus_per_trial, self.gpus_per_trial))
 
 
 def trial_params(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -96,8 +107,9 @@ def trial_params(config: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in config.items() if k != CHAIN_KEY}
 
 
-def _device(task: TrialTask) -> Optional[str]:
-    return "cuda" if task.gpus_per_trial > 0 and torch.cuda.is_available() else None
+def _node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id()
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -112,13 +124,15 @@ def evaluate_params(chain: ChainSpec, params: Dict[str, Any], recordings: Sequen
     evaluation (building the chain, masks, estimator, figures), not in the caller. The last
     metrics hold ``per_recording`` (label -> output_error, density) and ``per_layer``."""
     start = time.perf_counter()
-    attention_config = chain.build(params)
+    attention_config = with_weights(chain.build(params), task.weights)
     objective = get_objective(task.objective)
     labels = task.recording_labels or [str(i) for i in range(len(recordings))]
     PROCESS_CACHE.max_recordings = max(PROCESS_CACHE.max_recordings, len(recordings))
     eval_seconds = time.perf_counter() - start
+    device = trial_device(task.resources(chain.name)[1])
     streams = [iter_evaluation(attention_config, rec, task.layers, task.layers_per_report,
-                               PROCESS_CACHE, _device(task)) for rec in recordings]
+                               PROCESS_CACHE, None if device == "cpu" else device)
+               for rec in recordings]
     while True:
         began = time.perf_counter()
         partials = [next(stream, None) for stream in streams]
@@ -162,14 +176,15 @@ def run_trial(config: Dict[str, Any], recordings: Optional[List[SharedRecording]
     assert recordings and task is not None
     if BATCH_KEY in config:
         return run_batch(config, recordings, task)
-    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
     chain = task.chains[config[CHAIN_KEY]]
+    torch.set_num_threads(max(1, int(task.resources(chain.name)[0])))
+    node_id = _node_id()
     for metrics in evaluate_params(chain, trial_params(config),
                                    [r.recording for r in recordings], task):
         for key in ("per_layer", "per_recording"):  # JSON text: Ray flattens nested metrics
             if key in metrics:
                 metrics[key] = json.dumps(metrics[key])
-        tune.report(metrics)
+        tune.report({**metrics, "node_id": node_id})
 
 
 def _one_line(exc: BaseException) -> str:
@@ -188,10 +203,10 @@ def run_batch(config: Dict[str, Any], recordings: Optional[List[SharedRecording]
     from sah.tuning.batching import BATCH_KEY
 
     assert recordings and task is not None
-    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
     scored = [r.recording for r in recordings]
     batch = config[BATCH_KEY]
     chain = task.chains[batch["chain"]]
+    torch.set_num_threads(max(1, int(task.resources(chain.name)[0])))
     results: List[Dict[str, Any]] = []
     for params in batch["params"]:
         last: Dict[str, Any] = {}
@@ -203,6 +218,7 @@ def run_batch(config: Dict[str, Any], recordings: Optional[List[SharedRecording]
             results.append({"error_message": _one_line(exc)})
     scores = [r["score"] for r in results if "score" in r]
     tune.report({"complete": True, "batch_index": batch["index"], "batch_size": len(results),
+                 "node_id": _node_id(),
                  "failed": len(results) - len(scores),
                  "score": min(scores) if scores else float("nan"),
                  "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in results),

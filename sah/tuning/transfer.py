@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from sah.tuning.artefacts import RunArtefacts
 from sah.tuning.outputs.picks import best_row, target_row
 from sah.tuning.outputs.trials import load_run, row_config
 from sah.validation import ConfigError
@@ -141,6 +142,7 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False) -> Tra
         if note:
             notes.append(note)
     picks = _picks(study, rows)
+    artefacts = RunArtefacts.of_run(study, run_dir)  # weight files, read from the run folder
     cache = ContextCache(max_recordings=len(recs))
     bar = None
     if progress:
@@ -150,7 +152,7 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False) -> Tra
     out: List[TransferRow] = []
     try:
         for chain, pick, row in picks:
-            config = row_config(study.chain(chain), row)
+            config = artefacts.resolved(row_config(study.chain(chain), row))
             for label, rec in recs:
                 evaluation = evaluate_config(config, rec, layers, cache=cache)
                 out.append(TransferRow(chain, pick, row["trial"], label, row["output_error"],

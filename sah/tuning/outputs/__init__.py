@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
 from sah.tuning.outputs.pareto import pareto_json, plot_pareto
@@ -36,9 +36,11 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "best_row", "collect_rows"
 
 
 def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], sets: Any,
-                  final: bool, wall_seconds: float) -> None:
+                  final: bool, wall_seconds: float, artefacts: Optional[Any] = None) -> None:
     """trials.csv and per_layer.csv always; the rest once every chain has finished
-    (``final``). ``sets``: the study's :class:`~sah.tuning.recordings.RecordingSets`."""
+    (``final``). ``sets``: the study's :class:`~sah.tuning.recordings.RecordingSets`;
+    ``artefacts``: the run's :class:`~sah.tuning.artefacts.RunArtefacts` (weight files of
+    its configs)."""
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / "trials.csv", rows_to_csv(study, rows))
     atomic_write_text(run_dir / "per_layer.csv", per_layer_csv(rows))
@@ -47,9 +49,9 @@ def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], sets:
     meta = {"recordings": sets.describe(fitting=bool(study.fit_hash_attention)),
             "fitted_on_scored": bool(study.fit_hash_attention) and sets.fit_is_scored,
             "hash_fit_report": _hash_fit_report(run_dir), "wall_seconds": wall_seconds}
-    write_tuned(run_dir, study, rows)
+    write_tuned(run_dir, study, rows, artefacts)
     atomic_write_bytes(run_dir / "pareto.png", plot_pareto(study, rows))
-    write_resources(run_dir, study, rows, sets.scored[0].recording)
+    write_resources(run_dir, study, rows, sets.scored[0].recording, artefacts)
     atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
     atomic_write_text(run_dir / "pareto.json", pareto_json(study, rows))
 
