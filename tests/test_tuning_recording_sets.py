@@ -98,13 +98,15 @@ def test_every_configuration_is_scored_on_each_recording(finished, recs):
         assert f"output_error[{label}]" in header and f"density[{label}]" in header
     per_layer = read_csv(finished / "per_layer.csv")
     assert list(per_layer[0]) == ["chain", "trial", "recording", "layer", "output_error", "density"]
+    from sah.tuning.artefacts import RunArtefacts
     from sah.tuning.outputs import load_run, row_config
     study, typed, _ = load_run(finished)
+    artefacts = RunArtefacts.of_run(study, finished)  # HashAttention weights of the run
     done = [r for r in typed if r["status"] == "completed"]
     assert {r["chain"] for r in done} == {"sink_local", "hat", "local_tpe"}  # batched and not
     assert len(done) == 5 + 5 + 3
     for row in done:
-        config = row_config(study.chain(row["chain"]), row)
+        config = artefacts.resolved(row_config(study.chain(row["chain"]), row))
         direct = {label: evaluate_config(config, rec) for label, rec in loaded.items()}
         for label, ev in direct.items():
             assert row[f"output_error[{label}]"] == ev.output_error
@@ -157,12 +159,14 @@ def test_run_yaml_summary_and_fit_report_name_the_recordings(finished, recs):
 @pytest.mark.slow
 def test_transfer_rescores_the_tuned_configs(finished, recs, capsys):
     from sah.cli import main
+    from sah.tuning.artefacts import RunArtefacts
     from sah.tuning.outputs import best_row, load_run, row_config, target_row
     capsys.readouterr()
     assert main(["transfer", str(finished), "--recording", str(recs["long"]), "--quiet",
                  "--format", "csv"]) == 0
     table = read_csv_text(capsys.readouterr().out)
     study, rows, _ = load_run(finished)
+    artefacts = RunArtefacts.of_run(study, finished)
     long = load_recording(recs["long"])
     expected = []
     for chain in study.chains:
@@ -172,7 +176,7 @@ def test_transfer_rescores_the_tuned_configs(finished, recs, capsys):
     assert [(r["chain"], r["pick"], int(r["trial"])) for r in table] == [
         (c, p, row["trial"]) for c, p, row in expected]
     for line, (chain, _, row) in zip(table, expected):
-        ev = evaluate_config(row_config(study.chain(chain), row), long)
+        ev = evaluate_config(artefacts.resolved(row_config(study.chain(chain), row)), long)
         assert line["recording"] == "long"
         assert float(line["output_error"]) == ev.output_error
         assert float(line["density"]) == ev.density
