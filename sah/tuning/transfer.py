@@ -143,26 +143,27 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False) -> Tra
             notes.append(note)
     picks = _picks(study, rows)
     artefacts = RunArtefacts.of_run(study, run_dir)  # weight files, read from the run folder
-    cache = ContextCache(max_recordings=len(recs))
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(picks) * len(recs), desc="transfer", unit="config", file=sys.stderr,
                    dynamic_ncols=True, leave=False)
-    out: List[TransferRow] = []
-    try:
-        for chain, pick, row in picks:
-            config = artefacts.resolved(row_config(study.chain(chain), row))
-            for label, rec in recs:
-                evaluation = evaluate_config(config, rec, layers, cache=cache)
-                out.append(TransferRow(chain, pick, row["trial"], label, row["output_error"],
-                                       row["density"], evaluation.output_error,
-                                       evaluation.density))
+    figures: Dict[Tuple[int, str], Any] = {}
+    try:  # one recording at a time: its layer contexts are cached while every pick is scored
+        for label, rec in recs:
+            cache = ContextCache(max_recordings=1)
+            for i, (chain, _, row) in enumerate(picks):
+                config = artefacts.resolved(row_config(study.chain(chain), row))
+                figures[i, label] = evaluate_config(config, rec, layers, cache=cache)
                 if bar is not None:
                     bar.update(1)
+            cache.clear()
     finally:
         if bar is not None:
             bar.close()
+    out = [TransferRow(chain, pick, row["trial"], label, row["output_error"], row["density"],
+                       figures[i, label].output_error, figures[i, label].density)
+           for i, (chain, pick, row) in enumerate(picks) for label, _ in recs]
     return Transfer(study.name, [str(item.get("name")) for item in scored], layers,
                     [(label, rec.num_keys) for label, rec in recs], out, notes)
 
