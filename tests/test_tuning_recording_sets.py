@@ -292,3 +292,21 @@ def test_one_recording_keeps_working_and_names_its_yaml_key(recs, tmp_path):
     data["recording"] = str(recs["wide"])
     data["chains"] = data["chains"][1:2]
     assert_refused(tmp_path, data, "fit_recordings[0]:", "but recording (wide) has (2, 1, 16)")
+
+
+def test_without_fit_recordings_hash_attention_is_fitted_on_the_scored_ones(recs, tmp_path):
+    """Without fit_recordings the scored recordings are what HashAttention is fitted on:
+    run.yaml lists them as fit recordings and the summary says the figures are optimistic."""
+    from sah.tuning.outputs.summary import summary_markdown
+    from sah.tuning.recordings import load_recording_sets
+    from sah.tuning.study import parse_study
+    data = study_data(recs)
+    data.pop("fit_recordings")
+    study = parse_study(data, "s.yaml")
+    sets = load_recording_sets(study)
+    described = sets.describe(fitting=True)
+    assert [r["name"] for r in described["fit_recordings"]] == ["alpha", "beta"]
+    assert sets.describe(fitting=False)["fit_recordings"] == []
+    text = summary_markdown(study, [], {"recordings": described, "fitted_on_scored": True})
+    assert "| fit | alpha | a | [0, 256) |" in text
+    assert "HashAttention was fitted on the scored recordings" in text
