@@ -66,6 +66,16 @@ def check_protocol(tokens: Any, positions: Any, context: Optional[int] = None,
                          f"{wt} {context} or fewer")
 
 
+def window_span(spec: str, tokens: int, where: str = "--text") -> Tuple[str, int, int]:
+    """``(text sha256, start, end)`` of the window ``spec`` gets for ``tokens`` (``end``
+    excluded, targets included: ``tokens + 1`` ids), without loading a tokenizer; for
+    checking that validation texts are disjoint from recordings
+    (:func:`sah.recording.texts.spans_overlap`)."""
+    parsed = parse_text_spec(spec, where)
+    text = load_text(parsed.text, where)
+    return text.sha256, parsed.start, parsed.start + tokens + 1
+
+
 @dataclass
 class Window:
     """The ``tokens + 1`` ids of one text window and where they come from."""
