@@ -56,6 +56,18 @@ def mask_density(ctx: AttentionContext, mask: Mask) -> float:
     return float(torch.count_nonzero(mask.active() & ctx.allowed)) / allowed
 
 
+def dense_attention(ctx: AttentionContext) -> torch.Tensor:
+    """Dense attention ``(b, h, q, d)`` over the allowed positions of ``ctx``, float32, with
+    torch's fused ``scaled_dot_product_attention`` (no ``(b, h, q, n)`` logits kept)."""
+    d = ctx.dims
+    keys, values = ctx.keys.float(), ctx.values.float()
+    if d.group_size > 1:
+        keys = keys.repeat_interleave(d.group_size, dim=1)
+        values = values.repeat_interleave(d.group_size, dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(
+        ctx.queries.float(), keys, values, attn_mask=ctx.allowed, scale=ctx.scaling)
+
+
 class _Session:
     """One active use of the registered function: the chain and what it records."""
 
@@ -82,7 +94,8 @@ class _Session:
         if self.figures:
             ctx = AttentionContext(queries, keys, values, scaling=scaling,
                                    query_positions=positions, attention_mask=attention_mask)
-            self.layers.append(LayerFigures(int(layer), output_error(ctx.dense_output, output),
+            dense = dense_attention(ctx)
+            self.layers.append(LayerFigures(int(layer), output_error(dense, output),
                                             mask_density(ctx, mask)))
         if self.observer is not None:
             self.observer(int(layer), queries, keys, values, attention_mask, positions, output)

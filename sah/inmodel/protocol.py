@@ -104,6 +104,12 @@ class DenseReference:
     logits: torch.Tensor       # (P, vocab) float32
     targets: torch.Tensor      # (P,) int64: ids [T - P + 1, T]
     seconds: float             # prefill + dense chunk
+    distribution: Optional["DenseDistribution"] = None  # made on first comparison
+
+    def dense_distribution(self) -> "DenseDistribution":
+        if self.distribution is None:
+            self.distribution = DenseDistribution(self.logits, self.targets)
+        return self.distribution
 
 
 class InModelValidator:
@@ -188,22 +194,35 @@ class InModelValidator:
         """The chain's figures on ``reference``'s window (:func:`compare_logits` + layers)."""
         start = time.perf_counter()
         logits, layers = self.sparse_logits(reference, attention, observer)
-        figures = compare_logits(reference.logits, logits, reference.targets)
+        figures = compare_logits(reference.dense_distribution(), logits)
         return Figures(density=sum(lf.density for lf in layers) / len(layers),
                        per_layer=list(layers), seconds=time.perf_counter() - start, **figures)
 
 
-def compare_logits(dense: torch.Tensor, sparse: torch.Tensor, targets: torch.Tensor
-                   ) -> Dict[str, float]:
+class DenseDistribution:
+    """The dense next-token distributions of a chunk, in float64, computed once and shared
+    by every chain compared with them."""
+
+    def __init__(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.log_probs = torch.log_softmax(logits.double(), dim=-1)
+        self.probs = self.log_probs.exp()
+        self.neg_entropy = (self.probs * self.log_probs).sum(-1)      # (P,)
+        self.argmax = logits.argmax(-1)
+        self.targets = targets.view(-1, 1)
+        self.nll = float(-self.log_probs.gather(1, self.targets).mean())
+
+
+def compare_logits(dense: "torch.Tensor | DenseDistribution", sparse: torch.Tensor,
+                   targets: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Mean KL(dense || sparse), top-1 agreement, mean NLLs and ``ppl_ratio`` over the rows
-    of ``(P, vocab)`` logits (computed in float64)."""
-    log_d = torch.log_softmax(dense.double(), dim=-1)
+    of ``(P, vocab)`` logits (float64). ``dense``: logits (then ``targets`` is needed) or
+    their :class:`DenseDistribution`."""
+    if not isinstance(dense, DenseDistribution):
+        dense = DenseDistribution(dense, targets)
     log_s = torch.log_softmax(sparse.double(), dim=-1)
-    kl = (log_d.exp() * (log_d - log_s)).sum(-1)
-    index = targets.view(-1, 1)
-    nll_d = float(-log_d.gather(1, index).mean())
-    nll_s = float(-log_s.gather(1, index).mean())
+    kl = dense.neg_entropy - (dense.probs * log_s).sum(-1)
+    nll_s = float(-log_s.gather(1, dense.targets).mean())
     return {"kl": float(kl.mean()),
-            "top1_agreement": float((dense.argmax(-1) == sparse.argmax(-1)).double().mean()),
-            "nll_dense": nll_d, "nll_sparse": nll_s,
-            "ppl_ratio": float(torch.exp(torch.tensor(nll_s - nll_d, dtype=torch.float64)))}
+            "top1_agreement": float((dense.argmax == sparse.argmax(-1)).double().mean()),
+            "nll_dense": dense.nll, "nll_sparse": nll_s,
+            "ppl_ratio": float(torch.exp(torch.tensor(nll_s - dense.nll, dtype=torch.float64)))}

@@ -82,8 +82,7 @@ def validate_configs(configs: Mapping[str, ResearchAttentionConfig], texts: Sequ
                                 device=str(validator.device), model_seconds=model_seconds)
     for window in windows:
         reference = validator.dense(window)
-        nll = float(torch.nn.functional.cross_entropy(reference.logits.double(),
-                                                      reference.targets))
+        nll = reference.dense_distribution().nll
         results.dense.append(DenseResult(window.text, window.text_name, window.sha256,
                                          window.start, window.end, reference.seconds, nll))
         say(f"{window.text}: dense pass {reference.seconds:.1f} s")
