@@ -103,33 +103,139 @@ def _progressions(size: int, pieces: List[Tuple[np.ndarray, np.ndarray, np.ndarr
     return MaskPoints(indptr, cols, (size, size))
 
 
-def pattern_points(name: str, size: int, window_size: int = 32, stride: int = 32,
-                   dilation: int = 2) -> MaskPoints:
-    """Active points of a structured pattern (same definitions as ``sah.patterns``) without
-    building the dense square: memory proportional to the active positions."""
-    check_analysis_parameters(size=size, window_size=window_size if name != "normal" else 1,
-                              stride=stride if name == "strided" else 1,
-                              dilation=dilation if name == "dilated_sliding_window" else 1)
-    if name not in PATTERN_NAMES:
-        raise ConfigError(f"pattern: got {name!r}; must be one of {', '.join(PATTERN_NAMES)}")
-    i = np.arange(size, dtype=np.int64)
+def _pattern_pieces(name: str, i: np.ndarray, size: int, window_size: int, stride: int,
+                    dilation: int) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows ``i`` of a pattern as arithmetic progressions ``(start, step, count)``."""
     one, w = np.ones_like(i), window_size
     if name == "normal":
-        return _progressions(size, [(0 * i, one, i + 1)])
+        return [(0 * i, one, i + 1)]
     if name == "strided":  # strided part j <= i - w, then band i - w < j <= i
         n_str = np.where(i >= w, (i - w) // stride + 1, 0)
         band_lo = np.maximum(i - w + 1, 0)
-        return _progressions(size, [(np.where(i >= w, (i - w) % stride, 0), one * stride, n_str),
-                                    (band_lo, one, i - band_lo + 1)])
+        return [(np.where(i >= w, (i - w) % stride, 0), one * stride, n_str),
+                (band_lo, one, i - band_lo + 1)]
     if name == "fixed":  # last key of every earlier block, then own block up to i
         block = i // w
-        return _progressions(size, [(one * (w - 1), one * w, block), (block * w, one, i - block * w + 1)])
+        return [(one * (w - 1), one * w, block), (block * w, one, i - block * w + 1)]
     half = window_size // 2
     step = 1 if name == "sliding_window" else dilation
     # j = i + k * step for k in [-half, half], inside [0, size)
     k_lo = np.maximum(-half, -(i // step))
     k_hi = np.minimum(half, (size - 1 - i) // step)
-    return _progressions(size, [(i + k_lo * step, one * step, k_hi - k_lo + 1)])
+    return [(i + k_lo * step, one * step, k_hi - k_lo + 1)]
+
+
+def _check_pattern(name: str, size: int, window_size: int, stride: int, dilation: int) -> None:
+    check_analysis_parameters(size=size, window_size=window_size if name != "normal" else 1,
+                              stride=stride if name == "strided" else 1,
+                              dilation=dilation if name == "dilated_sliding_window" else 1)
+    if name not in PATTERN_NAMES:
+        raise ConfigError(f"pattern: got {name!r}; must be one of {', '.join(PATTERN_NAMES)}")
+
+
+def pattern_points(name: str, size: int, window_size: int = 32, stride: int = 32,
+                   dilation: int = 2) -> MaskPoints:
+    """Active points of a structured pattern (same definitions as ``sah.patterns``) without
+    building the dense square: memory proportional to the active positions."""
+    _check_pattern(name, size, window_size, stride, dilation)
+    pieces = _pattern_pieces(name, np.arange(size, dtype=np.int64), size, window_size, stride,
+                             dilation)
+    return _progressions(size, pieces)
+
+
+def pattern_num_active(name: str, size: int, window_size: int = 32, stride: int = 32,
+                       dilation: int = 2, rows_per_chunk: int = 1 << 20) -> int:
+    """The number of active positions of a pattern, counted a chunk of rows at a time:
+    memory O(``rows_per_chunk``) whatever the size (refuse work with this before building
+    points: :func:`check_pattern_memory`)."""
+    _check_pattern(name, size, window_size, stride, dilation)
+    total = 0
+    for lo in range(0, size, rows_per_chunk):
+        i = np.arange(lo, min(size, lo + rows_per_chunk), dtype=np.int64)
+        total += sum(int(np.maximum(p[2], 0).sum()) for p in
+                     _pattern_pieces(name, i, size, window_size, stride, dilation))
+    return total
+
+
+# --------------------------------------------------------------------------- memory
+# Peak bytes measured with tracemalloc (patterns of side 2048 and 8192, N = 1..256):
+# per active point with int32 columns (int64 from 2**31 points on: twice that), per step
+# of the schedule (Python lists and their arrays) and per row.
+_BYTES_PER_POINT = {"row_first": 10, "column_first": 31}
+_BYTES_PER_STEP = 160
+_BYTES_PER_ROW = 64
+BYTES_PER_DENSE_CELL = 80  # sah patterns --full_png: labels, temporaries and the figure
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.3g} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.3g} PiB"  # pragma: no cover
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory this process can still take: ``MemAvailable`` of /proc/meminfo, capped by a
+    cgroup v2 limit when there is one; None when unknown."""
+    found: List[int] = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            current = int(fh.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - current))
+    except (OSError, ValueError):
+        pass
+    if not found:
+        try:
+            import os
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):
+            return None
+    return min(found)
+
+
+def analysis_bytes(active: int, rows: int, num_multiplications: int = 64, read_limit: int = 1000,
+                   order: str = "row_first") -> int:
+    """Estimated peak memory of building the points and analysing them."""
+    per_point = _BYTES_PER_POINT.get(order, _BYTES_PER_POINT["column_first"])
+    if max(active, rows) >= 2 ** 31:
+        per_point *= 2
+    steps = -(-active // max(1, min(int(num_multiplications), int(read_limit) - 1)))
+    return int(active * per_point + steps * _BYTES_PER_STEP + rows * _BYTES_PER_ROW)
+
+
+def check_memory(needed: int, what: str, fix: str) -> None:
+    """Refuse (:class:`ConfigError`) work that needs more memory than is available."""
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise ConfigError(f"{what} needs about {format_bytes(needed)} of memory and about "
+                          f"{format_bytes(available)} is available; {fix}")
+
+
+def check_pattern_memory(name: str, size: int, window_size: int = 32, stride: int = 32,
+                         dilation: int = 2, num_multiplications: int = 64, read_limit: int = 1000,
+                         order: str = "row_first", flag: str = "--mask_size",
+                         fix: str = "") -> int:
+    """Count the pattern's active positions (cheaply) and refuse the analysis when it would
+    not fit in memory. Returns the count."""
+    if size * _BYTES_PER_ROW > (available_memory_bytes() or float("inf")):
+        check_memory(size * _BYTES_PER_ROW, f"{flag} {size}: the {name} pattern's rows alone",
+                     fix or f"use a smaller {flag}")
+    active = pattern_num_active(name, size, window_size, stride, dilation)
+    check_memory(analysis_bytes(active, size, num_multiplications, read_limit, order),
+                 f"{flag} {size}: the {name} pattern has {active:,} active positions; the analysis",
+                 fix or f"use a smaller {flag}")
+    return active
 
 
 # --------------------------------------------------------------------------- parameters
@@ -394,6 +500,8 @@ def analyse_pattern(name: str, size: int, num_multiplications: int, read_limit: 
                     order: str = "row_first", zigzag: bool = False) -> ResourceAnalysis:
     """Analyse a structured pattern of side ``size`` (the seed calculator's masks)."""
     check_analysis_parameters(num_multiplications=num_multiplications, read_limit=read_limit)
+    check_pattern_memory(name, size, window_size, stride, dilation, num_multiplications,
+                         read_limit, order)
     points = pattern_points(name, size, window_size, stride, dilation)
     params: Dict[str, Any] = {"pattern": name, "mask_size": size}
     if name != "normal":

@@ -7,7 +7,10 @@ recording, check the layer subset; only then create the run folder, write ``run.
 fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched``; an Optuna or ASHA chain's experiment lives in ``<run>/ray/<chain>``;
-a finished chain is marked in ``<run>/progress.json``. The pieces live beside this module:
+a finished chain is marked in ``<run>/progress.json`` (with the wall time of each part of
+the run, so ``summary.md`` reports the total over interrupted and resumed parts; a run
+whose outputs were written is "already complete" to ``resume``). The pieces live beside
+this module:
 :mod:`~sah.tuning.run_folder` (run folder checks, ``run.yaml``, ``progress.json``),
 :mod:`~sah.tuning.ray_setup` (starting Ray), :mod:`~sah.tuning.experiments` (the Ray
 experiments) and :mod:`~sah.tuning.signals` (stop signals).
@@ -18,10 +21,10 @@ kept, unfinished ones run again from their start).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,7 @@ from sah.tuning.experiments import experiments, run_experiment
 from sah.tuning.outputs import collect_rows, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.ray_setup import REPO_ROOT, init_ray, versions
-from sah.tuning.run_folder import _comparable, check_run_folder, read_progress
+from sah.tuning.run_folder import Progress, _comparable, check_results_dir, check_run_folder
 from sah.tuning.signals import forward_sigterm, signals_deferred
 from sah.tuning.study import Study, load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
@@ -61,6 +64,7 @@ class RunOptions:
     resume: bool = False
     results_dir: str = "results"
     progress: bool = True
+    allow_pickle: bool = False  # the person's opt-in to .pkl weights (also for Ray workers)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> Dict[str, Any]:
@@ -94,13 +98,28 @@ def load_study_recording(path: Path) -> Recording:
 
 # ---------------------------------------------------------------------- the run
 def run_study(options: RunOptions) -> Path:
-    """Validate, run every chain, write the outputs. Returns the run folder."""
+    """Validate, run every chain, write the outputs. Returns the run folder. ``.pkl``
+    weights load only with ``options.allow_pickle`` (or the process's opt-in,
+    :mod:`sah.pickle_opt_in`), in this process and in the Ray workers."""
+    from sah.pickle_opt_in import allow_pickle
+    with allow_pickle(options.allow_pickle):
+        return _run_study(options)
+
+
+def _run_study(options: RunOptions) -> Path:
     started = time.time()
+    from sah.pickle_opt_in import pickle_allowed
     study = load_study(options.config or DEFAULT_STUDY, options.overrides())
     run_dir = Path(options.results_dir) / study.name
     from sah.tuning.hash_fit import attach_weights
     attach_weights(study, run_dir)
+    check_results_dir(Path(options.results_dir))
     check_run_folder(run_dir, study, options.resume)
+    progress = Progress(run_dir, started)
+    if options.resume and progress.complete(study):
+        print(f"{run_dir}: already complete (every chain finished, outputs written); nothing "
+              f"to resume", file=sys.stderr)
+        return run_dir.resolve()
     recording_path = resolve_recording(study)
     recording = load_study_recording(recording_path)
     if study.layers:
@@ -124,10 +143,16 @@ def run_study(options: RunOptions) -> Path:
         "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, sort_keys=False)
 
     # ---- from here on, the run folder is ours
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=options.resume)
-    run_dir = run_dir.resolve()
+    run_dir = progress.run_dir = run_dir.resolve()
     if not (run_dir / "run.yaml").is_file():
-        atomic_write_text(run_dir / "run.yaml", run_yaml)
+        try:
+            atomic_write_text(run_dir / "run.yaml", run_yaml)
+        except OSError:  # e.g. disk full: leave no folder that blocks the next try
+            if created:
+                os.rmdir(run_dir)
+            raise
     log.info("phase load: %.2f s", time.time() - started)
     if study.fit_hash_attention:
         from sah.tuning.hash_fit import prepare_hash_attention
@@ -142,7 +167,8 @@ def run_study(options: RunOptions) -> Path:
         for t in (lr.queries, lr.keys, lr.values)))
     previous_term = forward_sigterm()
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
-                     group, study.cpus_per_trial, study.gpus_per_trial)
+                     group, study.cpus_per_trial, study.gpus_per_trial,
+                     allow_pickle=pickle_allowed())
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, recording=SharedRecording(recording), task=task),
         {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial})
@@ -150,7 +176,6 @@ def run_study(options: RunOptions) -> Path:
     grids: Dict[str, Any] = {}
     interrupted = False
     try:
-        done = read_progress(run_dir)
         for name, members in experiments(study):
             exp_started = time.time()
             grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
@@ -160,8 +185,8 @@ def run_study(options: RunOptions) -> Path:
             if stopped or len(grid) < sum(c.expected_ray_trials() for _, c in members):
                 interrupted = True
                 break
-            done.update({chain.name: "complete" for _, chain in members})
-            atomic_write_text(run_dir / "progress.json", json.dumps(done, indent=2))
+            progress.chains.update({chain.name: "complete" for _, chain in members})
+            progress.save()
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
@@ -172,7 +197,8 @@ def run_study(options: RunOptions) -> Path:
     rows = collect_rows(study, grids, interrupted)
     with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
         write_outputs(run_dir, study, rows, recording, final=not interrupted,
-                      wall_seconds=time.time() - started)
+                      wall_seconds=progress.wall_seconds())
+        progress.save(outputs_written=not interrupted)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:
         import ray

@@ -79,6 +79,7 @@ class TrialTask:
     layers_per_report: Optional[int]
     cpus_per_trial: float
     gpus_per_trial: float
+    allow_pickle: bool = False  # the person's opt-in to .pkl weights, handed to the workers
 
 
 def trial_params(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -133,15 +134,18 @@ def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
 
     from sah.tuning.batching import BATCH_KEY
 
+    from sah.pickle_opt_in import allow_pickle
+
     assert recording is not None and task is not None
     if BATCH_KEY in config:
         return run_batch(config, recording, task)
     torch.set_num_threads(max(1, int(task.cpus_per_trial)))
     chain = task.chains[config[CHAIN_KEY]]
-    for metrics in evaluate_params(chain, trial_params(config), recording.recording, task):
-        if "per_layer" in metrics:
-            metrics["per_layer"] = json.dumps(metrics["per_layer"])
-        tune.report(metrics)
+    with allow_pickle(task.allow_pickle):
+        for metrics in evaluate_params(chain, trial_params(config), recording.recording, task):
+            if "per_layer" in metrics:
+                metrics["per_layer"] = json.dumps(metrics["per_layer"])
+            tune.report(metrics)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -164,11 +168,13 @@ def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
     batch = config[BATCH_KEY]
     chain = task.chains[batch["chain"]]
     results: List[Dict[str, Any]] = []
+    from sah.pickle_opt_in import allow_pickle
     for params in batch["params"]:
         last: Dict[str, Any] = {}
         try:
-            for last in evaluate_params(chain, params, recording.recording, task):
-                pass
+            with allow_pickle(task.allow_pickle):
+                for last in evaluate_params(chain, params, recording.recording, task):
+                    pass
             results.append(last)
         except Exception as exc:  # recorded per configuration; the batch goes on
             results.append({"error_message": _one_line(exc)})
