@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, TextIO
+from typing import List, Optional, TextIO
 
 from sah.patterns import PATTERN_NAMES, square_mask
 from sah.resources import (BYTES_PER_DENSE_CELL, analysis_bytes, check_analysis_parameters,
@@ -96,7 +96,8 @@ def draw_patterns(args: argparse.Namespace) -> List[Path]:
     return paths
 
 
-def run_patterns(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_patterns(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
+    out = out or sys.stdout
     check_analysis_parameters(size=args.size, window_size=args.window_size, stride=args.stride,
                               dilation=args.dilation)
     if args.sample_size < 1:
@@ -112,7 +113,8 @@ def run_patterns(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def run_chain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_chain(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
+    out = out or sys.stdout
     from sah.attention import ResearchAttention, ResearchAttentionConfig
     from sah.plotting import chain_contributions, masker_names, plot_chain_masks
     from sah.recording import load_recording

@@ -98,7 +98,7 @@ def _markdown(runs: Sequence[RunData]) -> str:
     out += section("Best score of each chain (lower is better; * the lowest of the row):", score)
     out += section("Output error (density) of that config:", lambda e, _: "-" if e["output_error"]
                    is None else f"{_num(e['output_error'])} (d={_num(e['density'])})")
-    out += section("Trials completed / run, aux bits per token:",
+    out += section("Trials (completed/all) and aux bits per token:",
                    lambda e, _: f"{e['trials']}, {_num(e['aux_bits_per_token']) or '-'} bits")
     out += section("Best parameters:", lambda e, _: e["parameters"])
     out.append("")
@@ -148,7 +148,7 @@ def plot_fronts(run_dirs: Sequence[Path]) -> bytes:
             colour = colours(chains.index(chain) % 10)
             ax.step([r["density"] for r in front], [r["output_error"] for r in front],
                     where="post", color=colour, linestyle=LINE_STYLES[k % len(LINE_STYLES)],
-                    marker=MARKERS[k % len(MARKERS)], markersize=4, linewidth=1.3, alpha=0.9)
+                    marker=MARKERS[k % len(MARKERS)], markersize=4, linewidth=1.3)
             shown += [r["output_error"] for r in completed(run.rows, chain)
                       if r["density"] <= right and r["output_error"] > 0]
     for t in sorted(set(targets)):
@@ -168,12 +168,13 @@ def plot_fronts(run_dirs: Sequence[Path]) -> bytes:
     first = ax.legend(handles=chain_handles, title="chain", fontsize=7, title_fontsize=8,
                       loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.add_artist(first)
-    ax.legend(handles=run_handles, title="run", fontsize=7, title_fontsize=8,
+    second = ax.legend(handles=run_handles, title="run", fontsize=7, title_fontsize=8,
               loc="lower left", bbox_to_anchor=(1.01, 0.0))
-    ax.set_title("Pareto fronts: " + " vs ".join(r.label for r in runs)
-                 + (f" (density <= {right:g} shown)" if right < 1 else ""))
+    ax.set_title(f"Pareto fronts of {len(runs)} runs (colour: chain, line: run)"
+                 + (f", density <= {right:g} shown" if right < 1 else ""))
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight",  # the legends sit outside the axes
+                bbox_extra_artists=[first, second])
     plt.close(fig)
     return buf.getvalue()

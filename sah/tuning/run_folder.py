@@ -45,8 +45,12 @@ def read_run_yaml(run_dir: Path, fix: str) -> Dict[str, Any]:
     path = Path(run_dir) / "run.yaml"
     meta = load_yaml_file(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("study"), dict):
-        got = (f"a mapping without 'study' (keys: {short_repr(sorted(map(str, meta)))})"
-               if isinstance(meta, dict) else f"{type(meta).__name__} {short_repr(meta)}")
+        if not isinstance(meta, dict):
+            got = f"{type(meta).__name__} {short_repr(meta)}"
+        elif "study" in meta:
+            got = f"'study': {short_repr(meta['study'])}"
+        else:
+            got = f"a mapping without 'study' (keys: {short_repr(sorted(map(str, meta)))})"
         raise ConfigError(f"{path}: not a run.yaml written by sah (expected a mapping with the "
                           f"resolved 'study', got {got}); {fix}")
     return meta

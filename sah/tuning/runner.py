@@ -187,6 +187,9 @@ def _run_study(options: RunOptions) -> Path:
                 break
             progress.chains.update({chain.name: "complete" for _, chain in members})
             progress.save()
+    except KeyboardInterrupt:  # a second Ctrl-C: keep this part's wall time, then stop
+        progress.save()
+        raise
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)

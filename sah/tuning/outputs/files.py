@@ -13,7 +13,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _write_and_sync(fh: Any, data: bytes) -> None:
+def _write_and_sync(fh: Any, data: bytes, path: Path) -> None:
+    """Write ``data`` (bound for ``path``) to the open temp file and flush it to disk."""
     fh.write(data)
     fh.flush()
     os.fsync(fh.fileno())
@@ -29,7 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            _write_and_sync(fh, data)
+            _write_and_sync(fh, data, path)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual mode
