@@ -81,14 +81,11 @@ class RunOptions:
 # ---------------------------------------------------------------------- checks
 def resolve_recording(study: Study) -> Path:
     """The recording file of the study (the default one is made if missing)."""
-    if study.recording == "default":
-        from sah.recording.default import ensure_default_recording
-        return Path(ensure_default_recording())
-    path = Path(study.recording).expanduser()
-    if not path.is_file():
-        raise RecordingError(f"{study.source}: recording: {path} does not exist; record one with "
-                             f"'sah record' or use 'recording: default'")
-    return path
+    from sah.recording.embedded import resolve_recording as resolve
+    try:
+        return resolve(study.recording, f"{study.source}: recording")
+    except (FileNotFoundError, ValueError) as exc:
+        raise RecordingError(str(exc)) from None
 
 
 def load_study_recording(path: Path) -> Recording:
