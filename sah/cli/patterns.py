@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import List, Optional, TextIO
 
 from sah.patterns import PATTERN_NAMES, square_mask
-from sah.resources import (BYTES_PER_DENSE_CELL, analysis_bytes, check_analysis_parameters,
-                           check_memory, pattern_num_active, pattern_points)
+from sah.resources import check_analysis_parameters, pattern_num_active, pattern_points
+from sah.resources_memory import BYTES_PER_DENSE_CELL, analysis_bytes, check_memory
 
 SPARSITY_TITLES = {"normal": "Normal", "strided": "Strided", "fixed": "Fixed",
                    "sliding_window": "Sliding Window", "dilated_sliding_window": "Dilated Sliding Window"}

@@ -38,7 +38,7 @@ from sah.tuning.outputs import collect_rows, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.ray_setup import REPO_ROOT, init_ray, versions
 from sah.tuning.run_folder import Progress, _comparable, check_results_dir, check_run_folder
-from sah.tuning.signals import forward_sigterm, signals_deferred
+from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
 from sah.tuning.study import Study, load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
 from sah.validation import ConfigError
@@ -163,6 +163,7 @@ def _run_study(options: RunOptions) -> Path:
         t.numel() * t.element_size() for lr in recording.layers
         for t in (lr.queries, lr.keys, lr.values)))
     previous_term = forward_sigterm()
+    forget_hook = at_forced_exit(progress.save)  # a second Ctrl-C exits at once: keep the time
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
                      group, study.cpus_per_trial, study.gpus_per_trial,
                      allow_pickle=pickle_allowed())
@@ -184,10 +185,11 @@ def _run_study(options: RunOptions) -> Path:
                 break
             progress.chains.update({chain.name: "complete" for _, chain in members})
             progress.save()
-    except KeyboardInterrupt:  # a second Ctrl-C: keep this part's wall time, then stop
+    except KeyboardInterrupt:  # a Ctrl-C between experiments: keep this part's time, stop
         progress.save()
         raise
     finally:
+        forget_hook()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         if started_ray and not interrupted:

@@ -33,18 +33,17 @@ and with a scheduler (ASHA stops single trials on their intermediate reports).
 
 Every error is one :class:`ConfigError` line naming the file and the YAML path,
 e.g. ``configs/x.yaml: chains[1].maskers[2].heavy_size.high: ...``. The file is read with
-:mod:`sah.safe_yaml` (UTF-8; duplicate keys, alias bombs and deep nesting refused); names
-are at most ``MAX_NAME_CHARS`` characters and chain names may not collide as output files
-(case-insensitively, or by adding ``.hub`` / ``.density_<t>`` / ``.allocated...`` to another
-chain's name); a study expanding to more than ``max_configurations`` configurations is
-refused before anything is built.
+:mod:`sah.safe_yaml` (UTF-8; duplicate keys, alias bombs and deep nesting refused); the
+study-wide checks are in :mod:`sah.tuning.study_checks`: names are at most 100 characters
+and chain names may not collide as output files (case-insensitively, or by adding ``.hub``
+/ ``.density_<t>`` / ``.allocated...`` to another chain's name); a study expanding to more
+than ``max_configurations`` configurations is refused before anything is built.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -55,6 +54,7 @@ from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.objectives import get_objective
 from sah.safe_yaml import MAX_STUDY_NODES, load_yaml_file
 from sah.tuning.space import Domain, plain_value
+from sah.tuning.study_checks import check_chain_names, check_name, check_total, check_weight_files
 from sah.validation import ConfigError, short_repr
 
 SEARCHERS = ("grid", "random", "optuna")
@@ -64,10 +64,6 @@ TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "mu
             "max_configurations", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
 DEFAULT_MAX_CONFIGURATIONS = 100_000
-MAX_NAME_CHARS = 100  # run and chain names become folder and file names (with suffixes)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# what output files add to a chain's name: tuned/<name>.hub.json, .density_<t>.yaml, ...
-_OUTPUT_SUFFIX = re.compile(r"^(hub|density_.*|allocated(\..*)?)$")
 
 
 def _check(cond: bool, path: str, message: str) -> None:
@@ -217,7 +213,7 @@ def parse_study(data: Any, source: str = "study", overrides: Optional[Dict[str, 
     try:
         study = _parse(data, overrides or {}, default_name, source)
         if check_files and not study.fit_hash_attention:  # fitted weights replace the files
-            _check_weight_files(study)
+            check_weight_files(study)
         return study
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -234,7 +230,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     _check(not unknown, unknown[0] if unknown else "", f"unknown study key; known keys: "
                                                       f"{', '.join(TOP_KEYS)}")
     name = data.get("name", default_name)
-    _check_name(name, "name", "it names the run folder")
+    check_name(name, "name", "it names the run folder")
     recording = data.get("recording", "default")
     _check(isinstance(recording, str) and recording != "", "recording",
            "expected 'default' or the path of a recording file")
@@ -286,8 +282,8 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     forced_samples = num_samples if overrides.get("num_samples") is not None else None
     chains = [_parse_chain(c, f"chains[{i}]", searcher, num_samples, multi, forced_samples)
               for i, c in enumerate(chains_data)]
-    _check_chain_names(chains)
-    _check_total(chains, limit)
+    check_chain_names(chains)
+    check_total(chains, limit)
     for c in chains:
         batchable = c.searcher in ("grid", "random") and scheduler is None
         c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
@@ -295,77 +291,6 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
                  per_trial, limit)
-
-
-def _check_name(name: Any, path: str, why: str) -> None:
-    _check(isinstance(name, str) and bool(_NAME.match(name)), path,
-           f"got {short_repr(name)}; use letters, digits, '_', '-', '.' ({why})")
-    _check(len(name) <= MAX_NAME_CHARS, path,
-           f"got a name of {len(name)} characters ({short_repr(name)}); use at most "
-           f"{MAX_NAME_CHARS} ({why})")
-
-
-def _check_chain_names(chains: List[ChainSpec]) -> None:
-    """Chain names must not collide as output files (``tuned/<name>.yaml``, ``.hub.json``,
-    ``.density_<t>.yaml``, ``resources/<name>.json``, ...), on case-insensitive file
-    systems too."""
-    for j, b in enumerate(chains):
-        for a in chains[:j]:
-            low_a, low_b = a.name.lower(), b.name.lower()
-            if low_a == low_b:
-                why = "is already" if a.name == b.name else "differs only in case from"
-                raise ConfigError(f"{b.path}.name: {b.name!r} {why} the name of {a.path} "
-                                  f"({a.name!r}); chain names name output files and must be "
-                                  f"unique, case-insensitively; rename one")
-            for short, long_, this, other in ((low_a, low_b, b, a), (low_b, low_a, a, b)):
-                if long_.startswith(short + ".") and _OUTPUT_SUFFIX.match(long_[len(short) + 1:]):
-                    raise ConfigError(
-                        f"{this.path}.name: {this.name!r} is {other.name!r} ({other.path}) plus "
-                        f"an output suffix (.hub, .density_<t>, .allocated); their files in tuned/ "
-                        f"can overwrite each other; rename one")
-
-
-def _check_total(chains: List[ChainSpec], limit: int) -> None:
-    """Refuse absurd searches before any configuration is built."""
-    counts = [c.expected_trials() for c in chains]
-    total = sum(counts)
-    if total <= limit:
-        return
-    worst = max(range(len(chains)), key=lambda i: counts[i])
-    c = chains[worst]
-    raise ConfigError(
-        f"{c.path}: the study expands to {total:,} configurations ({c.name!r}: {counts[worst]:,} "
-        f"= {counts[worst] // c.num_samples:,} grid points x num_samples {c.num_samples:,}); the "
-        f"limit is max_configurations = {limit:,}; lower num_samples or the grid, or raise the "
-        f"limit (study key max_configurations, or --max-configurations)")
-
-
-def _check_weight_files(study: Study) -> None:
-    """Every ``hat_weight_file`` a chain names exists, has a known format and (``.pkl``) the
-    person's pickle opt-in; relative paths become absolute."""
-    from sah.maskers.hash_attention import check_weight_file
-    for chain in study.chains:
-        for m in chain.maskers:
-            value = m.fixed.get("hat_weight_file")
-            if value is not None:
-                _check(isinstance(value, str), f"{m.path}.hat_weight_file",
-                       f"got {short_repr(value)}; expected the path of a weights file")
-                try:
-                    check_weight_file(value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{m.path}.hat_weight_file: {exc}") from None
-                m.fixed["hat_weight_file"] = str(Path(value).expanduser().resolve())
-            domain = m.domains.get("hat_weight_file")
-            for where, value in (domain.extremes() if domain is not None else []):
-                if value is None:
-                    continue
-                if not isinstance(value, str):
-                    raise ConfigError(f"{where}: got {short_repr(value)}; expected the path of a "
-                                      f"weights file")
-                try:
-                    check_weight_file(value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
@@ -404,7 +329,7 @@ def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: b
     _check(not unknown, f"{path}.{unknown[0]}" if unknown else "",
            "unknown chain key; a chain takes name, maskers, searcher, num_samples")
     name = data.get("name")
-    _check_name(name, f"{path}.name", "it names output files")
+    check_name(name, f"{path}.name", "it names output files")
     searcher = data.get("searcher", searcher)
     _check(searcher in SEARCHERS, f"{path}.searcher", f"got {short_repr(searcher)}; use one of {', '.join(SEARCHERS)}")
     samples = data.get("num_samples", num_samples)
