@@ -113,11 +113,12 @@ class Progress:
         """Total wall time over every part of the run, this one up to ``now``."""
         return sum(self.earlier) + ((now or time.time()) - self.started)
 
-    def save(self, outputs_written: bool = False) -> None:
+    def save(self, outputs_written: bool = False, now: Optional[float] = None) -> None:
+        """Write progress.json; this part's wall time runs up to ``now`` (default: now)."""
         from sah.tuning.outputs.files import atomic_write_text
         self.outputs_written = outputs_written
         doc: Dict[str, Any] = dict(self.chains)
-        doc[_PARTS] = [*self.earlier, round(time.time() - self.started, 3)]
+        doc[_PARTS] = [*self.earlier, round((now or time.time()) - self.started, 3)]
         if outputs_written:
             doc[_OUTPUTS] = "complete"
         atomic_write_text(self.run_dir / "progress.json", json.dumps(doc, indent=2))

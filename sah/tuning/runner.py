@@ -198,9 +198,10 @@ def _run_study(options: RunOptions) -> Path:
     out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
     with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
+        now = time.time()  # summary.md's total and progress.json's parts agree
         write_outputs(run_dir, study, rows, recording, final=not interrupted,
-                      wall_seconds=progress.wall_seconds())
-        progress.save(outputs_written=not interrupted)
+                      wall_seconds=progress.wall_seconds(now))
+        progress.save(outputs_written=not interrupted, now=now)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:
         import ray
