@@ -63,7 +63,7 @@ def check_total(chains: List[ChainSpec], limit: int) -> None:
     c = chains[worst]
     raise ConfigError(
         f"{c.path}: the study expands to {total:,} configurations ({c.name!r}: {counts[worst]:,} "
-        f"= {counts[worst] // c.num_samples:,} grid points x num_samples {c.num_samples:,}); the "
+        f"= {counts[worst] // c.num_samples:,} grid point(s) x num_samples {c.num_samples:,}); the "
         f"limit is max_configurations = {limit:,}; lower num_samples or the grid, or raise the "
         f"limit (study key max_configurations, or --max-configurations)")
 
