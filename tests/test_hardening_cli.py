@@ -139,10 +139,11 @@ def test_issue15_item2_pickle_opt_in_comes_from_the_person_not_the_file(tmp_path
     assert main(ok_args) == 0
 
 
-def test_issue15_item2_ray_workers_get_the_persons_opt_in(ray_session, rec_path, tmp_path,
-                                                          monkeypatch):
-    """issue 15 item 2: the opt-in reaches the Ray workers explicitly (RunOptions /
-    --allow-pickle), not through the file; without it the study is refused up front."""
+def test_issue15_item2_a_run_reads_pickles_only_with_the_persons_opt_in(ray_session, rec_path,
+                                                                        tmp_path, monkeypatch):
+    """issue 15 item 2: a run reads a .pkl weight file only with the person's opt-in
+    (RunOptions.allow_pickle / --allow-pickle; the driver reads it and the trials get the
+    tensors); without it the study is refused up front, nothing written."""
     monkeypatch.delenv("SAH_ALLOW_PICKLE", raising=False)
     good = tmp_path / "good.pkl"
     good.write_bytes(pickle.dumps({layer: random_hat_weights(2, 1, 16, 8, 2, 6, seed=layer)

@@ -197,16 +197,17 @@ def test_issue15_item10_unreadable_study_files_are_one_line(tmp_path, rec_path):
 def test_issue15_item11_missing_weight_file_is_checked_with_the_study(tmp_path, rec_path):
     """issue 15 item 11 (last clause): a missing ``hat_weight_file`` was not checked before
     the run (the chain just failed). It is checked with the rest of the study, before
-    anything is written; so is a .pkl without the person's opt-in."""
+    anything is written (the driver reads the study's weight files before it makes the run
+    folder, sah.tuning.artefacts); so is a .pkl without the person's opt-in."""
     hat = {"type": "HashAttentionTopKMaskerConfig", "heavy_size": 4, "hat_bits": 8,
            "hat_mlp_layers": 2, "hat_mlp_hidden_size": 6}
     missing = tmp_path / "nowhere.safetensors"
     refused(tmp_path, study(rec_path, chains=[{"name": "h", "maskers": [
         {**hat, "hat_weight_file": str(missing)}]}]),
-        "chains[0].maskers[0].hat_weight_file", str(missing), "no such file")
+        "chains[0].maskers[0]: hat_weight_file", str(missing), "no such file")
     refused(tmp_path, study(rec_path, chains=[{"name": "h", "maskers": [
         {**hat, "hat_weight_file": {"search": "choice", "values": [str(missing)]}}]}]),
-        "chains[0].maskers[0].hat_weight_file.values[0]", "no such file")
+        "chains[0].maskers[0].hat_weight_file")
     pkl = tmp_path / "w.pkl"
     pkl.write_bytes(pickle.dumps({0: random_hat_weights(2, 1, 16, 8, 2, 6, seed=1)}))
     refused(tmp_path, study(rec_path, chains=[{"name": "h", "maskers": [

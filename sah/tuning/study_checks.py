@@ -1,18 +1,18 @@
 """Study-wide checks that need more than one field: names (they become folder and file
 names), chain names that could overwrite each other's output files, the total number of
-configurations, and the weight files a study names. Each raises one :class:`ConfigError`
-line with the YAML path, the value and the fix."""
+configurations. Each raises one :class:`ConfigError` line with the YAML path, the value and
+the fix. (The weight files a study names are read, and so checked, before the run folder is
+made: :mod:`sah.tuning.artefacts`.)"""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, List
 
 from sah.validation import ConfigError, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sah.tuning.study import ChainSpec, Study
+    from sah.tuning.study import ChainSpec
 
 MAX_NAME_CHARS = 100  # run and chain names become folder and file names (with suffixes)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,31 +66,3 @@ def check_total(chains: List[ChainSpec], limit: int) -> None:
         f"= {counts[worst] // c.num_samples:,} grid point(s) x num_samples {c.num_samples:,}); the "
         f"limit is max_configurations = {limit:,}; lower num_samples or the grid, or raise the "
         f"limit (study key max_configurations, or --max-configurations)")
-
-
-def check_weight_files(study: Study) -> None:
-    """Every ``hat_weight_file`` a chain names exists, has a known format and (``.pkl``) the
-    person's pickle opt-in; relative paths become absolute."""
-    from sah.maskers.hash_attention import check_weight_file
-    for chain in study.chains:
-        for m in chain.maskers:
-            value = m.fixed.get("hat_weight_file")
-            if value is not None:
-                _check(isinstance(value, str), f"{m.path}.hat_weight_file",
-                       f"got {short_repr(value)}; expected the path of a weights file")
-                try:
-                    check_weight_file(value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{m.path}.hat_weight_file: {exc}") from None
-                m.fixed["hat_weight_file"] = str(Path(value).expanduser().resolve())
-            domain = m.domains.get("hat_weight_file")
-            for where, value in (domain.extremes() if domain is not None else []):
-                if value is None:
-                    continue
-                if not isinstance(value, str):
-                    raise ConfigError(f"{where}: got {short_repr(value)}; expected the path of a "
-                                      f"weights file")
-                try:
-                    check_weight_file(value)
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
