@@ -71,7 +71,7 @@ class RunOptions:
     resume: bool = False
     results_dir: str = "results"
     progress: bool = True
-    allow_pickle: bool = False  # the person's opt-in to .pkl weights (also for Ray workers)
+    allow_pickle: bool = False  # the person's opt-in: the driver may read .pkl weight files
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> Dict[str, Any]:
