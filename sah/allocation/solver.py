@@ -132,8 +132,9 @@ def quantize(w: np.ndarray, unit: float) -> np.ndarray:
 
 
 def _solve_dp(c: np.ndarray, w: np.ndarray, budget: float, steps: int) -> np.ndarray:
-    unit = budget / steps if budget > 0 else 1.0
-    q = quantize(w, unit)
+    if budget <= 0:  # only weightless options fit: the least weight per unit, then fill
+        return np.nanargmin(np.where(np.isfinite(w), w, np.nan), axis=1)
+    q = quantize(w, budget / steps)
     best, choice = dp_tables(c, q, steps)
     if not np.isfinite(best[steps]):
         # the grid's rounding made it infeasible: the least option per unit, then fill
