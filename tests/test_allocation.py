@@ -7,7 +7,7 @@ import pytest
 
 from sah import (ConfigError, LocalMaskerConfig, OracleTopKConfig, ResearchAttentionConfig,
                  SinkMaskerConfig)
-from sah.allocation import (allocate_chain, allocate_heads, allocate_layers, allocated_config,
+from sah.allocation import (allocate_chain, allocate_heads, allocate_layers,
                             budget_field, evaluate_figures, measure_curves, refine_uniform)
 from sah.allocation import solver
 from sah.allocation.curves import Curves
@@ -108,7 +108,7 @@ def test_per_head_allocation_finds_the_brute_force_optimum(seed):
 @pytest.mark.parametrize("seed", range(8))
 def test_per_layer_allocation_finds_the_brute_force_optimum_and_respects_the_budget(seed):
     curves = synthetic_curves(seed, recordings=2, layers=4, heads=2)
-    S, L = 4, 4
+    L = 4
     target = float(curves.density.mean(0).min(0).mean() + 0.05)
     cost, weight = curves.error.mean(0), curves.density.mean(0)
     best = brute_force([cost[:, l] for l in range(L)], [weight[:, l] for l in range(L)], target * L) / L
@@ -135,25 +135,33 @@ def small_chain(k=16):
 
 
 def test_curves_add_heads_up_exactly_and_the_allocated_config_scores_as_predicted():
-    rec = make_synthetic_recording(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16,
-                                   num_keys=256, num_queries=8, seed=4, dtype="float32",
-                                   num_heavy_hitters=12)
+    recs = [make_synthetic_recording(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16,
+                                     num_keys=256, num_queries=8, seed=seed, dtype="float32",
+                                     num_heavy_hitters=12) for seed in (4, 5)]
+    rec = recs[0]
     assert budget_field(small_chain()) == (2, "heavy_size")
-    cache = ContextCache()
-    curves = measure_curves(small_chain(), [rec], sizes=[0, 4, 8, 12, 16, 20, 24, 32, 48, 64, 128],
+    cache = ContextCache(max_recordings=2)
+    curves = measure_curves(small_chain(), recs, sizes=[0, 4, 8, 12, 16, 20, 24, 32, 48, 64, 128],
                             cache=cache)
+    assert curves.recordings == ["recording0", "recording1"]
     # a layer's error is the Frobenius error over its heads, its density the allowed-weighted mean
     assert np.allclose(np.sqrt((curves.head_weight[:, None] * curves.head_error ** 2).sum(-1)),
                        curves.error, rtol=1e-5)
     assert np.allclose((curves.head_share[:, None] * curves.head_density).sum(-1), curves.density)
     target = curves.uniform(4)[1]  # the uniform config at heavy_size 16
     for per_head in (False, True):
-        result = allocate_chain(small_chain(), [rec], target, per_head, curves=curves, cache=cache)
+        result = allocate_chain(small_chain(), recs, target, per_head, curves=curves, cache=cache)
         assert result.allocated.density <= target + 1e-12
         assert result.allocated.output_error == pytest.approx(result.allocation.error, rel=1e-5)
         assert result.allocated.density == pytest.approx(result.allocation.density, abs=1e-12)
+        for r, name in enumerate(curves.recordings):  # each recording's figures as predicted
+            err, dens = result.allocated.per_recording[name]
+            assert err == pytest.approx(result.allocation.layer_error[r].mean(), rel=1e-5)
+            assert dens == pytest.approx(result.allocation.layer_density[r].mean(), abs=1e-12)
         assert result.uniform_size == 16
-        assert result.allocated.output_error < result.uniform.output_error
+        assert result.allocated.output_error <= result.uniform.output_error + 1e-12
+        if per_head:  # here the layers' curves are alike, but heads differ
+            assert result.allocated.output_error < result.uniform.output_error
         overrides = result.config.layer_overrides
         assert sorted(overrides) == rec.layer_ids
         again = evaluate_config(result.config, rec)

@@ -113,6 +113,15 @@ class Curves:
         return min(ok, key=lambda s: self.uniform(s)[0]) if ok else None
 
 
+def recording_label(recording: Recording, index: int = 0) -> str:
+    """A short name: the text name and token span of an embedded recording, else its index."""
+    meta = recording.metadata or {}
+    if meta.get("text_name"):
+        start, end = meta.get("token_start"), meta.get("token_end")
+        return f"{meta['text_name']}[{start}:{end}]" if start is not None else str(meta["text_name"])
+    return f"recording{index}"
+
+
 def measure_curves(config: ResearchAttentionConfig, recordings: Sequence[Recording],
                    masker_index: Optional[int] = None, field: Optional[str] = None,
                    sizes: Optional[Sequence[Any]] = None, layers: Optional[Sequence[int]] = None,
@@ -121,8 +130,9 @@ def measure_curves(config: ResearchAttentionConfig, recordings: Sequence[Recordi
     """Evaluate ``config`` with its budget field at each size on each recording.
 
     ``masker_index``/``field`` default to :func:`budget_field`; ``sizes`` to
-    :func:`default_sizes` (sorted ascending); ``layers`` to every recorded layer (model layer
-    ids, common to all recordings). ``config`` must have no ``layer_overrides``.
+    :func:`default_sizes`; ``layers`` to every recorded layer (model layer
+    ids, common to all recordings); ``names`` label the recordings (default
+    :func:`recording_label`). ``config`` must have no ``layer_overrides``.
     """
     start = time.perf_counter()
     if config.layer_overrides:
@@ -167,8 +177,9 @@ def measure_curves(config: ResearchAttentionConfig, recordings: Sequence[Recordi
                 error[r, s, li], density[r, s, li] = lf.output_error, lf.density
                 head_error[r, s, li], head_density[r, s, li] = lf.per_head_error, lf.per_head_density
     if names is None:
-        names = [str(rec.metadata.get("name") or rec.metadata.get("text") or rec.text_source)
-                 for rec in recordings]
+        names = [recording_label(rec, r) for r, rec in enumerate(recordings)]
+    if len(set(names)) != len(names):
+        names = [f"{name}#{r}" for r, name in enumerate(names)]
     return Curves(config=config, masker_index=masker_index, field=field, sizes=sizes,
                   layers=layer_ids, recordings=list(names), error=error, density=density,
                   head_error=head_error, head_density=head_density, head_weight=head_weight,
