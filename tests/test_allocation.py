@@ -1,6 +1,7 @@
 """Budget allocation: solvers against brute force, the per-head objective, real recordings."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from sah import (ConfigError, LocalMaskerConfig, OracleTopKConfig, ResearchAttentionConfig,
                  SinkMaskerConfig)
 from sah.allocation import (allocate_chain, allocate_heads, allocate_layers,
-                            budget_field, evaluate_figures, measure_curves, refine_uniform)
+                            budget_field, evaluate_figures, measure_curves, refine_uniform,
+                            with_size)
 from sah.allocation import solver
 from sah.allocation.curves import Curves
 from sah.evaluate import ContextCache, evaluate_config
@@ -167,6 +169,11 @@ def test_curves_add_heads_up_exactly_and_the_allocated_config_scores_as_predicte
         again = evaluate_config(result.config, rec)
         for lf, err in zip(again.layers, result.allocation.layer_error[0]):
             assert lf.output_error == pytest.approx(err, rel=1e-5)
+    back = Curves.from_dict(json.loads(json.dumps(curves.to_dict())))
+    assert back.sizes == curves.sizes and back.recordings == curves.recordings
+    assert np.array_equal(back.head_error, curves.head_error) and back.config == curves.config
+    with pytest.raises(ConfigError, match=r"c\.head_share: shape"):
+        Curves.from_dict({**curves.to_dict(), "head_share": [[1.0]]}, "c")
     per_head_sizes = [v[2]["heavy_size"] for v in overrides.values()]
     assert any(isinstance(v, list) for v in per_head_sizes)
     back = ResearchAttentionConfig.from_yaml(result.config.to_yaml())
@@ -199,6 +206,8 @@ def test_allocation_on_the_default_recording_beats_the_best_uniform_config():
                             layers=layers, cache=cache)
     size, uniform_config, uniform = refine_uniform(curves, [rec], 0.10, cache=cache)
     assert 128 < size < 192 and uniform.density <= 0.10
+    bigger = with_size(chain, 2, "heavy_size", size + 1)   # the bisection's size is the largest
+    assert evaluate_figures(bigger, [rec], ["docs"], layers, cache).density > 0.10
     reductions = {}
     for per_head in (False, True):
         result = allocate_chain(chain, [rec], uniform.density, per_head, curves=curves, cache=cache)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -106,6 +106,42 @@ class Curves:
     def uniform(self, size_index: int) -> Tuple[float, float]:
         """Mean ``(output_error, density)`` of the uniform config at ``sizes[size_index]``."""
         return (float(self.error[:, size_index].mean()), float(self.density[:, size_index].mean()))
+
+    ARRAYS = ("error", "density", "head_error", "head_density", "head_weight", "head_share")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict (arrays as nested lists); :meth:`from_dict` reads it back."""
+        out: Dict[str, Any] = {"config": self.config.to_dict(), "masker_index": self.masker_index,
+                               "field": self.field, "sizes": list(self.sizes),
+                               "layers": list(self.layers), "recordings": list(self.recordings),
+                               "seconds": self.seconds}
+        out.update({name: getattr(self, name).tolist() for name in self.ARRAYS})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], where: str = "curves") -> "Curves":
+        try:
+            arrays = {name: np.asarray(data[name], dtype=float) for name in cls.ARRAYS}
+            curves = cls(config=ResearchAttentionConfig.from_dict(data["config"], f"{where}.config"),
+                         masker_index=int(data["masker_index"]), field=str(data["field"]),
+                         sizes=list(data["sizes"]), layers=[int(x) for x in data["layers"]],
+                         recordings=[str(x) for x in data["recordings"]],
+                         seconds=float(data.get("seconds", 0.0)), **arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{where}: not a curves dict ({type(exc).__name__}: {exc})") from None
+        R, S, L = curves.error.shape if curves.error.ndim == 3 else (0, 0, 0)
+        H = curves.head_error.shape[-1] if curves.head_error.ndim == 4 else 0
+        expected = {"error": (R, S, L), "density": (R, S, L), "head_error": (R, S, L, H),
+                    "head_density": (R, S, L, H), "head_weight": (R, L, H), "head_share": (R, L, H)}
+        for name, shape in expected.items():
+            if getattr(curves, name).shape != shape or not R:
+                raise ConfigError(f"{where}.{name}: shape {getattr(curves, name).shape}, expected {shape}")
+        if (S, L, R) != (len(curves.sizes), len(curves.layers), len(curves.recordings)):
+            raise ConfigError(f"{where}: {S} sizes, {L} layers and {R} recordings in the arrays, but "
+                              f"{len(curves.sizes)}, {len(curves.layers)} and {len(curves.recordings)} listed")
+        return curves
 
     def best_uniform(self, density: float) -> Optional[int]:
         """Index of the measured size with the least mean error at mean density <= ``density``."""
