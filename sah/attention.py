@@ -151,6 +151,7 @@ class ResearchAttention:
         self.config = config
         self.maskers = maskers
         self._layer_maskers: Dict[int, List[ResearchMasker]] = {}
+        self._masker_cache: Dict[Any, ResearchMasker] = {}  # maskers shared by equal configs
 
     @classmethod
     def create_from_config(cls, config: ResearchAttentionConfig) -> "ResearchAttention":
@@ -164,7 +165,8 @@ class ResearchAttention:
         if layer not in self.config.layer_overrides:
             return self.maskers
         if layer not in self._layer_maskers:
-            self._layer_maskers[layer] = build_layer_maskers(self.config, layer, self.maskers)
+            self._layer_maskers[layer] = build_layer_maskers(self.config, layer, self.maskers,
+                                                             self._masker_cache)
         return self._layer_maskers[layer]
 
     def aux_bits_per_token(self, head_dim: int, layer_idx: Optional[int] = None) -> float:

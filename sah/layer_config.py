@@ -180,11 +180,35 @@ def config_for_layer(config: Any, layer: int, head: Optional[int] = None) -> Any
 
 
 # ---------------------------------------------------------------------- running
-def build_layer_maskers(config: Any, layer: int, base_maskers: Sequence[ResearchMasker]
-                        ) -> List[ResearchMasker]:
+MaskerCache = Dict[Tuple[Any, ...], ResearchMasker]
+
+
+def masker_key(config: MaskerConfig) -> Tuple[Any, ...]:
+    """Identifies a config's values (mapping-valued fields such as ``hat_weights`` by object,
+    which :func:`dataclasses.replace` shares), so equal configs share one masker."""
+    return (type(config),) + tuple((name, type(v), v) if _is_scalar(v) else (name, id(v))
+                                   for name, v in config.params().items())
+
+
+def cached_masker(config: MaskerConfig, cache: Optional[MaskerCache]) -> ResearchMasker:
+    """A masker for ``config``, shared through ``cache`` with every equal config (so, for
+    example, HashAttention weights are loaded once per chain, not once per layer and size)."""
+    if cache is None:
+        return ResearchMasker.create_from_config(config)
+    key = masker_key(config)
+    if key not in cache:
+        cache[key] = ResearchMasker.create_from_config(config)
+    return cache[key]
+
+
+def build_layer_maskers(config: Any, layer: int, base_maskers: Sequence[ResearchMasker],
+                        cache: Optional[MaskerCache] = None) -> List[ResearchMasker]:
     """The maskers layer ``layer`` runs: the chain's own instances where nothing is
-    overridden, new ones with the layer's values elsewhere (:class:`PerHeadMasker` for
-    per-head lists)."""
+    overridden, maskers with the layer's values elsewhere (:class:`PerHeadMasker` for
+    per-head lists). ``cache`` (one per chain) shares maskers of equal configs."""
+    if cache is not None:
+        for cfg, masker in zip(config.masker_configs, base_maskers):
+            cache.setdefault(masker_key(cfg), masker)
     overrides = config.layer_overrides.get(int(layer), {})
     out: List[ResearchMasker] = []
     for i, (cfg, masker) in enumerate(zip(config.masker_configs, base_maskers)):
@@ -196,9 +220,9 @@ def build_layer_maskers(config: Any, layer: int, base_maskers: Sequence[Research
         per_head = {f: v for f, v in fields.items() if isinstance(v, list)}
         layer_cfg = dataclasses.replace(cfg, **scalars) if scalars else cfg
         if per_head:
-            out.append(PerHeadMasker(layer_cfg, per_head, f"layer_overrides[{layer}][{i}]"))
+            out.append(PerHeadMasker(layer_cfg, per_head, f"layer_overrides[{layer}][{i}]", cache))
         else:
-            out.append(ResearchMasker.create_from_config(layer_cfg))
+            out.append(cached_masker(layer_cfg, cache))
     return out
 
 
@@ -211,22 +235,24 @@ class PerHeadMasker(ResearchMasker):
     the masker once per distinct value (the reference the tests compare against).
     """
 
-    def __init__(self, config: MaskerConfig, per_head: Dict[str, List[Any]], where: str) -> None:
+    def __init__(self, config: MaskerConfig, per_head: Dict[str, List[Any]], where: str,
+                 cache: Optional[MaskerCache] = None) -> None:
         super().__init__(config)
         self.per_head = per_head
         self.where = where
         self.masker_class = MaskerRegistry.get_masker_class(type(config))
         self.is_sampling = self.masker_class.is_sampling
         self.use_native = True
-        self._maskers: Dict[Tuple[Any, ...], ResearchMasker] = {}
+        self._cache: MaskerCache = cache if cache is not None else {}
+        self._by_values: Dict[Tuple[Any, ...], ResearchMasker] = {}
 
     def masker_for(self, values: Tuple[Any, ...]) -> ResearchMasker:
         """The plain masker for one head's values (``values`` in ``self.per_head`` order)."""
-        masker = self._maskers.get(values)
-        if masker is None:
+        key = tuple((type(v), v) for v in values)
+        if key not in self._by_values:
             cfg = dataclasses.replace(self.config, **dict(zip(self.per_head, values)))
-            masker = self._maskers[values] = ResearchMasker.create_from_config(cfg)
-        return masker
+            self._by_values[key] = cached_masker(cfg, self._cache)
+        return self._by_values[key]
 
     def head_groups(self, num_heads: int) -> List[Tuple[Tuple[Any, ...], List[int]]]:
         """``(values, heads)`` per distinct value, in order of first appearance."""

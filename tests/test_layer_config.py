@@ -168,6 +168,33 @@ def test_per_head_sampling_meta_is_combined_by_head():
         assert torch.equal(meta["adaptive_sampling_budget"][:, j], ref_meta["adaptive_sampling_budget"][:, j])
 
 
+def test_equal_configs_share_one_masker_across_layers_and_heads(tmp_path):
+    from sah import save_hat_weights
+    from sah.maskers.hash_attention import random_hat_weights
+
+    weights = {layer: random_hat_weights(H, 2, 16, 16, 1, 16, layer) for layer in range(3)}
+    save_hat_weights(weights, tmp_path / "hat.safetensors")
+    chain = [SinkMaskerConfig(2), LocalMaskerConfig(4),
+             HashAttentionTopKMaskerConfig(heavy_size=4, hat_bits=16, hat_mlp_layers=1,
+                                           hat_mlp_hidden_size=16,
+                                           hat_weight_file=str(tmp_path / "hat.safetensors"))]
+    cfg = ResearchAttentionConfig(chain, layer_overrides={
+        0: {2: {"heavy_size": 8}}, 1: {2: {"heavy_size": [8, 4, 8, 16, 16, 4]}},
+        2: {2: {"heavy_size": 8}, 1: {"window_size": 8}}})
+    attention = ResearchAttention.create_from_config(cfg)
+    for layer in range(3):
+        attention.compute_mask(random_call(seed=layer), layer_idx=layer)
+    per_head = attention.maskers_for(1)[2]
+    per_head.use_native = False
+    attention.compute_mask(random_call(seed=1), layer_idx=1)
+    assert attention.maskers_for(0)[2] is attention.maskers_for(2)[2] is per_head.masker_for((8,))
+    assert per_head.masker_for((4,)) is attention.maskers[2]   # the chain's own value
+    assert attention.maskers_for(2)[0] is attention.maskers[0]
+    hash_maskers = {id(m) for m in attention._masker_cache.values()
+                    if isinstance(m.config, HashAttentionTopKMaskerConfig)}
+    assert len(hash_maskers) == 3   # heavy_size 4, 8 and 16: the weights file read 3 times, not 9
+
+
 def test_per_head_list_of_the_wrong_length_is_refused_when_the_layer_runs():
     cfg = ResearchAttentionConfig(top_k_chain(8), layer_overrides={1: {2: {"heavy_size": [1, 2, 3, 4]}}})
     attention = ResearchAttention.create_from_config(cfg)
