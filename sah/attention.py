@@ -135,13 +135,40 @@ class ResearchAttentionConfig:
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "ResearchAttentionConfig":
+        """Read a YAML or JSON config. A relative file name in a masker field ending in
+        ``_file`` (``hat_weight_file``) is resolved against the config file's folder, so a
+        config and the weights beside it load from anywhere."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         text = path.read_text()
         if path.suffix == ".json":
-            return cls.from_json(text, str(path))
-        return cls.from_yaml(text, str(path))
+            config = cls.from_json(text, str(path))
+        else:
+            config = cls.from_yaml(text, str(path))
+        return config._files_relative_to(path.parent)
+
+    def _files_relative_to(self, folder: Path) -> "ResearchAttentionConfig":
+        import dataclasses
+        maskers = []
+        for cfg in self.masker_configs:
+            changes = {f.name: str(folder / value) for f in dataclasses.fields(cfg)
+                       if f.name.endswith("_file") and isinstance(value := getattr(cfg, f.name), str)
+                       and not Path(value).expanduser().is_absolute()}
+            maskers.append(dataclasses.replace(cfg, **changes) if changes else cfg)
+
+        def relative(field_name: str, value: Any) -> Any:
+            if (field_name.endswith("_file") and isinstance(value, str)
+                    and not Path(value).expanduser().is_absolute()):
+                return str(folder / value)
+            return value
+
+        overrides = {layer: {index: {name: ([relative(name, v) for v in value]
+                                            if isinstance(value, list) else relative(name, value))
+                                     for name, value in fields.items()}
+                             for index, fields in per_layer.items()}
+                     for layer, per_layer in self.layer_overrides.items()}
+        return ResearchAttentionConfig(maskers, layer_overrides=overrides)
 
 
 class ResearchAttention:

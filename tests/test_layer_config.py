@@ -227,6 +227,17 @@ def test_round_trip_through_files(tmp_path, suffix):
     assert "layer_overrides" not in ResearchAttentionConfig(top_k_chain(16)).to_dict()
 
 
+def test_relative_weight_files_in_overrides_resolve_against_the_config_folder(tmp_path):
+    chain = hash_chain(8)
+    cfg = ResearchAttentionConfig(chain, layer_overrides={
+        2: {2: {"heavy_size": [1, 2, 3, 4, 5, 6], "hat_weight_file": "layer2.safetensors"}}})
+    (tmp_path / "sub").mkdir()
+    back = ResearchAttentionConfig.from_file(cfg.to_file(tmp_path / "sub" / "chain.yaml"))
+    fields = back.layer_overrides[2][2]
+    assert fields["hat_weight_file"] == str(tmp_path / "sub" / "layer2.safetensors")
+    assert fields["heavy_size"] == [1, 2, 3, 4, 5, 6]
+
+
 def test_hub_layout_refuses_overrides():
     with pytest.raises(ConfigError, match="prior hub's JSON layout .* cannot carry layer_overrides"):
         per_head_config().to_json(hub=True)

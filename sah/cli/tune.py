@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="configurations one Ray trial scores (grid/random chains; default 8)")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (also torch threads)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs (or a fraction) per trial")
-    parser.add_argument("--address", help="join an existing Ray cluster (e.g. 'auto') instead of starting one")
+    parser.add_argument("--address", help="join an existing Ray cluster ('auto' or HOST:PORT of its "
+                        "head) instead of starting a private local one")
+    parser.add_argument("--storage-path", help="where Ray Tune keeps experiment state: a folder every "
+                        "node reaches or a URI (s3://...); default: the run folder (study key storage_path)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (Tuner.restore)")
     parser.add_argument("--results-dir", default="results", help="folder of run folders (default: results)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -30,12 +33,13 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(config=args.config, name=args.name, searcher=args.searcher,
                          num_samples=args.num_samples, seed=args.seed,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                         address=args.address, resume=args.resume, results_dir=args.results_dir,
+                         address=args.address, storage_path=args.storage_path,
+                         resume=args.resume, results_dir=args.results_dir,
                          progress=not args.quiet,
                          extra={"configs_per_trial": args.configs_per_trial})
     try:
         run_dir = run_study(options)
-    except (ConfigError, RecordingError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, RecordingError, FileExistsError, FileNotFoundError, ConnectionError) as exc:
         print(f"sah tune: error: {exc}", file=sys.stderr)
         return 2
     except RunInterrupted as exc:

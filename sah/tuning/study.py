@@ -10,7 +10,8 @@ multi_objective: false         # optuna only: search over (output_error, density
 num_samples: 20                # trials per chain (random, optuna)
 seed: 0
 scheduler: {type: asha, grace_period: 1, reduction_factor: 3}   # optional
-resources_per_trial: {cpu: 1, gpu: 0}
+resources_per_trial: {cpu: 1, gpu: 0}  # also custom_resources: {name: amount} (Ray resources)
+storage_path: null             # Ray Tune's experiment state: a folder every node reaches, or a URI
 max_concurrent_trials: null    # default: as many as the CPUs allow
 layers: null                   # optional subset of the recorded layer ids
 layers_per_report: null        # layers per report (default: about 4 reports per trial)
@@ -18,7 +19,8 @@ configs_per_trial: 8           # configurations one Ray trial scores (grid/rando
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
 chains:
   - name: sink_local_oracle_top_k
-    searcher: random           # optional per-chain override (also num_samples)
+    searcher: random           # optional per-chain override (also num_samples,
+                               # resources_per_trial: its keys over the study's)
     maskers:
       - {type: SinkMaskerConfig, sink_size: 128}
       - type: OracleTopKConfig
@@ -48,13 +50,15 @@ import sah.maskers  # noqa: F401  (registers every masker)
 from sah.attention import ResearchAttentionConfig
 from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.objectives import get_objective
+from sah.tuning.cluster import parse_trial_resources
 from sah.tuning.space import Domain, plain_value
 from sah.validation import ConfigError
 
 SEARCHERS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "multi_objective",
             "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
-            "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial", "chains")
+            "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial",
+            "storage_path", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -103,6 +107,7 @@ class ChainSpec:
     num_samples: int
     path: str = ""
     configs_per_trial: int = 1  # effective batch size (1: one configuration per Ray trial)
+    resources: Optional[Dict[str, Any]] = None  # the chain's own resources_per_trial keys
 
     @property
     def batched(self) -> bool:
@@ -134,8 +139,11 @@ class ChainSpec:
         return -(-n // self.configs_per_trial) if self.batched else n
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "searcher": self.searcher, "num_samples": self.num_samples,
-                "maskers": [m.to_dict() for m in self.maskers]}
+        out = {"name": self.name, "searcher": self.searcher, "num_samples": self.num_samples,
+               "maskers": [m.to_dict() for m in self.maskers]}
+        if self.resources is not None:
+            out["resources_per_trial"] = copy.deepcopy(self.resources)
+        return out
 
 
 @dataclass
@@ -158,6 +166,15 @@ class Study:
     chains: List[ChainSpec]
     source: str = "study"
     configs_per_trial: int = DEFAULT_CONFIGS_PER_TRIAL
+    custom_resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources
+    storage_path: Optional[str] = None  # where Ray Tune keeps experiment state (None: the run folder)
+
+    def trial_resources(self, chain: ChainSpec) -> tuple:
+        """``(cpu, gpu, custom_resources)`` of one trial of ``chain``: the study's
+        ``resources_per_trial`` with the chain's own keys over them."""
+        base: Dict[str, Any] = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial,
+                                "custom_resources": dict(self.custom_resources)}
+        return parse_trial_resources({**base, **(chain.resources or {})})
 
     def chain(self, name: str) -> ChainSpec:
         for c in self.chains:
@@ -168,18 +185,24 @@ class Study:
 
     def to_dict(self) -> Dict[str, Any]:
         """The resolved study (defaults filled in, CLI overrides applied)."""
-        return {
+        resources: Dict[str, Any] = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+        if self.custom_resources:
+            resources["custom_resources"] = dict(self.custom_resources)
+        out = {
             "name": self.name, "recording": self.recording, "objective": self.objective,
             "density_targets": list(self.density_targets), "searcher": self.searcher,
             "multi_objective": self.multi_objective, "num_samples": self.num_samples,
             "seed": self.seed, "scheduler": copy.deepcopy(self.scheduler),
-            "resources_per_trial": {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
+            "resources_per_trial": resources,
             "max_concurrent_trials": self.max_concurrent_trials, "layers": self.layers,
             "layers_per_report": self.layers_per_report,
             "fit_hash_attention": copy.deepcopy(self.fit_hash_attention),
             "configs_per_trial": self.configs_per_trial,
             "chains": [c.to_dict() for c in self.chains],
         }
+        if self.storage_path is not None:
+            out["storage_path"] = self.storage_path
+        return out
 
 
 # ---------------------------------------------------------------------- parsing
@@ -210,8 +233,11 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                                            f"{type(data).__name__}")
     data = dict(data)
     for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
+        if value is None:
+            continue
+        if key == "resources_per_trial" and isinstance(data.get(key), dict):
+            value = {**data[key], **value}  # --cpus-per-trial keeps the file's gpu and custom ones
+        data[key] = value
     unknown = sorted(set(data) - set(TOP_KEYS))
     _check(not unknown, unknown[0] if unknown else "", f"unknown study key; known keys: "
                                                       f"{', '.join(TOP_KEYS)}")
@@ -239,7 +265,11 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     seed = data.get("seed", 0)
     _check(_is_int(seed) and seed >= 0, "seed", f"got {seed!r}; expected an int >= 0")
     scheduler = _parse_scheduler(data.get("scheduler"))
-    cpus, gpus = _parse_resources(data.get("resources_per_trial") or {})
+    cpus, gpus, custom = parse_trial_resources(data.get("resources_per_trial") or {})
+    storage = data.get("storage_path")
+    _check(storage is None or (isinstance(storage, str) and storage.strip() != ""), "storage_path",
+           f"got {storage!r}; expected a folder every Ray node can reach, a URI Ray Tune "
+           f"supports (s3://..., gs://...) or null")
     max_conc = data.get("max_concurrent_trials")
     _check(max_conc is None or (_is_int(max_conc) and max_conc >= 1), "max_concurrent_trials",
            f"got {max_conc!r}; expected an int >= 1 or null")
@@ -263,6 +293,11 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
               for i, c in enumerate(chains_data)]
     seen: Dict[str, int] = {}
     for i, c in enumerate(chains):
+        if c.resources is not None:  # the chain's keys over the study's, checked as one
+            try:
+                parse_trial_resources({**(data.get("resources_per_trial") or {}), **c.resources})
+            except ConfigError as exc:
+                raise ConfigError(f"chains[{i}].{exc}") from None
         _check(c.name not in seen, f"chains[{i}].name",
                f"{c.name!r} is already the name of chains[{seen.get(c.name)}]; names must be unique")
         seen[c.name] = i
@@ -271,7 +306,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     return Study(name, recording, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
-                 per_trial)
+                 per_trial, custom, storage)
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
@@ -292,22 +327,16 @@ def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
     return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
 
 
-def _parse_resources(spec: Any) -> tuple:
-    _check(isinstance(spec, dict), "resources_per_trial", "expected {cpu: N, gpu: G}")
-    unknown = sorted(set(spec) - {"cpu", "gpu"})
-    _check(not unknown, f"resources_per_trial.{unknown[0]}" if unknown else "",
-           "unknown key; use cpu and gpu")
-    cpu, gpu = spec.get("cpu", 1), spec.get("gpu", 0)
-    _check(_is_number(cpu) and cpu > 0, "resources_per_trial.cpu", f"got {cpu!r}; expected a number > 0")
-    _check(_is_number(gpu) and gpu >= 0, "resources_per_trial.gpu", f"got {gpu!r}; expected a number >= 0")
-    return cpu, gpu
-
-
 def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: bool) -> ChainSpec:
     _check(isinstance(data, dict), path, "expected a mapping {name, maskers}")
-    unknown = sorted(set(data) - {"name", "maskers", "searcher", "num_samples"})
+    unknown = sorted(set(data) - {"name", "maskers", "searcher", "num_samples",
+                                  "resources_per_trial"})
     _check(not unknown, f"{path}.{unknown[0]}" if unknown else "",
-           "unknown chain key; a chain takes name, maskers, searcher, num_samples")
+           "unknown chain key; a chain takes name, maskers, searcher, num_samples, "
+           "resources_per_trial")
+    resources = data.get("resources_per_trial")
+    _check(resources is None or isinstance(resources, dict), f"{path}.resources_per_trial",
+           "expected {cpu: N, gpu: G, custom_resources: {name: amount}} (over the study's)")
     name = data.get("name")
     _check(isinstance(name, str) and bool(_NAME.match(name)), f"{path}.name",
            f"got {name!r}; use letters, digits, '_', '-', '.' (it names output files)")
@@ -326,7 +355,7 @@ def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: b
         raise ConfigError(f"{path}.maskers: {exc}") from None
     has_domains = any(m.domains for m in maskers)
     if not has_domains:  # nothing to search: one trial
-        return ChainSpec(name, maskers, "grid", 1, path)
+        return ChainSpec(name, maskers, "grid", 1, path, resources=resources)
     for m in maskers:
         for d in m.domains.values():
             if searcher == "grid":
@@ -338,7 +367,8 @@ def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: b
                        "choice, or searcher grid or random")
     if multi and searcher != "optuna":
         raise ConfigError(f"{path}.searcher: multi_objective needs the optuna searcher, got {searcher!r}")
-    return ChainSpec(name, maskers, searcher, 1 if searcher == "grid" else samples, path)
+    return ChainSpec(name, maskers, searcher, 1 if searcher == "grid" else samples, path,
+                     resources=resources)
 
 
 def _parse_masker(data: Any, path: str) -> MaskerSpec:
