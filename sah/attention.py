@@ -22,7 +22,8 @@ from sah.layer_config import (LayerOverrides, build_layer_maskers, normalize_lay
                               overrides_to_plain)
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
-from sah.validation import ConfigError
+from sah.safe_yaml import load_json, load_yaml, read_text
+from sah.validation import ConfigError, short_repr
 
 
 @dataclass
@@ -82,7 +83,7 @@ class ResearchAttentionConfig:
             raise ConfigError(f"{prefix}: expected a mapping with 'masker_configs', got {type(data).__name__}")
         data = dict(data)
         if data.get("type", "ResearchAttentionConfig") != "ResearchAttentionConfig":
-            raise ConfigError(f"{prefix}.type: got {data['type']!r}; expected 'ResearchAttentionConfig'")
+            raise ConfigError(f"{prefix}.type: got {short_repr(data['type'])}; expected 'ResearchAttentionConfig'")
         data.pop("type", None)
         unknown = sorted(set(data) - {"masker_configs", "layer_overrides"})
         if unknown:
@@ -112,19 +113,13 @@ class ResearchAttentionConfig:
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where or 'config'}: not valid YAML ({exc})") from None
-        return cls.from_dict(data, where)
+        """Safe, bounded YAML (:mod:`sah.safe_yaml`: duplicate keys, alias bombs and deep
+        nesting are refused)."""
+        return cls.from_dict(load_yaml(text, where or "config"), where)
 
     @classmethod
     def from_json(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where or 'config'}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(load_json(text, where or "config"), where)
 
     def to_file(self, path: Union[str, Path], hub: bool = False) -> Path:
         """Write YAML (``.yaml``/``.yml``) or JSON (anything else); ``hub`` uses the hub layout."""
@@ -141,7 +136,7 @@ class ResearchAttentionConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        text = path.read_text()
+        text = read_text(path)
         if path.suffix == ".json":
             config = cls.from_json(text, str(path))
         else:
