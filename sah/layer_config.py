@@ -43,7 +43,7 @@ import torch
 from sah.context import AttentionContext
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
-from sah.validation import ConfigError
+from sah.validation import ConfigError, short_repr
 
 #: layer id -> masker index -> field -> value (a scalar, or a list with one value per head)
 LayerOverrides = Dict[int, Dict[int, Dict[str, Any]]]
@@ -56,7 +56,7 @@ def _key(value: Any, what: str, where: str) -> int:
         return int(value.strip())
     if isinstance(value, Integral) and not isinstance(value, bool) and value >= 0:
         return int(value)
-    raise ConfigError(f"{where}: {what} {value!r} is not valid; use an int >= 0")
+    raise ConfigError(f"{where}: {what} {short_repr(value)} is not valid; use an int >= 0")
 
 
 def _is_scalar(value: Any) -> bool:
@@ -80,16 +80,16 @@ def normalize_layer_overrides(data: Any, masker_configs: Sequence[MaskerConfig],
                           f"got {type(data).__name__}")
     out: LayerOverrides = {}
     for raw_layer, per_layer in data.items():
-        layer = _key(raw_layer, "layer id", f"{where}[{raw_layer!r}]")
+        layer = _key(raw_layer, "layer id", f"{where}[{short_repr(raw_layer)}]")
         lwhere = f"{where}[{layer}]"
         if layer in out:
             raise ConfigError(f"{lwhere}: layer {layer} is given twice; merge its entries")
         if not isinstance(per_layer, dict) or not per_layer:
             raise ConfigError(f"{lwhere}: expected a non-empty mapping {{masker index: {{field: value}}}}, "
-                              f"got {per_layer!r}")
+                              f"got {short_repr(per_layer)}")
         maskers: Dict[int, Dict[str, Any]] = {}
         for raw_index, fields in per_layer.items():
-            index = _key(raw_index, "masker index", f"{lwhere}[{raw_index!r}]")
+            index = _key(raw_index, "masker index", f"{lwhere}[{short_repr(raw_index)}]")
             iwhere = f"{lwhere}[{index}]"
             if index >= len(masker_configs):
                 raise ConfigError(f"{iwhere}: masker index {index} is out of range; the chain has "
@@ -104,13 +104,13 @@ def normalize_layer_overrides(data: Any, masker_configs: Sequence[MaskerConfig],
 def _check_fields(fields: Any, base: MaskerConfig, where: str) -> Dict[str, Any]:
     name = type(base).__name__
     if not isinstance(fields, dict) or not fields:
-        raise ConfigError(f"{where}: expected a non-empty mapping {{field: value}} for {name}, got {fields!r}")
+        raise ConfigError(f"{where}: expected a non-empty mapping {{field: value}} for {name}, got {short_repr(fields)}")
     params = base.params()
     checked: Dict[str, Any] = {}
     for field, value in fields.items():
         fwhere = f"{where}.{field}"
         if field not in params:
-            raise ConfigError(f"{fwhere}: {name} has no field {field!r}; its fields are "
+            raise ConfigError(f"{fwhere}: {name} has no field {short_repr(field)}; its fields are "
                               f"{', '.join(sorted(params))} (a masker's type cannot change per layer)")
         if not _is_scalar(params[field]) or field in _collection_fields(base):
             raise ConfigError(f"{fwhere}: {name}.{field} holds a mapping and cannot be set per layer")
@@ -119,12 +119,12 @@ def _check_fields(fields: Any, base: MaskerConfig, where: str) -> Dict[str, Any]
                 raise ConfigError(f"{fwhere}: an empty list; give one value per query head")
             for j, item in enumerate(value):
                 if not _is_scalar(item):
-                    raise ConfigError(f"{fwhere}[{j}]: got {item!r}; a per-head list holds one "
+                    raise ConfigError(f"{fwhere}[{j}]: got {short_repr(item)}; a per-head list holds one "
                                       f"plain value per query head")
                 _replace(base, {field: item}, f"{fwhere}[{j}]")
             checked[field] = list(value)
         elif not _is_scalar(value):
-            raise ConfigError(f"{fwhere}: got {value!r}; expected a value or a list with one "
+            raise ConfigError(f"{fwhere}: got {short_repr(value)}; expected a value or a list with one "
                               f"value per query head")
         else:
             _replace(base, {field: value}, fwhere)
