@@ -216,9 +216,11 @@ class ResearchAttention:
                          sparse_meta_data: Optional[Dict[Any, Any]] = None,
                          layer_idx: Optional[int] = None,
                          query_positions: Optional[torch.Tensor] = None,
-                         **kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+                         return_mask: bool = False,
+                         **kwargs: Any) -> Tuple[torch.Tensor, ...]:
         """Sparse attention for one call. Returns ``(output (b, h, q, d), weights (b, h, q, n))``
-        in the queries' dtype; ``weights`` are the estimator's normalised weights.
+        in the queries' dtype; ``weights`` are the estimator's normalised weights. With
+        ``return_mask=True`` the chain's :class:`Mask` of the call comes third.
 
         ``dropout`` is accepted for signature compatibility and not applied (sah evaluates,
         it does not train). ``attention_mask`` is boolean (True = allowed) or additive
@@ -228,7 +230,8 @@ class ResearchAttention:
                                query_positions=query_positions, attention_mask=attention_mask)
         mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
         result = sparse_attention(ctx, mask, return_weights=True)
-        return result.output.to(queries.dtype), result.weights.to(queries.dtype)
+        output, weights = result.output.to(queries.dtype), result.weights.to(queries.dtype)
+        return (output, weights, mask) if return_mask else (output, weights)
 
     def evaluate(self, ctx: AttentionContext, layer_idx: Optional[int] = None,
                  **kwargs: Any) -> Tuple[Evaluation, Mask]:
