@@ -2,23 +2,27 @@
 changed recording), item 8 (bad ``fit_hash_attention`` values) and item 19 (nothing silent
 for minutes: HashAttention fitting and ``install.sh`` say what they do)."""
 
+import os
 import re
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from sah.recording import make_synthetic_recording, save_recording
-from sah.tuning.runner import RunOptions, run_study
+from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from sah.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic(path, seed, **meta):
+def synthetic(path, seed, num_keys=128, num_queries=4, **meta):
     rec = make_synthetic_recording(num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-                                   num_keys=128, num_queries=4, seed=seed)
+                                   num_keys=num_keys, num_queries=num_queries, seed=seed)
     rec.metadata.update(meta)
     save_recording(rec, path)
     return path
@@ -40,25 +44,64 @@ def options(study, results, resume=False):
     return RunOptions(config=str(study), results_dir=str(results), resume=resume, progress=False)
 
 
+def two_experiments(second_maskers):
+    """Chains for a run that can be stopped in its second experiment (one trial at a time)."""
+    return {"searcher": "optuna", "max_concurrent_trials": 1, "chains": [
+        {"name": "first", "num_samples": 2, "maskers": [
+            {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 8}}]},
+        {"name": "second", "num_samples": 16, "maskers": second_maskers}]}
+
+
+def stopped_run(study, results):
+    """Run the study and stop it with a real SIGTERM during its second experiment (as
+    Ctrl-C / kill would); returns the run folder, which `--resume` continues."""
+    run_dir = results / "resumable"
+
+    def stop_during_second_experiment():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if any((run_dir / "ray" / "second").glob("trial_*/result.json")):
+                handler = signal.getsignal(signal.SIGTERM)
+                if "forward_sigterm" in getattr(handler, "__qualname__", ""):
+                    os.kill(os.getpid(), signal.SIGTERM)  # while the run's handler is in place
+                return
+            time.sleep(0.02)
+
+    stopper = threading.Thread(target=stop_during_second_experiment, daemon=True)
+    stopper.start()
+    with pytest.raises(RunInterrupted):
+        run_study(options(study, results))
+    stopper.join()
+    assert not (run_dir / "summary.md").exists()  # stopped before the end
+    return run_dir
+
+
+def files_state(run_dir):
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
 def test_issue15_item1_resume_refuses_a_recording_whose_content_changed(ray_session, tmp_path):
-    """Issue 15 item 1: `--resume` silently mixed recordings when the recording file was
-    replaced; it must refuse when a recording's content hash differs from run.yaml's."""
-    rec = synthetic(tmp_path / "rec.safetensors", seed=1)
+    """Issue 15 item 1: stopping a run, replacing its recording file and resuming mixed
+    recordings silently (half the rows scored on each); `--resume` must refuse when a
+    recording's content hash differs from the one run.yaml stored."""
+    rec = synthetic(tmp_path / "rec.safetensors", seed=1, num_keys=2048, num_queries=64)
     original = rec.read_bytes()
-    study = small_study(tmp_path, recording=str(rec))
+    study = small_study(tmp_path, recording=str(rec), **two_experiments([
+        {"type": "LocalMaskerConfig", "window_size": {"search": "randint", "low": 1, "high": 300}}]))
     results = tmp_path / "results"
-    run_dir = run_study(options(study, results))
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    synthetic(rec, seed=2)  # same file name, other content
+    run_dir = stopped_run(study, results)
+    before = files_state(run_dir)
+    synthetic(rec, seed=2, num_keys=2048, num_queries=64)  # same file name, other content
     with pytest.raises(FileExistsError) as info:
         run_study(options(study, results, resume=True))
     message = str(info.value)
     assert "recordings[0]" in message and "content hash" in message and "--name" in message
     assert "\n" not in message
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
-    rec.write_bytes(original)  # the original back: resuming works again
-    assert run_study(options(study, results, resume=True)) == run_dir
+    assert files_state(run_dir) == before  # nothing written
+    rec.write_bytes(original)  # the original back: resuming finishes the run
+    assert run_study(options(study, results, resume=True)) == run_dir.resolve()
+    assert (run_dir / "summary.md").is_file()
 
 
 @pytest.mark.slow
@@ -66,21 +109,23 @@ def test_issue15_item1_resume_checks_fit_recordings_too(ray_session, tmp_path, m
     """Issue 15 item 1, for every recording of a run: a changed fit recording (what
     HashAttention was fitted on) is refused on `--resume` as a scored one is."""
     monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))
-    scored = synthetic(tmp_path / "scored.safetensors", seed=1, text_sha256="a" * 64,
-                       token_start=0, token_end=128)
+    scored = synthetic(tmp_path / "scored.safetensors", seed=1, num_keys=2048, num_queries=64,
+                       text_sha256="a" * 64, token_start=0, token_end=2048)
     fit = synthetic(tmp_path / "fit.safetensors", seed=3, text_sha256="b" * 64,
                     token_start=0, token_end=128)
     study = small_study(tmp_path, recordings=[str(scored)], fit_recordings=[str(fit)],
                         fit_hash_attention={"bits": 4, "steps": 1, "hat_mlp_layers": 1,
                                             "hat_mlp_hidden_size": 4},
-                        chains=[{"name": "hat", "maskers": [
-                            {"type": "HashAttentionTopKMaskerConfig",
-                             "heavy_size": {"search": "uniform", "low": 0.1, "high": 0.5}}]}])
+                        **two_experiments([{"type": "HashAttentionTopKMaskerConfig",
+                                            "heavy_size": {"search": "uniform", "low": 0.01,
+                                                           "high": 0.5}}]))
     results = tmp_path / "results"
-    run_study(options(study, results))
+    run_dir = stopped_run(study, results)
+    before = files_state(run_dir)
     synthetic(fit, seed=4, text_sha256="b" * 64, token_start=0, token_end=128)
     with pytest.raises(FileExistsError, match=r"fit_recordings\[0\] \(fit, .*content hash"):
         run_study(options(study, results, resume=True))
+    assert files_state(run_dir) == before
 
 
 BAD_FIT_OPTIONS = [

@@ -29,7 +29,7 @@ from sah.context import AttentionContext
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.top_k import candidate_positions
-from sah.validation import ConfigError, check_choice, check_int
+from sah.validation import ConfigError, check_choice, check_int, short_repr
 
 
 @dataclass
@@ -50,7 +50,7 @@ class MagicPigConfig(MaskerConfig):
         check_int(owner, "lsh_l", self.lsh_l, 1)
         check_int(owner, "lsh_k", self.lsh_k, 1, 63)
         if not isinstance(self.center, bool):
-            raise ConfigError(f"{owner}.center: got {self.center!r}; must be true or false")
+            raise ConfigError(f"{owner}.center: got {short_repr(self.center)}; must be true or false")
         check_choice(owner, "packing", self.packing, ("int64",))
         check_int(owner, "seed", self.seed, 0)
 
@@ -143,7 +143,7 @@ class MagicPig(SamplingMasker):
         for table in range(cfg.lsh_l):  # one (b, h, q, n) comparison per table bounds memory
             match |= q_codes[..., table] == k_codes[..., table]
         match = match.view(d.mask_shape) & candidate_positions(ctx, previous_mask)
-        unit_q = (q / q_norm).view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, -1)
+        unit_q = (q / q_norm).reshape(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, -1)
         cosine = (torch.matmul(unit_q, k.transpose(-1, -2)) / big).view(d.mask_shape)  # q^ . k^
         probability = collision_probability(cosine, cfg.lsh_k, cfg.lsh_l)
         probability = probability.clamp_min(torch.finfo(torch.float32).tiny)

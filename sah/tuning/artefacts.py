@@ -47,7 +47,6 @@ class Artefact:
     name: str                        # its file name next to a config
     sources: List[Path] = field(default_factory=list)  # where the driver looks, in order
     fitted: bool = False
-    allow_pickle: bool = False
     where: str = ""                  # "<study file>: chains[i].maskers[j]", for messages
 
     def source(self) -> Path:
@@ -83,7 +82,6 @@ def study_artefacts(study: Study, run_dir: Path) -> Dict[str, Artefact]:
             taken.add(name)
             out[value] = Artefact(str(value), name,
                                   [run_dir / "tuned" / name, Path(str(value)).expanduser()],
-                                  allow_pickle=bool(masker.fixed.get("allow_pickle", False)),
                                   where=f"{study.source}: {masker.path}")
     return out
 
@@ -142,7 +140,8 @@ def load_artefacts(artefacts: Dict[str, Artefact], fitted: Optional[bool] = None
         if fitted is not None and art.fitted != fitted:
             continue
         try:
-            out[value] = SharedWeights(load_hat_weights(art.source(), art.allow_pickle))
+            # a .pkl only with the person's opt-in (sah.pickle_opt_in), never the study's
+            out[value] = SharedWeights(load_hat_weights(art.source()))
         except ConfigError as exc:
             raise ConfigError(f"{art.where}: {exc}" if art.where else str(exc)) from None
     return out
@@ -155,7 +154,8 @@ def _replace(config: ResearchAttentionConfig, change: Any) -> ResearchAttentionC
         value = getattr(cfg, FILE_FIELD, None)
         new = change(value) if value is not None else None
         maskers.append(cfg if new is None else dataclasses.replace(cfg, **new))
-    return ResearchAttentionConfig(maskers)
+    # layer_overrides are kept as they are (a weight file named per layer is not rewritten)
+    return ResearchAttentionConfig(maskers, layer_overrides=config.layer_overrides)
 
 
 def with_weights(config: ResearchAttentionConfig, weights: Dict[str, SharedWeights]

@@ -11,8 +11,10 @@ load the weight files the study names; only then create the run folder, write
 ``run.yaml``, fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched`` (or under ``storage_path``); an Optuna or ASHA chain's experiment
-lives in ``<run>/ray/<chain>``;
-a finished chain is marked in ``<run>/progress.json``. The pieces live beside this module:
+lives in ``<run>/ray/<chain>``; a finished chain is marked in ``<run>/progress.json`` (with
+the wall time of each part of the run, so ``summary.md`` reports the total over interrupted
+and resumed parts; a run whose outputs were written is "already complete" to ``resume``,
+which then starts nothing). The pieces live beside this module:
 :mod:`~sah.tuning.run_folder` (run folder checks, ``run.yaml``, ``progress.json``),
 :mod:`~sah.tuning.ray_setup` (starting Ray), :mod:`~sah.tuning.experiments` (the Ray
 experiments) and :mod:`~sah.tuning.signals` (stop signals).
@@ -23,10 +25,10 @@ kept, unfinished ones run again from their start).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,8 +44,8 @@ from sah.tuning.outputs import collect_rows, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_local_ray,
                                   versions)
-from sah.tuning.run_folder import _comparable, check_run_folder, read_progress
-from sah.tuning.signals import forward_sigterm, signals_deferred
+from sah.tuning.run_folder import Progress, _comparable, check_results_dir, check_run_folder
+from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
 from sah.tuning.recordings import check_resume_hashes, load_recording_sets
 from sah.tuning.study import load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
@@ -71,6 +73,7 @@ class RunOptions:
     resume: bool = False
     results_dir: str = "results"
     progress: bool = True
+    allow_pickle: bool = False  # the person's opt-in: the driver may read .pkl weight files
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> Dict[str, Any]:
@@ -87,13 +90,27 @@ class RunOptions:
 
 # ---------------------------------------------------------------------- the run
 def run_study(options: RunOptions) -> Path:
-    """Validate, run every chain, write the outputs. Returns the run folder."""
+    """Validate, run every chain, write the outputs. Returns the run folder. ``.pkl``
+    weights load only with ``options.allow_pickle`` (or the process's opt-in,
+    :mod:`sah.pickle_opt_in`); the driver reads them and ships the tensors to the trials."""
+    from sah.pickle_opt_in import allow_pickle
+    with allow_pickle(options.allow_pickle):
+        return _run_study(options)
+
+
+def _run_study(options: RunOptions) -> Path:
     started = time.time()
     study = load_study(options.config or DEFAULT_STUDY, options.overrides())
     run_dir = Path(options.results_dir) / study.name
     from sah.tuning.hash_fit import attach_weights
     attach_weights(study, run_dir)
+    check_results_dir(Path(options.results_dir))
     check_run_folder(run_dir, study, options.resume)
+    progress = Progress(run_dir, started)
+    if options.resume and progress.complete(study):
+        print(f"{run_dir}: already complete (every chain finished, outputs written); nothing "
+              f"to resume", file=sys.stderr)
+        return run_dir.resolve()
     per_chain = {c.name: study.trial_resources(c) for c in study.chains}
     started_ray = join_cluster(options.address) if options.address else False
     try:  # nothing is written until the run folder is made; a refusal leaves the cluster
@@ -131,10 +148,16 @@ def run_study(options: RunOptions) -> Path:
            if study.storage_path else {})}, sort_keys=False)
 
     # ---- from here on, the run folder is ours
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=options.resume)
-    run_dir = run_dir.resolve()
+    run_dir = progress.run_dir = run_dir.resolve()
     if not (run_dir / "run.yaml").is_file():
-        atomic_write_text(run_dir / "run.yaml", run_yaml)
+        try:
+            atomic_write_text(run_dir / "run.yaml", run_yaml)
+        except OSError:  # e.g. disk full: leave no folder that blocks the next try
+            if created:
+                os.rmdir(run_dir)
+            raise
     stored = (yaml.safe_load((run_dir / "run.yaml").read_text()) or {}).get("ray_storage")
     log.info("phase load: %.2f s", time.time() - started)
     if study.fit_hash_attention:
@@ -153,6 +176,7 @@ def run_study(options: RunOptions) -> Path:
             t.numel() * t.element_size() for r in sets.scored for lr in r.recording.layers
             for t in (lr.queries, lr.keys, lr.values)))
     previous_term = forward_sigterm()
+    forget_hook = at_forced_exit(progress.save)  # a second Ctrl-C exits at once: keep the time
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
                      group, study.cpus_per_trial, study.gpus_per_trial, artefacts.loaded,
                      {name: (cpu, gpu) for name, (cpu, gpu, _) in per_chain.items()},
@@ -165,7 +189,6 @@ def run_study(options: RunOptions) -> Path:
     grids: Dict[str, Any] = {}
     interrupted = False
     try:
-        done = read_progress(run_dir)
         for name, members in experiments(study):
             exp_started = time.time()
             grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
@@ -175,9 +198,13 @@ def run_study(options: RunOptions) -> Path:
             if stopped or len(grid) < sum(c.expected_ray_trials() for _, c in members):
                 interrupted = True
                 break
-            done.update({chain.name: "complete" for _, chain in members})
-            atomic_write_text(run_dir / "progress.json", json.dumps(done, indent=2))
+            progress.chains.update({chain.name: "complete" for _, chain in members})
+            progress.save()
+    except KeyboardInterrupt:  # a Ctrl-C between experiments: keep this part's time, stop
+        progress.save()
+        raise
     finally:
+        forget_hook()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         if started_ray and not interrupted:
@@ -186,8 +213,10 @@ def run_study(options: RunOptions) -> Path:
     out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
     with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
+        now = time.time()  # summary.md's total and progress.json's parts agree
         write_outputs(run_dir, study, rows, sets, final=not interrupted,
-                      wall_seconds=time.time() - started, artefacts=artefacts)
+                      wall_seconds=progress.wall_seconds(now), artefacts=artefacts)
+        progress.save(outputs_written=not interrupted, now=now)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:
         import ray

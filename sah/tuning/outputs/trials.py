@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Tuple
 import yaml
 
 from sah.attention import ResearchAttentionConfig
+from sah.tuning.run_folder import read_run_yaml
 from sah.tuning.space import Domain, plain_value
 from sah.tuning.study import ChainSpec, Study, parse_study
 from sah.tuning.recordings import recording_labels
@@ -218,8 +219,9 @@ def load_run(run_dir: Path) -> Tuple[Study, List[Dict[str, Any]], Dict[str, Any]
     run_dir = Path(run_dir)
     run_yaml = run_dir / "run.yaml"
     if not run_yaml.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a sah run folder (no run.yaml)")
-    meta = yaml.safe_load(run_yaml.read_text())
+        raise FileNotFoundError(f"{run_dir}: not a sah run folder (no run.yaml); pass a folder "
+                                f"made by sah tune (results/<run>)")
+    meta = read_run_yaml(run_dir, "pass a run folder made by sah tune (results/<run>)")
     study = parse_study(meta["study"], str(run_yaml))
     return study, read_trials(run_dir, study), meta
 
