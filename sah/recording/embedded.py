@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from sah.recording.format import RecordingError, load_recording, save_recording
+from sah.recording.format import FORMAT_VERSION, RecordingError, load_recording, save_recording
 from sah.recording.texts import ALIASES, TEXT_NAMES, load_text
 
 SPEC_VERSION = 2
@@ -167,6 +167,10 @@ def _cached(path: Path, spec: Dict[str, Any]) -> Tuple[bool, str]:
         return False, str(exc)
     if rec.metadata.get("embedded_spec") != spec:
         return False, "it was made to another spec"
+    if rec.metadata.get("format_version") != FORMAT_VERSION:
+        # one content hash per embedded recording: older formats hash other fields
+        return False, (f"it has format version {rec.metadata.get('format_version')}, this sah "
+                       f"writes {FORMAT_VERSION}")
     return True, ""
 
 
