@@ -5,7 +5,8 @@ Run: ``python benchmark/perf_recording.py [--threads 2]``. Prints one line per f
 
 ``python benchmark/perf_recording.py --long [--repeats 1]`` runs every variant below in a
 FRESH process (so its peak RSS, from ``resource.getrusage``, is its own), the variants
-interleaved in each repeat, and prints a table of medians: ``sah record`` of the embedded
+interleaved in each repeat, and prints a table of medians (the model load's transient peak
+is reported apart from the recording phase's, see ``_CHILD``): ``sah record`` of the embedded
 model on the ``docs`` text (all 30 layers, 32 queries, float16) in one pass or as a chunked
 prefill, sdpa attention; the same with eager attention on layer 0 only (where the n x n
 scores show); and a process that only loads the model (the baseline every row includes).
@@ -48,11 +49,30 @@ LONG_VARIANTS = [
     ("eager, layer 0: 8192 tokens, chunks of 2048", 8192, "eager", 2048, "0"),
 ]
 
-#: Runs in a fresh process: `sah record` (or only the model load), then prints JSON.
+#: Runs in a fresh process: `sah record` (or only the model load), then prints JSON. The
+#: model loader is wrapped to note the resident memory after loading and to reset the
+#: kernel's peak-RSS mark (``/proc/self/clear_refs``), so the peak of the recording phase
+#: itself is seen apart from the model load's own (higher) transient peak.
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) / 1024 for l in fh if l.startswith(key + ":"))
+
+from sah.recording import default_model
+after_load = {}
+real_load = default_model.load_model
+def load_model(*a, **kw):
+    out = real_load(*a, **kw)
+    after_load["rss"] = status("VmRSS")
+    after_load["load_peak"] = status("VmHWM")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return out
+default_model.load_model = load_model
 start = time.perf_counter()
 argv = sys.argv[2:]
 if argv:
@@ -63,11 +83,13 @@ if argv:
         meta = json.loads(fh.metadata()["sah"])
     record = meta["record_seconds"]
 else:
-    from sah.recording.default_model import load_default_model
-    load_default_model()
+    load_model("default")
     record = 0.0
+# clear_refs also resets getrusage's ru_maxrss: the process peak is the larger of the two
 print(json.dumps({"seconds": time.perf_counter() - start, "record_seconds": record,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "process_peak_mib": max(after_load["load_peak"], status("VmHWM")),
+                  "rss_after_load_mib": after_load["rss"],
+                  "recording_peak_mib": status("VmHWM") if argv else 0.0}))
 """
 
 
@@ -92,12 +114,16 @@ def long_context(threads: int, repeats: int) -> None:
                     "--out", os.path.join(d, "r.safetensors")]
                 results[label].append(run_child(threads, argv))
                 print(f"  repeat {r}: {label}: {results[label][-1]}", file=sys.stderr, flush=True)
-    print(f"| variant | wall s (process) | forward + capture s | peak RSS MiB |")
-    print(f"|---|---:|---:|---:|")
+    print("| variant | wall s (process) | forward + capture s | process peak RSS MiB | "
+          "RSS after model load MiB | peak RSS while recording MiB | recording's own peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, runs in results.items():
         med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+        own = med["recording_peak_mib"] - med["rss_after_load_mib"]
+        recording = (f"{med['recording_peak_mib']:.0f} | {own:.0f}" if med["record_seconds"]
+                     else "- | -")
         print(f"| {label} | {med['seconds']:.0f} | {med['record_seconds']:.0f} | "
-              f"{med['peak_rss_mib']:.0f} |")
+              f"{med['process_peak_mib']:.0f} | {med['rss_after_load_mib']:.0f} | {recording} |")
     print(f"(medians of {repeats} repeat(s), {threads} threads)")
 
 
