@@ -19,7 +19,8 @@ from sah.context import AttentionContext
 from sah.estimator import Evaluation, evaluate_mask, sparse_attention
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
-from sah.validation import ConfigError
+from sah.safe_yaml import load_json, load_yaml, read_text
+from sah.validation import ConfigError, short_repr
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ResearchAttentionConfig:
             raise ConfigError(f"{prefix}: expected a mapping with 'masker_configs', got {type(data).__name__}")
         data = dict(data)
         if data.get("type", "ResearchAttentionConfig") != "ResearchAttentionConfig":
-            raise ConfigError(f"{prefix}.type: got {data['type']!r}; expected 'ResearchAttentionConfig'")
+            raise ConfigError(f"{prefix}.type: got {short_repr(data['type'])}; expected 'ResearchAttentionConfig'")
         data.pop("type", None)
         unknown = sorted(set(data) - {"masker_configs"})
         if unknown:
@@ -84,19 +85,13 @@ class ResearchAttentionConfig:
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where or 'config'}: not valid YAML ({exc})") from None
-        return cls.from_dict(data, where)
+        """Safe, bounded YAML (:mod:`sah.safe_yaml`: duplicate keys, alias bombs and deep
+        nesting are refused)."""
+        return cls.from_dict(load_yaml(text, where or "config"), where)
 
     @classmethod
     def from_json(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where or 'config'}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(load_json(text, where or "config"), where)
 
     def to_file(self, path: Union[str, Path], hub: bool = False) -> Path:
         """Write YAML (``.yaml``/``.yml``) or JSON (anything else); ``hub`` uses the hub layout."""
@@ -107,13 +102,28 @@ class ResearchAttentionConfig:
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "ResearchAttentionConfig":
+        """Read a YAML or JSON config. A relative file name in a masker field ending in
+        ``_file`` (``hat_weight_file``) is resolved against the config file's folder, so a
+        config and the weights beside it load from anywhere."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        text = path.read_text()
+        text = read_text(path)
         if path.suffix == ".json":
-            return cls.from_json(text, str(path))
-        return cls.from_yaml(text, str(path))
+            config = cls.from_json(text, str(path))
+        else:
+            config = cls.from_yaml(text, str(path))
+        return config._files_relative_to(path.parent)
+
+    def _files_relative_to(self, folder: Path) -> "ResearchAttentionConfig":
+        import dataclasses
+        maskers = []
+        for cfg in self.masker_configs:
+            changes = {f.name: str(folder / value) for f in dataclasses.fields(cfg)
+                       if f.name.endswith("_file") and isinstance(value := getattr(cfg, f.name), str)
+                       and not Path(value).expanduser().is_absolute()}
+            maskers.append(dataclasses.replace(cfg, **changes) if changes else cfg)
+        return ResearchAttentionConfig(maskers)
 
 
 class ResearchAttention:
