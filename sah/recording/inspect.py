@@ -107,7 +107,8 @@ def format_summary(info: Dict[str, Any]) -> str:
             ("text sha256", str(s["text_sha256"] or "-")), ("layers", layer_text),
             ("heads", f"{s['num_heads']} query, {s['num_kv_heads']} KV "
                       f"(group {s['num_heads'] // s['num_kv_heads']})"),
-            ("head dim", str(s["head_dim"])), ("keys", str(s["num_keys"])),
+            ("head dim", str(s["head_dim"])), ("keys", str(s["num_keys"]) + (f" (recorded as a prefill in {s['prefill_chunks']} chunks)"
+                                    if (s.get("prefill_chunks") or 1) > 1 else "")),
             ("queries", f"{s['num_queries']} at positions {pos[0]}..{pos[-1]}"),
             ("dtype", s["dtype"]), ("scaling", f"{s['scaling']:.6g}"),
             ("content hash", str(s["content_hash"])[:23] + "..."),
