@@ -2,7 +2,8 @@
 
 The chain starts from the empty mask and lets each masker add positions; the sparse
 attention estimator then turns the final mask into an output. An empty chain is dense
-attention.
+attention. ``layer_overrides`` gives some layers (or heads) their own values
+(:mod:`sah.layer_config`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import yaml
 
 from sah.context import AttentionContext
 from sah.estimator import Evaluation, evaluate_mask, sparse_attention
+from sah.layer_config import (LayerOverrides, build_layer_maskers, normalize_layer_overrides,
+                              overrides_to_plain)
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
 from sah.safe_yaml import load_json, load_yaml, read_text
@@ -25,9 +28,13 @@ from sah.validation import ConfigError, short_repr
 
 @dataclass
 class ResearchAttentionConfig:
-    """An ordered list of masker configs. At most one sampling masker."""
+    """An ordered list of masker configs. At most one sampling masker.
+
+    ``layer_overrides``: ``{layer id: {masker index: {field: value}}}``, a value being a
+    scalar or a list with one value per query head (:mod:`sah.layer_config`)."""
 
     masker_configs: List[MaskerConfig] = field(default_factory=list)
+    layer_overrides: LayerOverrides = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.masker_configs = list(self.masker_configs)
@@ -41,13 +48,25 @@ class ResearchAttentionConfig:
             raise ConfigError(
                 f"a chain may hold at most one sampling masker (the estimator assumes one "
                 f"sampling stage); found {' and '.join(sampling)}: keep one")
+        self.layer_overrides = normalize_layer_overrides(self.layer_overrides, self.masker_configs)
 
     # ------------------------------------------------------------------ dicts
     def to_dict(self) -> Dict[str, Any]:
-        return {"masker_configs": [cfg.to_dict() for cfg in self.masker_configs]}
+        out: Dict[str, Any] = {"masker_configs": [cfg.to_dict() for cfg in self.masker_configs]}
+        if self.layer_overrides:
+            out["layer_overrides"] = overrides_to_plain(self.layer_overrides)
+        return out
 
     def to_hub_dict(self) -> Dict[str, Any]:
-        """The prior hub's JSON layout: ``{"type": ..., "masker_configs": [{"type", "params"}]}``."""
+        """The prior hub's JSON layout: ``{"type": ..., "masker_configs": [{"type", "params"}]}``.
+
+        That layout has one masker list for every layer and head: a config with
+        ``layer_overrides`` is refused rather than exported without them."""
+        if self.layer_overrides:
+            raise ConfigError(
+                f"the prior hub's JSON layout has one set of masker values for every layer and "
+                f"head, so it cannot carry layer_overrides (layers "
+                f"{', '.join(map(str, self.layer_overrides))}); export as yaml or json instead")
         return {
             "type": "ResearchAttentionConfig",
             "masker_configs": [{"type": type(c).__name__,
@@ -66,19 +85,28 @@ class ResearchAttentionConfig:
         if data.get("type", "ResearchAttentionConfig") != "ResearchAttentionConfig":
             raise ConfigError(f"{prefix}.type: got {short_repr(data['type'])}; expected 'ResearchAttentionConfig'")
         data.pop("type", None)
-        unknown = sorted(set(data) - {"masker_configs"})
+        unknown = sorted(set(data) - {"masker_configs", "layer_overrides"})
         if unknown:
-            raise ConfigError(f"{prefix}: unknown key {unknown[0]!r}; expected 'masker_configs'")
+            raise ConfigError(f"{prefix}: unknown key {unknown[0]!r}; expected 'masker_configs' "
+                              f"(and optionally 'layer_overrides')")
         items = data.get("masker_configs", [])
         if not isinstance(items, list):
             raise ConfigError(f"{prefix}.masker_configs: expected a list of maskers")
         configs = [MaskerConfig.from_dict(item, f"{prefix}.masker_configs[{i}]")
                    for i, item in enumerate(items)]
-        return cls(masker_configs=configs)
+        overrides = normalize_layer_overrides(data.get("layer_overrides"), configs,
+                                              f"{prefix}.layer_overrides")
+        return cls(masker_configs=configs, layer_overrides=overrides)
 
     # ------------------------------------------------------------------ files
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        data = self.to_dict()
+        overrides = data.pop("layer_overrides", None)
+        text = yaml.safe_dump(data, sort_keys=False)
+        if overrides:  # one line per overridden masker: {heavy_size: [per-head values]}
+            text += yaml.safe_dump({"layer_overrides": overrides}, sort_keys=False,
+                                   default_flow_style=None, width=100)
+        return text
 
     def to_json(self, hub: bool = False) -> str:
         return json.dumps(self.to_hub_dict() if hub else self.to_dict(), indent=2)
@@ -123,7 +151,19 @@ class ResearchAttentionConfig:
                        if f.name.endswith("_file") and isinstance(value := getattr(cfg, f.name), str)
                        and not Path(value).expanduser().is_absolute()}
             maskers.append(dataclasses.replace(cfg, **changes) if changes else cfg)
-        return ResearchAttentionConfig(maskers)
+
+        def relative(field_name: str, value: Any) -> Any:
+            if (field_name.endswith("_file") and isinstance(value, str)
+                    and not Path(value).expanduser().is_absolute()):
+                return str(folder / value)
+            return value
+
+        overrides = {layer: {index: {name: ([relative(name, v) for v in value]
+                                            if isinstance(value, list) else relative(name, value))
+                                     for name, value in fields.items()}
+                             for index, fields in per_layer.items()}
+                     for layer, per_layer in self.layer_overrides.items()}
+        return ResearchAttentionConfig(maskers, layer_overrides=overrides)
 
 
 class ResearchAttention:
@@ -132,14 +172,29 @@ class ResearchAttention:
     def __init__(self, config: ResearchAttentionConfig, maskers: List[ResearchMasker]) -> None:
         self.config = config
         self.maskers = maskers
+        self._layer_maskers: Dict[int, List[ResearchMasker]] = {}
+        self._masker_cache: Dict[Any, ResearchMasker] = {}  # maskers shared by equal configs
 
     @classmethod
     def create_from_config(cls, config: ResearchAttentionConfig) -> "ResearchAttention":
         return cls(config, [ResearchMasker.create_from_config(c) for c in config.masker_configs])
 
-    def aux_bits_per_token(self, head_dim: int) -> float:
-        """Auxiliary memory the chain keeps per key and KV head, in bits per token."""
-        return float(sum(m.aux_bits_per_token(head_dim) for m in self.maskers))
+    def maskers_for(self, layer_idx: Optional[int]) -> List[ResearchMasker]:
+        """The maskers layer ``layer_idx`` runs (its ``layer_overrides`` applied)."""
+        if layer_idx is None or not self.config.layer_overrides:
+            return self.maskers
+        layer = int(layer_idx)
+        if layer not in self.config.layer_overrides:
+            return self.maskers
+        if layer not in self._layer_maskers:
+            self._layer_maskers[layer] = build_layer_maskers(self.config, layer, self.maskers,
+                                                             self._masker_cache)
+        return self._layer_maskers[layer]
+
+    def aux_bits_per_token(self, head_dim: int, layer_idx: Optional[int] = None) -> float:
+        """Auxiliary memory the chain keeps per key and KV head, in bits per token (in layer
+        ``layer_idx`` when given)."""
+        return float(sum(m.aux_bits_per_token(head_dim) for m in self.maskers_for(layer_idx)))
 
     def compute_mask(self, ctx: AttentionContext, sparse_meta_data: Optional[Dict[Any, Any]] = None,
                      layer_idx: Optional[int] = None, **kwargs: Any) -> Mask:
@@ -148,7 +203,7 @@ class ResearchAttention:
             return Mask.create_full(ctx.mask_shape, ctx.device)
         mask = Mask.create_empty(ctx.mask_shape, ctx.device)
         meta = sparse_meta_data if sparse_meta_data is not None else {}
-        for masker in self.maskers:
+        for masker in self.maskers_for(layer_idx):
             mask = masker.add_mask(ctx.keys, ctx.queries, ctx.values, ctx.attention_mask,
                                    ctx.scaling, 0.0, meta, mask, context=ctx,
                                    query_positions=ctx.query_positions, layer_idx=layer_idx,
@@ -161,9 +216,11 @@ class ResearchAttention:
                          sparse_meta_data: Optional[Dict[Any, Any]] = None,
                          layer_idx: Optional[int] = None,
                          query_positions: Optional[torch.Tensor] = None,
-                         **kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+                         return_mask: bool = False,
+                         **kwargs: Any) -> Tuple[torch.Tensor, ...]:
         """Sparse attention for one call. Returns ``(output (b, h, q, d), weights (b, h, q, n))``
-        in the queries' dtype; ``weights`` are the estimator's normalised weights.
+        in the queries' dtype; ``weights`` are the estimator's normalised weights. With
+        ``return_mask=True`` the chain's :class:`Mask` of the call comes third.
 
         ``dropout`` is accepted for signature compatibility and not applied (sah evaluates,
         it does not train). ``attention_mask`` is boolean (True = allowed) or additive
@@ -173,7 +230,8 @@ class ResearchAttention:
                                query_positions=query_positions, attention_mask=attention_mask)
         mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
         result = sparse_attention(ctx, mask, return_weights=True)
-        return result.output.to(queries.dtype), result.weights.to(queries.dtype)
+        output, weights = result.output.to(queries.dtype), result.weights.to(queries.dtype)
+        return (output, weights, mask) if return_mask else (output, weights)
 
     def evaluate(self, ctx: AttentionContext, layer_idx: Optional[int] = None,
                  **kwargs: Any) -> Tuple[Evaluation, Mask]:

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "tune": ("sah.cli.tune", "run a Ray Tune study (same as benchmark/run_optimize_configs.py)"),
     "compare": ("sah.cli.compare", "compare the best configs of several runs"),
     "export": ("sah.cli.export", "export a tuned config from a run"),
+    "validate": ("sah.cli.validate", "run chain configs inside the model against dense attention"),
 }
 
 

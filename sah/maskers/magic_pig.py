@@ -143,7 +143,7 @@ class MagicPig(SamplingMasker):
         for table in range(cfg.lsh_l):  # one (b, h, q, n) comparison per table bounds memory
             match |= q_codes[..., table] == k_codes[..., table]
         match = match.view(d.mask_shape) & candidate_positions(ctx, previous_mask)
-        unit_q = (q / q_norm).view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, -1)
+        unit_q = (q / q_norm).reshape(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, -1)
         cosine = (torch.matmul(unit_q, k.transpose(-1, -2)) / big).view(d.mask_shape)  # q^ . k^
         probability = collision_probability(cosine, cfg.lsh_k, cfg.lsh_l)
         probability = probability.clamp_min(torch.finfo(torch.float32).tiny)

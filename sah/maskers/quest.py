@@ -126,7 +126,7 @@ class QuestTopKMasker(FixedMasker):
         lo, hi = quantize_bounds(lo, cfg.label_bits), quantize_bounds(hi, cfg.label_bits)
 
         g = d.group_size
-        q = ctx.queries.float().view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, d.head_dim)
+        q = ctx.queries.float().reshape(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, d.head_dim)
         scores = bound_score(q, lo, hi)  # (b, hk, g*q, P)
         # The page holding the query: bounds over its keys up to the query position only.
         pos = ctx.positions_4d.view(-1, d.seq_len_queries).expand(d.batch_size, -1)

@@ -154,7 +154,8 @@ def _replace(config: ResearchAttentionConfig, change: Any) -> ResearchAttentionC
         value = getattr(cfg, FILE_FIELD, None)
         new = change(value) if value is not None else None
         maskers.append(cfg if new is None else dataclasses.replace(cfg, **new))
-    return ResearchAttentionConfig(maskers)
+    # layer_overrides are kept as they are (a weight file named per layer is not rewritten)
+    return ResearchAttentionConfig(maskers, layer_overrides=config.layer_overrides)
 
 
 def with_weights(config: ResearchAttentionConfig, weights: Dict[str, SharedWeights]
