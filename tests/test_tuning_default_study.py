@@ -1,5 +1,6 @@
 """configs/default.yaml and configs/long_context.yaml validate (scored recordings of
-different texts, fit recordings disjoint from them, the count/fraction chain pairs), and the
+different texts, fit recordings disjoint from them, the count/fraction chain pairs, the
+default study's in-model validation on held-out text), and the
 HashAttention fitting option wires fitted weights into every HashAttention masker (fitted
 once, saved in the run folder)."""
 
@@ -52,6 +53,18 @@ def test_default_study_validates_and_covers_the_required_chains():
     flat = [k for ks in kinds.values() for k in ks]
     for kind in ("QuestTopKMaskerConfig", "HashAttentionTopKMaskerConfig", "StridedPatternConfig"):
         assert kind in flat
+
+
+def test_default_study_validates_its_density_0_1_picks_on_held_out_text():
+    from sah.inmodel import window_span
+    from sah.recording.texts import spans_overlap
+    study = load_study(ROOT / "configs" / "default.yaml")
+    section = study.validate
+    assert section is not None and "density_0.1" in section.picks and section.texts
+    for text in section.texts:
+        window = window_span(text, section.tokens)
+        for rec in spans(study.recordings) + spans(study.fit_recordings):
+            assert not spans_overlap(window, rec[1:4]), (text, rec)
 
 
 def test_default_study_pairs_counts_with_fractions():

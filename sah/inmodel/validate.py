@@ -39,6 +39,7 @@ def validate_configs(configs: Mapping[str, ResearchAttentionConfig], texts: Sequ
                      device: Optional[str] = None,
                      progress: Optional[Callable[[str], None]] = None,
                      where: Tuple[str, str, str] = ("--tokens", "--positions", "--text"),
+                     on_result: Optional[Callable[[PairResult], None]] = None,
                      ) -> ValidationResults:
     """Validate each config on each text with the in-model protocol (:mod:`sah.inmodel.protocol`).
 
@@ -47,6 +48,8 @@ def validate_configs(configs: Mapping[str, ResearchAttentionConfig], texts: Sequ
     ``"default"`` (the embedded SmolLM2-135M), a local model path, or an already loaded
     ``(model, tokenizer)`` in float32. ``device`` (default: the loaded model's, else cpu).
     ``where`` names the inputs in error messages (CLI flags or a study's YAML paths).
+    ``on_result`` is called with each :class:`PairResult` as soon as it is measured (a
+    study writes it at once, so an interrupted validation keeps what it finished).
     """
     wt, wp, wx = where
     if not configs:
@@ -88,8 +91,11 @@ def validate_configs(configs: Mapping[str, ResearchAttentionConfig], texts: Sequ
         say(f"{window.text}: dense pass {reference.seconds:.1f} s")
         for name, attention in attentions.items():
             figures = validator.sparse(reference, attention)
-            results.pairs.append(PairResult(name, window.text, window.sha256, window.start,
-                                            window.end, figures))
+            pair = PairResult(name, window.text, window.sha256, window.start, window.end,
+                              figures)
+            results.pairs.append(pair)
+            if on_result is not None:
+                on_result(pair)
             say(f"{window.text}: {name}: kl {figures.kl:.4g}, density {figures.density:.4f} "
                 f"({figures.seconds:.1f} s)")
     return results

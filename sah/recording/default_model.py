@@ -11,6 +11,7 @@ dim 64, RoPE theta 100000, 8192 positions; cold load about 25 s on 2 CPU cores.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -53,6 +54,23 @@ def load_default_model(device: str = "cpu", attn_implementation: str = "sdpa") -
         hf_logging.set_verbosity(verbosity)
     model.config._name_or_path = DEFAULT_MODEL_ID
     return model.to(device).eval(), tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def load_default_tokenizer() -> Any:
+    """The default model's tokenizer alone (offline; no weights are loaded; kept for the
+    process: loading it parses the GGUF file, several seconds)."""
+    path = default_model_path()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"

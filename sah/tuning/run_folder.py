@@ -2,7 +2,8 @@
 with ``resume`` (and only with the same study), the resolved study stored in ``run.yaml``,
 and ``progress.json``: the chains whose experiments finished, the wall time of each part
 of the run (a part ends when the run stops or finishes; ``--resume`` starts the next) and
-whether the outputs were written (then ``--resume`` has nothing left to do)."""
+whether the outputs were written and, for a study with ``validate:``, whether its picks
+were validated (when both are, ``--resume`` has nothing left to do)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sah.validation import ConfigError, short_repr
 
 _PARTS = "_wall_seconds"  # reserved progress.json keys start with "_" (no chain name does)
 _OUTPUTS = "_outputs"
+_VALIDATION = "_validation"  # "complete" once the study's picks were validated in the model
 
 
 def check_results_dir(results_dir: Path) -> None:
@@ -101,24 +103,35 @@ class Progress:
         self.earlier: List[float] = [float(x) for x in parts if isinstance(x, (int, float))] \
             if isinstance(parts, list) else []
         self.outputs_written = data.get(_OUTPUTS) == "complete"
+        self.validated = data.get(_VALIDATION) == "complete"
         self.started = started
 
-    def complete(self, study: Study) -> bool:
-        """Every chain finished and every output written: nothing left to resume."""
+    def tuning_complete(self, study: Study) -> bool:
+        """Every chain finished and the tuning outputs written."""
         return (self.outputs_written and all(self.chains.get(c.name) == "complete"
                                              for c in study.chains)
                 and (self.run_dir / "summary.md").is_file())
+
+    def complete(self, study: Study) -> bool:
+        """Tuning complete and, when the study validates its picks, validation too:
+        nothing left to resume."""
+        return self.tuning_complete(study) and (study.validate is None or self.validated)
 
     def wall_seconds(self, now: Optional[float] = None) -> float:
         """Total wall time over every part of the run, this one up to ``now``."""
         return sum(self.earlier) + ((now or time.time()) - self.started)
 
-    def save(self, outputs_written: bool = False, now: Optional[float] = None) -> None:
+    def save(self, outputs_written: bool = False, now: Optional[float] = None,
+             validated: Optional[bool] = None) -> None:
         """Write progress.json; this part's wall time runs up to ``now`` (default: now)."""
         from sah.tuning.outputs.files import atomic_write_text
         self.outputs_written = outputs_written
+        if validated is not None:
+            self.validated = validated
         doc: Dict[str, Any] = dict(self.chains)
         doc[_PARTS] = [*self.earlier, round((now or time.time()) - self.started, 3)]
         if outputs_written:
             doc[_OUTPUTS] = "complete"
+        if self.validated:
+            doc[_VALIDATION] = "complete"
         atomic_write_text(self.run_dir / "progress.json", json.dumps(doc, indent=2))

@@ -21,6 +21,10 @@ experiments) and :mod:`~sah.tuning.signals` (stop signals).
 Ctrl-C or SIGTERM stops Ray Tune gracefully (its state is saved, finished trials kept);
 ``resume`` restores each unfinished experiment with ``Tuner.restore`` (finished trials are
 kept, unfinished ones run again from their start).
+A study with ``validate:`` then runs its picks inside the model (after Ray has stopped;
+:mod:`~sah.tuning.validation_step`); its texts are checked against the recordings with the
+rest, before the run folder is made. A run whose tuning finished but whose validation did
+not resumes into validation (no Ray, no trial runs again).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import yaml
 from sah.tuning.artefacts import RunArtefacts
 from sah.tuning.cluster import check_trial_resources, trial_request, tune_resources
 from sah.tuning.experiments import experiment_root, experiments, run_experiment, storage_location
-from sah.tuning.outputs import collect_rows, write_outputs
+from sah.tuning.outputs import collect_rows, read_trials, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_local_ray,
                                   versions)
@@ -49,6 +53,7 @@ from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
 from sah.tuning.recordings import check_resume_hashes, load_recording_sets
 from sah.tuning.study import load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
+from sah.tuning.validate_section import check_validate_names, check_validate_texts
 from sah.validation import ConfigError
 
 DEFAULT_STUDY = REPO_ROOT / "configs" / "default.yaml"
@@ -74,6 +79,7 @@ class RunOptions:
     results_dir: str = "results"
     progress: bool = True
     allow_pickle: bool = False  # the person's opt-in: the driver may read .pkl weight files
+    validation_model: Optional[Any] = None  # a loaded (model, tokenizer) for validate: (Python only)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> Dict[str, Any]:
@@ -111,6 +117,8 @@ def _run_study(options: RunOptions) -> Path:
         print(f"{run_dir}: already complete (every chain finished, outputs written); nothing "
               f"to resume", file=sys.stderr)
         return run_dir.resolve()
+    # tuning done, validation not: --resume goes straight to validation (no Ray, no trials)
+    validate_only = options.resume and progress.tuning_complete(study)
     per_chain = {c.name: study.trial_resources(c) for c in study.chains}
     started_ray = join_cluster(options.address) if options.address else False
     try:  # nothing is written until the run folder is made; a refusal leaves the cluster
@@ -123,7 +131,9 @@ def _run_study(options: RunOptions) -> Path:
             except ConfigError as exc:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
+        check_validate_names(study)  # before any embedded recording is made
         sets = load_recording_sets(study)
+        check_validate_texts(study, sets)
         described = sets.describe(fitting=bool(study.fit_hash_attention))
         if options.resume and (run_dir / "run.yaml").is_file():
             check_resume_hashes(run_dir, yaml.safe_load((run_dir / "run.yaml").read_text()),
@@ -136,6 +146,12 @@ def _run_study(options: RunOptions) -> Path:
             import ray
             ray.shutdown()
         raise
+    if validate_only:
+        if started_ray:
+            import ray
+            ray.shutdown()
+        run_dir = progress.run_dir = run_dir.resolve()
+        return _validate(run_dir, study, read_trials(run_dir, study), sets, progress, options)
     num_layers = len(study.layers or recording.layer_ids)
     from sah.evaluate import default_group_size, layer_groups
     group = study.layers_per_report or default_group_size(num_layers)
@@ -224,4 +240,38 @@ def _run_study(options: RunOptions) -> Path:
             ray.shutdown()
         raise RunInterrupted(f"run stopped before every chain finished; finished trials are "
                              f"kept in {run_dir}; continue with --resume")
+    if study.validate is not None:
+        return _validate(run_dir, study, rows, sets, progress, options)
+    return run_dir
+
+
+def _validate(run_dir: Path, study: Any, rows: Any, sets: Any, progress: Progress,
+              options: RunOptions) -> Path:
+    """The study's picks inside the model (:mod:`sah.tuning.validation_step`), then
+    ``validation.csv``, ``offline_vs_online.png`` and ``summary.md`` with its validation
+    section. A stop keeps every validated row; ``--resume`` runs only the missing ones."""
+    from sah.tuning.outputs import write_validation_outputs
+    from sah.tuning.validation_step import run_validation
+    started = time.time()
+    previous_term = forward_sigterm()
+    forget_hook = at_forced_exit(lambda: progress.save(outputs_written=True))
+    try:
+        validation_rows, timing = run_validation(run_dir, study, rows,
+                                                 model=options.validation_model,
+                                                 progress=options.progress)
+    except KeyboardInterrupt:
+        progress.save(outputs_written=True)
+        raise RunInterrupted(f"run stopped during in-model validation; the tuning outputs and "
+                             f"the validated picks (validation.csv) are kept in {run_dir}; "
+                             f"continue with --resume") from None
+    finally:
+        forget_hook()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    with signals_deferred():
+        now = time.time()
+        write_validation_outputs(run_dir, study, rows, validation_rows, sets,
+                                 progress.wall_seconds(now), timing)
+        progress.save(outputs_written=True, now=now, validated=True)
+    log.info("phase validation: %.2f s", time.time() - started)
     return run_dir

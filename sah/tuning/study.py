@@ -20,6 +20,9 @@ configs_per_trial: 8           # configurations one Ray trial scores (grid/rando
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
                                # (on fit_recordings; :mod:`sah.tuning.fit_options`)
 max_configurations: 100000     # refuse studies that expand to more configurations
+validate: {texts: [code@16384], tokens: 2048, positions: 128, picks: [density_0.1]}
+                               # optional: run the picks inside the model after tuning
+                               # (:mod:`sah.tuning.validate_section`)
 chains:
   - name: sink_local_oracle_top_k
     searcher: random           # optional per-chain override (also num_samples,
@@ -69,13 +72,14 @@ from sah.tuning.fit_options import parse_fit_options
 from sah.tuning.recordings import parse_recording_lists
 from sah.tuning.space import Domain, plain_value
 from sah.tuning.study_checks import check_chain_names, check_name, check_total
+from sah.tuning.validate_section import ValidateSection, parse_validate_section
 from sah.validation import ConfigError, short_repr
 
 SEARCHERS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets",
             "searcher", "multi_objective", "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
             "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial",
-            "storage_path", "max_configurations", "chains")
+            "storage_path", "max_configurations", "validate", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
 DEFAULT_MAX_CONFIGURATIONS = 100_000
 
@@ -188,6 +192,7 @@ class Study:
     max_configurations: int = DEFAULT_MAX_CONFIGURATIONS
     fit_recordings: List[str] = field(default_factory=list)  # empty: fit on the scored ones
     recordings_key: str = "recordings"  # the key the file used ("recording" for one)
+    validate: Optional[ValidateSection] = None  # in-model validation of the picks
 
     @property
     def recording(self) -> str:
@@ -231,6 +236,8 @@ class Study:
         }
         if self.storage_path is not None:
             out["storage_path"] = self.storage_path
+        if self.validate is not None:  # only when set: older run.yaml files still compare
+            out["validate"] = self.validate.to_dict()
         return out
 
 
@@ -315,6 +322,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     limit = data.get("max_configurations", DEFAULT_MAX_CONFIGURATIONS)
     _check(_is_int(limit) and limit >= 1, "max_configurations",
            f"got {short_repr(limit)}; expected an int >= 1 (the most configurations a study may run)")
+    validate = parse_validate_section(data.get("validate"), [float(t) for t in targets])
     chains_data = data.get("chains")
     _check(isinstance(chains_data, list) and bool(chains_data), "chains",
            "expected a non-empty list of chains ({name, maskers})")
@@ -336,7 +344,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
                  per_trial, custom, storage, limit, fit_recordings,
-                 "recordings" if "recordings" in data else "recording")
+                 "recordings" if "recordings" in data else "recording", validate)
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:

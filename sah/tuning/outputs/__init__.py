@@ -7,6 +7,8 @@
 - :mod:`~sah.tuning.outputs.summary`: ``summary.md``;
 - :mod:`~sah.tuning.outputs.pareto`: ``pareto.png`` and ``pareto.json``;
 - :mod:`~sah.tuning.outputs.resources`: ``resources/<chain>.json``;
+- :mod:`~sah.tuning.outputs.validation`: ``validation.csv``, ``offline_vs_online.png`` and
+  the validation section of ``summary.md`` (studies with ``validate:``);
 - :mod:`~sah.tuning.outputs.files`: atomic writes.
 
 :func:`write_outputs` writes them all.
@@ -27,11 +29,14 @@ from sah.tuning.outputs.trials import (COMPLETED, FAILED, FIGURES, STOPPED, UNFI
                                        collect_rows, load_run, read_trials, row_config,
                                        rows_to_csv)
 from sah.tuning.outputs.tuned import config_header, write_tuned
+from sah.tuning.outputs.validation import (plot_offline_vs_online, validation_csv,
+                                           validation_markdown)
 from sah.tuning.study import Study
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "best_row", "collect_rows", "completed",
            "config_header", "front_rows", "load_run", "read_trials", "row_config",
-           "rows_to_csv", "target_row", "write_outputs", "COMPLETED", "FAILED", "FIGURES",
+           "rows_to_csv", "summary_meta", "target_row", "write_outputs",
+           "write_validation_outputs", "COMPLETED", "FAILED", "FIGURES",
            "STOPPED", "UNFINISHED"]
 
 
@@ -46,14 +51,34 @@ def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], sets:
     atomic_write_text(run_dir / "per_layer.csv", per_layer_csv(rows))
     if not final:
         return
-    meta = {"recordings": sets.describe(fitting=bool(study.fit_hash_attention)),
-            "fitted_on_scored": bool(study.fit_hash_attention) and sets.fit_is_scored,
-            "hash_fit_report": _hash_fit_report(run_dir), "wall_seconds": wall_seconds}
+    meta = summary_meta(run_dir, study, sets, wall_seconds)
     write_tuned(run_dir, study, rows, artefacts)
     atomic_write_bytes(run_dir / "pareto.png", plot_pareto(study, rows))
     write_resources(run_dir, study, rows, sets.scored[0].recording, artefacts)
     atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
     atomic_write_text(run_dir / "pareto.json", pareto_json(study, rows))
+
+
+def summary_meta(run_dir: Path, study: Study, sets: Any, wall_seconds: float) -> Dict[str, Any]:
+    """What ``summary.md`` says besides the trial rows."""
+    return {"recordings": sets.describe(fitting=bool(study.fit_hash_attention)),
+            "fitted_on_scored": bool(study.fit_hash_attention) and sets.fit_is_scored,
+            "hash_fit_report": _hash_fit_report(run_dir), "wall_seconds": wall_seconds}
+
+
+def write_validation_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]],
+                             validation_rows: List[Dict[str, Any]], sets: Any,
+                             wall_seconds: float, timing: Optional[Dict[str, float]] = None
+                             ) -> None:
+    """``validation.csv``, ``offline_vs_online.png`` and ``summary.md`` again, with its
+    validation section (:mod:`~sah.tuning.outputs.validation`)."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "validation.csv", validation_csv(validation_rows))
+    atomic_write_bytes(run_dir / "offline_vs_online.png",
+                       plot_offline_vs_online(study, validation_rows))
+    meta = summary_meta(run_dir, study, sets, wall_seconds)
+    meta["validation_lines"] = validation_markdown(study, validation_rows, timing)
+    atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
 
 
 def _hash_fit_report(run_dir: Path) -> Any:

@@ -1,6 +1,7 @@
 """``summary.md``: the recordings scored and fitted on, per chain the best config and its
 figures (means over the scored recordings), each chain's best on each recording, the
-lowest error at each density target, and HashAttention's fit recall."""
+lowest error at each density target, HashAttention's fit recall and, when the study
+validates its picks, the in-model validation section."""
 
 from __future__ import annotations
 
@@ -102,4 +103,5 @@ def summary_markdown(study: Study, rows: List[Dict[str, Any]], meta: Dict[str, A
     if failed:
         lines += ["", "Failed trials:", ""]
         lines += [f"- {r['chain']} trial {r['trial']}: {r['error_message']}" for r in failed]
+    lines += meta.get("validation_lines") or []  # :mod:`sah.tuning.outputs.validation`
     return "\n".join(lines) + "\n"
