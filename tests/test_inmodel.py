@@ -86,6 +86,26 @@ def test_sparse_chain_per_layer_figures_match_offline(validator, reference):
     assert torch.equal(again, reference.logits)
 
 
+def test_a_stop_mid_forward_raises_itself_and_leaves_the_dense_cache_usable(validator,
+                                                                             reference):
+    """A Ctrl-C inside the sparse forward (here from the observer after layer 5: layers
+    0-5 hold the chunk, the others not) comes out as KeyboardInterrupt, not as the cache
+    check's error, and the dense cache is back to its prefix: the next chain's figures are
+    those it gets without the stop."""
+    attention = ResearchAttention.create_from_config(chain(*SINK_LOCAL))
+    before = validator.sparse(reference, attention)
+
+    def stop(layer, *args):
+        if layer == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        validator.sparse(reference, attention, observer=stop)
+    assert reference.cache.get_seq_length() == TOKENS - POSITIONS
+    after = validator.sparse(reference, attention)
+    assert after.kl == before.kl and after.density == before.density
+
+
 def test_dense_chunk_equals_full_forward(model_and_tokenizer, validator, reference):
     model, _ = model_and_tokenizer
     with torch.no_grad():

@@ -25,6 +25,7 @@ NLL dense)`` on the targets, and the chain's per-layer output error and density
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass
@@ -168,6 +169,15 @@ class InModelValidator:
             raise RuntimeError(f"the KV cache holds {cache.get_seq_length()} positions after "
                                f"cropping; expected {self.prefix_length()}")
 
+    def _restore_prefix(self, cache: Any) -> None:
+        """Each layer back to the prefix's ``T - P`` positions, after a chunk stopped
+        mid-forward left it in some layers only (a crop by ``-P`` would cut the others)."""
+        prefix = self.prefix_length()
+        for layer in getattr(cache, "layers", []):
+            excess = layer.get_seq_length() - prefix
+            if excess > 0:
+                layer.crop(-excess)
+
     def dense(self, window: Window) -> DenseReference:
         """Prefill the first ``T - P`` positions and run the chunk with dense attention."""
         start = time.perf_counter()
@@ -185,8 +195,14 @@ class InModelValidator:
         with sparse_attention_in(self.model, attention, observer=observer) as session:
             try:
                 logits = self.forward(self.chunk_ids(reference.window), reference.cache)
-            finally:
-                self._crop(reference.cache)
+            except BaseException:
+                # stopped mid-forward (a Ctrl-C, a chain raising): some layers may hold the
+                # chunk and others not; crop what can be cropped, and let the original
+                # exception through (a failing check here must not replace it)
+                with contextlib.suppress(Exception):
+                    self._restore_prefix(reference.cache)
+                raise
+            self._crop(reference.cache)
         return logits, session.layers
 
     def sparse(self, reference: DenseReference, attention: ResearchAttention,
