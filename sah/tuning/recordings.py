@@ -40,7 +40,7 @@ def parse_recording_lists(data: Dict[str, Any]) -> tuple:
         scored, key = data["recordings"], "recordings"
         _require(isinstance(scored, list) and bool(scored), key,
                  f"got {scored!r}; expected a non-empty list of embedded recording names "
-                 f"(docs, code, prose, docs-8192, ...) or recording files")
+                 f"(docs, code, prose, manual, docs-8192, ...) or recording files")
     else:
         scored, key = [data.get("recording", "default")], "recording"
     fit = data.get("fit_recordings", [])
