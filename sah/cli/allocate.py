@@ -89,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"chain {args.chain!r} needs a weight file, which a printed config "
                               f"cannot carry; pass -o OUT.yaml")
         rec = load_heldout(ctx, heldout)
+        if text is not None and args.per_head:
+            from sah.recording.default_model import DEFAULT_MODEL_SHAPE
+            heads = DEFAULT_MODEL_SHAPE["num_heads"]
+            if ctx.recordings[0].num_heads != heads:
+                raise ConfigError(f"--per-head: the run's recordings have "
+                                  f"{ctx.recordings[0].num_heads} query heads but the embedded "
+                                  f"model the in-model check runs has {heads}; pass --no-validate "
+                                  f"(or allocate per layer)")
         if args.threads < 1:
             raise ConfigError(f"--threads: got {args.threads}; expected an int >= 1")
         say(f"allocating {args.chain} at density <= {args.density:g} "
