@@ -112,15 +112,18 @@ def validate(ctx: RunContext, results: Sequence[RunAllocation], text: str, token
     """In-model KL of each result's uniform and allocated configs (one model load, one
     dense pass for all), stored in ``result.kl``."""
     from sah.inmodel import validate_configs
-    configs = {}
-    for i, r in enumerate(results):
-        configs[f"{i}:uniform"] = r.uniform_config
-        configs[f"{i}:allocated"] = ctx.artefacts.resolved(r.config)
+    configs, names = {}, []
+    for r in results:  # a chain's uniform config is checked once, whatever its allocations
+        key = f"{r.chain} uniform (trial {r.uniform_row['trial'] if r.uniform_row else '-'})"
+        mine = f"{r.chain} allocated {'per head' if r.per_head else 'per layer'} " \
+               f"at {r.density_target:g}"
+        configs.setdefault(key, r.uniform_config)
+        configs[mine] = ctx.artefacts.resolved(r.config)
+        names.append({"uniform": key, "allocated": mine})
     out = validate_configs(configs, [text], tokens, positions, model=model, progress=progress)
-    for i, r in enumerate(results):
-        for which in ("uniform", "allocated"):
-            pair = out.pairs[[p.config for p in out.pairs].index(f"{i}:{which}")]
-            r.kl[which] = float(pair.figures.kl)
+    kl = {p.config: float(p.figures.kl) for p in out.pairs}
+    for r, name in zip(results, names):
+        r.kl.update({which: kl[config] for which, config in name.items()})
         r.validation = {"text": text, "tokens": tokens, "positions": positions,
                         "model": out.model}
 
