@@ -15,7 +15,8 @@ For a chain of the run and a mean density target ``T``:
    the curve is too coarse where a default size
    (:func:`sah.allocation.default_sizes`, 16 sizes from 0 to all keys) has no run point
    within :data:`NEAR` of it (relative; absolute for shares such as ``top_p``), and each
-   such size is evaluated. Per head: ``per_layer.csv`` has no heads, so every default size
+   such size is evaluated (default sizes the masker refuses, such as a strided window of
+   0, are left out). Per head: ``per_layer.csv`` has no heads, so every default size
    and every run size is evaluated with its per-head figures.
 3. **Allocation**: the exact DP of :mod:`sah.allocation` (per layer, or two levels per
    head), at mean density <= ``T``; the allocated config is evaluated on the scored
@@ -173,6 +174,7 @@ def curves_for(ctx: RunContext, config: ResearchAttentionConfig, spec: Any, base
     defaults = default_sizes(config, index, name)
     if isinstance(getattr(config.masker_configs[index], name), float):
         defaults = [float(s) for s in defaults]
+    defaults = [s for s in defaults if _accepts(config, index, name, s)]  # e.g. no 0 for strided
     if per_head:
         sizes = sorted(set(defaults) | set(points), key=float)
         curves = measure_curves(config, ctx.recordings, index, name, sizes, ctx.layers,
@@ -198,6 +200,15 @@ def curves_for(ctx: RunContext, config: ResearchAttentionConfig, spec: Any, base
                     head_weight=np.full((R, L, H), np.nan), head_share=np.full((R, L, H), np.nan),
                     seconds=measured.seconds if measured else 0.0)
     return curves, {"run": len(points), "measured": len(extra)}
+
+
+def _accepts(config: ResearchAttentionConfig, index: int, name: str, size: Any) -> bool:
+    from sah.allocation import with_size
+    try:
+        with_size(config, index, name, size)
+    except (ConfigError, ValueError, TypeError):
+        return False
+    return True
 
 
 def least_density(curves: Curves) -> Tuple[float, Any]:

@@ -36,7 +36,7 @@ def uniform_label(result: RunAllocation) -> str:
 def describe(result: RunAllocation) -> str:
     how = "per head" if result.per_head else "per layer"
     cfg = result.uniform_config.masker_configs
-    chain = " + ".join(f"{type(c).__name__}({', '.join(f'{k}={v!r}' for k, v in c.params().items() if k in ('sink_size', 'window_size', 'heavy_size', 'page_size', 'top_p', 'sampling_rate', 'base_rate_sampling'))})"
+    chain = " + ".join(f"{type(c).__name__}({', '.join(f'{k}={v!r}' for k, v in c.params().items() if k in ('sink_size', 'window_size', 'stride', 'heavy_size', 'page_size', 'top_p', 'sampling_rate', 'base_rate_sampling'))})"
                        for c in cfg)
     return (f"run {result.run}, chain {result.chain} ({chain}): {result.field} allocated {how} "
             f"at mean density <= {result.density_target:g}; curve: {result.points['run']} "

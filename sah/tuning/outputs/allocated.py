@@ -49,6 +49,9 @@ def _write(run_dir: Path, spec: Any, progress: bool) -> List[Path]:
             except (ConfigError, ValueError) as exc:
                 errors.append(f"{chain} at density {target:g}: {exc}")
                 continue
+            except Exception as exc:  # noqa: BLE001  (the tuned outputs are kept either way)
+                errors.append(f"{chain} at density {target:g}: {type(exc).__name__}: {exc}")
+                continue
             results.append(result)
             written += report.write_config(ctx, result, run_dir / "tuned" / allocated_name(chain, target))
             if progress:
