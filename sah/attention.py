@@ -151,19 +151,29 @@ class ResearchAttention:
                          sparse_meta_data: Optional[Dict[Any, Any]] = None,
                          layer_idx: Optional[int] = None,
                          query_positions: Optional[torch.Tensor] = None,
-                         **kwargs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sparse attention for one call. Returns ``(output (b, h, q, d), weights (b, h, q, n))``
-        in the queries' dtype; ``weights`` are the estimator's normalised weights.
+                         return_weights: bool = False,
+                         **kwargs: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Sparse attention for one call. Returns ``(output (b, h, q, dv), weights)`` in the
+        queries' dtype; ``weights`` is None unless ``return_weights=True`` asks for the
+        estimator's normalised ``(b, h, q, n)`` weights (transformers' attention interface
+        accepts None, and the dense weights cost a full pass over every key).
 
-        ``dropout`` is accepted for signature compatibility and not applied (sah evaluates,
-        it does not train). ``attention_mask`` is boolean (True = allowed) or additive
-        (0 = allowed); causality comes from ``query_positions`` (default ``n - q + i``).
+        Only what the chain needs is computed: a chain that never reads the true scores
+        (sink, local, sampling, Quest, MagicPig with kept codes) computes dot products for
+        its active keys only. ``dropout`` is accepted for signature compatibility and not
+        applied (sah evaluates, it does not train). ``attention_mask`` is boolean (True =
+        allowed) or additive (0 = allowed); causality comes from ``query_positions``
+        (default ``n - q + i``). Inputs may be non-contiguous views; values may have a head
+        dim ``dv`` other than the keys'. Bad inputs (non-float tensors, no keys, more
+        queries than keys without positions, negative or non-integer positions) raise
+        ``ValueError``.
         """
         ctx = AttentionContext(queries, keys, values, scaling=scaling,
                                query_positions=query_positions, attention_mask=attention_mask)
         mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
-        result = sparse_attention(ctx, mask, return_weights=True)
-        return result.output.to(queries.dtype), result.weights.to(queries.dtype)
+        result = sparse_attention(ctx, mask, return_weights=return_weights)
+        weights = result.weights.to(queries.dtype) if return_weights else None
+        return result.output.to(queries.dtype), weights
 
     def evaluate(self, ctx: AttentionContext, layer_idx: Optional[int] = None,
                  **kwargs: Any) -> Tuple[Evaluation, Mask]:

@@ -14,6 +14,7 @@ and may see keys ``j <= query_positions[i]``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional, Tuple
@@ -41,6 +42,9 @@ class AttentionTensorDimensions:
 
 def tensor_dimensions(keys: torch.Tensor, queries: torch.Tensor) -> AttentionTensorDimensions:
     """Check the shapes of an attention call and return its dimensions."""
+    if not isinstance(queries, torch.Tensor) or not isinstance(keys, torch.Tensor):
+        raise ValueError(f"queries and keys must be torch tensors; got {type(queries).__name__} "
+                         f"and {type(keys).__name__}")
     if queries.dim() != 4 or keys.dim() != 4:
         raise ValueError(
             f"queries must be (b, h, q, d) and keys (b, hk, n, d); got {tuple(queries.shape)} "
@@ -58,10 +62,93 @@ def tensor_dimensions(keys: torch.Tensor, queries: torch.Tensor) -> AttentionTen
     return AttentionTensorDimensions(b, h, hk, q, n, d)
 
 
+def check_attention_inputs(queries: torch.Tensor, keys: torch.Tensor,
+                           values: torch.Tensor) -> AttentionTensorDimensions:
+    """Check an attention call's tensors: shapes (via :func:`tensor_dimensions`), values
+    ``(b, hk, n, dv)`` (``dv`` may differ from the keys' head dim), floating-point dtypes
+    and no empty dimension. Raises ``ValueError`` naming the tensor, its shape or dtype and
+    the fix."""
+    dims = tensor_dimensions(keys, queries)
+    if not isinstance(values, torch.Tensor) or values.dim() != 4:
+        raise ValueError(f"values must be a (b, hk, n, dv) tensor; got "
+                         f"{tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__}")
+    if tuple(values.shape[:3]) != tuple(keys.shape[:3]):
+        raise ValueError(f"values {tuple(values.shape)} do not match keys {tuple(keys.shape)} in "
+                         f"(batch, KV heads, keys)")
+    for name, t in (("queries", queries), ("keys", keys), ("values", values)):
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: dtype {t.dtype} is not a floating-point type; attention "
+                             f"needs float16, bfloat16, float32 or float64 tensors (convert with .float())")
+        if t.numel() == 0:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} has a zero-size dimension; attention "
+                             f"needs at least one batch entry, head, query, key and channel")
+    return dims
+
+
 def default_query_positions(num_queries: int, num_keys: int,
                             device: Optional[torch.device] = None) -> torch.Tensor:
     """Decode-style positions of a plain call: query ``i`` sits at ``n - q + i``."""
     return torch.arange(num_keys - num_queries, num_keys, device=device)
+
+
+def check_query_positions(query_positions, dims: AttentionTensorDimensions,
+                          device: torch.device) -> torch.Tensor:
+    """The call's query positions as an int64 tensor ``(q,)`` or ``(b|1, q)``: the default
+    decode-style ``n - q + i`` when None; refused (``ValueError``) when not integers, of the
+    wrong shape, negative or beyond the last key."""
+    q, n = dims.seq_len_queries, dims.seq_len_keys
+    if query_positions is None:
+        if q > n:
+            raise ValueError(
+                f"more queries ({q}) than keys ({n}): with the default positions (query i at "
+                f"n - q + i) the first {q - n} queries would sit before the first key; pass "
+                f"query_positions (one key index per query) or at least as many keys as queries")
+        return default_query_positions(q, n, device)
+    pos = torch.as_tensor(query_positions, device=device)
+    if pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex():
+        raise ValueError(f"query_positions: got dtype {pos.dtype}; positions are integer key "
+                         f"indices (e.g. torch.long); convert them explicitly, nothing is rounded")
+    if pos.dim() not in (1, 2) or pos.shape[-1] != q or (
+            pos.dim() == 2 and pos.shape[0] not in (1, dims.batch_size)):
+        raise ValueError(
+            f"query_positions has shape {tuple(pos.shape)}; expected ({q},) or "
+            f"({dims.batch_size}, {q}): one key index per query")
+    pos = pos.long()
+    if pos.numel():
+        low, high = int(pos.min()), int(pos.max())
+        if low < 0:
+            raise ValueError(f"query position {low} is negative; positions are key indices in "
+                             f"[0, {n - 1}]")
+        if high >= n:
+            raise ValueError(f"query position {high} lies beyond the last key ({n - 1})")
+    return pos
+
+
+def flat_rows(t: torch.Tensor) -> torch.Tensor:
+    """``(b, hk, n, c)`` -> ``(b*hk*n, c)`` (a copy only for non-contiguous inputs)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def csr_matrix(ptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A sparse CSR tensor without invariant checks or the "beta" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(ptr, columns, values, size=size, check_invariants=False)
+
+
+def sampled_dot_products(left: torch.Tensor, keys: torch.Tensor, ptr: torch.Tensor,
+                         row_of: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
+    """``left[row_of[i]] . K[lin[i]]`` (float32, ``(nnz,)``) for ``left`` ``(rows, d)`` and
+    the keys ``(b, hk, n, d)`` flattened to ``(b*hk*n, d)`` rows; ``(ptr, lin)`` is the
+    CSR structure of the positions (``row_of``: the row of each). float32 keys: one sampled
+    dense-dense product (``nnz * d`` work, each key row read in place); other dtypes gather
+    the rows and convert them."""
+    rows = left.shape[0]
+    if keys.dtype == torch.float32:
+        ones = torch.ones(lin.numel(), dtype=torch.float32, device=keys.device)
+        pattern = csr_matrix(ptr, lin, ones, (rows, keys.numel() // keys.shape[-1]))
+        return torch.sparse.sampled_addmm(pattern, left.float(), flat_rows(keys).t(), beta=0.0).values()
+    return (left[row_of].float() * flat_rows(keys)[lin].float()).sum(-1)
 
 
 #: Keys per block when converting half-precision keys/values to float32 on the fly.
@@ -75,26 +162,14 @@ class AttentionContext:
                  scaling: Optional[float] = None,
                  query_positions: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None) -> None:
-        self.dims = tensor_dimensions(keys, queries)
-        if values.shape[:3] != keys.shape[:3]:
-            raise ValueError(f"values {tuple(values.shape)} do not match keys {tuple(keys.shape)}")
+        self.dims = check_attention_inputs(queries, keys, values)
         self.queries = queries
         self.keys = keys
         self.values = values
+        #: the values' head dim (may differ from the queries' and keys' ``dims.head_dim``)
+        self.value_dim = int(values.shape[-1])
         self.scaling = float(scaling) if scaling is not None else 1.0 / math.sqrt(self.dims.head_dim)
-        d = self.dims
-        if query_positions is None:
-            query_positions = default_query_positions(d.seq_len_queries, d.seq_len_keys, keys.device)
-        query_positions = torch.as_tensor(query_positions, device=keys.device).long()
-        if query_positions.shape[-1] != d.seq_len_queries:
-            raise ValueError(
-                f"query_positions has {query_positions.shape[-1]} entries; expected one per "
-                f"query ({d.seq_len_queries})")
-        if query_positions.numel() and int(query_positions.max()) >= d.seq_len_keys:
-            raise ValueError(
-                f"query position {int(query_positions.max())} lies beyond the last key "
-                f"({d.seq_len_keys - 1})")
-        self.query_positions = query_positions
+        self.query_positions = check_query_positions(query_positions, self.dims, keys.device)
         self.attention_mask = attention_mask
         #: True when this context serves many chains (a trial cache sets it): maskers may
         #: then build parameter-free precomputations that pay off only when reused.
@@ -212,7 +287,7 @@ class AttentionContext:
                 part = torch.matmul(w[..., start:start + KEY_BLOCK],
                                     self.values[:, :, start:start + KEY_BLOCK].float())
                 out = part if out is None else out.add_(part)
-        return out.view(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim)
+        return out.view(d.batch_size, d.num_heads, d.seq_len_queries, self.value_dim)
 
     @cached_property
     def dense_output(self) -> torch.Tensor:

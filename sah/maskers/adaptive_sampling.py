@@ -143,7 +143,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         if sparse_meta_data is not None:
             sparse_meta_data[BASE_MEAN_KEY] = mean.squeeze(-1).float()
             sparse_meta_data[BASE_STD_KEY] = std.squeeze(-1).float()
-        return previous_mask.merge(Mask.from_dense(weights))
+        return previous_mask.merge(Mask.from_dense(weights, check=False))
 
     @staticmethod
     def _report(meta: Dict[Any, Any], budget: torch.Tensor, sampled_rows: torch.Tensor,

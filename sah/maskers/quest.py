@@ -5,12 +5,15 @@
 - keys are cut into pages of ``page_size`` consecutive keys (the last page may be short);
   per page, KV head and channel ``c`` the bounds ``kmin_c`` and ``kmax_c`` over its keys;
   for the page holding the query's own position only the keys up to that position count
-  (a decoder has not seen the others yet);
+  (a decoder has not seen the others yet; with several queries per call each query
+  bounds its own page by its own keys: sah's stated choice, beyond the spec's wording);
 - page score ``sum_c max(q_c * kmin_c, q_c * kmax_c)`` (an upper bound of ``q . k`` on
   the page; a query head uses its KV head's bounds);
 - ``T = eff(heavy_size)`` keys (int count or float fraction of the ``n`` keys);
-  the ``min(P, max(3, floor(T / page_size)))`` best pages are chosen among the ``P`` pages
-  that still hold an allowed, not-yet-active key (all of them when fewer remain), and every
+  the ``min(P, max(3, floor(T / page_size)))`` best pages (3 when ``T`` resolves to 0
+  keys) are chosen among the pages that still hold an allowed, not-yet-active key (all of
+  them when fewer remain; pages with nothing left to add are skipped rather than spending
+  the page budget: sah's stated choice), ties going to the lowest page index, and every
   allowed key of a chosen page gets weight 1.0;
 - ``label_bits < 16`` pseudo-quantises the bounds: per bound vector ``x`` (one page's
   ``kmin`` or ``kmax``), ``lo = min(x)``, ``hi = max(x)``, ``levels = 2^bits - 1``, each
@@ -28,7 +31,7 @@ from typing import Any, Dict, Union
 
 import torch
 
-from sah.mask import Mask
+from sah.mask import Mask, compact
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
 from sah.maskers.top_k import candidate_positions, top_k_positions
 from sah.validation import check_int, check_size, resolve_size
@@ -68,14 +71,13 @@ def page_bounds(keys: torch.Tensor, page_size: int):
     """Per page and channel ``(min, max)``, each ``(b, hk, P, d)`` float32 (the last page
     may be short)."""
     b, hk, n, d = keys.shape
-    k = keys.float()
     full = n // page_size
-    body = k[:, :, :full * page_size].view(b, hk, full, page_size, d)
-    lo, hi = body.amin(3), body.amax(3)
+    body = keys[:, :, :full * page_size].reshape(b, hk, full, page_size, d)
+    lo, hi = body.amin(3).float(), body.amax(3).float()  # min/max commute with the cast
     if full * page_size < n:
-        tail = k[:, :, full * page_size:]
-        lo = torch.cat([lo, tail.amin(2, keepdim=True)], dim=2)
-        hi = torch.cat([hi, tail.amax(2, keepdim=True)], dim=2)
+        tail = keys[:, :, full * page_size:]
+        lo = torch.cat([lo, tail.amin(2, keepdim=True).float()], dim=2)
+        hi = torch.cat([hi, tail.amax(2, keepdim=True).float()], dim=2)
     return lo, hi
 
 
@@ -87,7 +89,7 @@ def own_page_bounds(keys: torch.Tensor, positions: torch.Tensor, page_size: int)
     index = start.unsqueeze(-1) + torch.arange(page_size, device=keys.device)  # (b, q, page)
     valid = index <= positions.unsqueeze(-1)
     flat = index.clamp_max(n - 1).view(b, 1, -1, 1).expand(-1, hk, -1, d)
-    page = keys.float().gather(2, flat).view(b, hk, positions.shape[1], page_size, d)
+    page = keys.gather(2, flat).float().view(b, hk, positions.shape[1], page_size, d)
     valid = valid.view(b, 1, positions.shape[1], page_size, 1)
     inf = torch.full((), float("inf"), device=keys.device)
     return torch.where(valid, page, inf).amin(3), torch.where(valid, page, -inf).amax(3)
@@ -117,16 +119,14 @@ class QuestTopKMasker(FixedMasker):
         cfg = self.config
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
         d = ctx.dims
-        heavy = resolve_size(cfg.heavy_size, d.seq_len_keys)
-        if heavy == 0:
-            return previous_mask
+        heavy = resolve_size(cfg.heavy_size, d.seq_len_keys)  # 0 keys still means 3 pages
         size = cfg.page_size
         lo, hi = page_bounds(ctx.keys, size)
         pages = lo.shape[2]
         lo, hi = quantize_bounds(lo, cfg.label_bits), quantize_bounds(hi, cfg.label_bits)
 
         g = d.group_size
-        q = ctx.queries.float().view(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, d.head_dim)
+        q = ctx.queries.float().reshape(d.batch_size, d.num_kv_heads, g * d.seq_len_queries, d.head_dim)
         scores = bound_score(q, lo, hi)  # (b, hk, g*q, P)
         # The page holding the query: bounds over its keys up to the query position only.
         pos = ctx.positions_4d.view(-1, d.seq_len_queries).expand(d.batch_size, -1)
@@ -141,10 +141,13 @@ class QuestTopKMasker(FixedMasker):
         own_page = own_page.expand(-1, d.num_heads, -1, -1)
         scores = scores.scatter(-1, own_page, own.reshape(d.batch_size, d.num_heads, -1, 1))
 
-        candidates = candidate_positions(ctx, previous_mask)
+        # pages still holding an allowed, not-yet-active key (on the un-broadcast form of
+        # the candidates: one row for every head when the previous picks are shared)
+        candidates = compact(candidate_positions(ctx, previous_mask))
         pad = pages * size - d.seq_len_keys
         padded = torch.nn.functional.pad(candidates, (0, pad), value=False)
-        open_pages = padded.view(*d.mask_shape[:3], pages, size).any(-1)
+        open_pages = padded.view(*candidates.shape[:3], pages, size).any(-1)
+        open_pages = open_pages.expand(*d.mask_shape[:3], pages)
         wanted = min(pages, max(3, heavy // size))
         chosen = top_k_positions(scores, open_pages, wanted)  # (b, h, q, P)
         chosen_keys = chosen.repeat_interleave(size, dim=-1)[..., :d.seq_len_keys]

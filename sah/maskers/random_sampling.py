@@ -94,4 +94,4 @@ class RandomSamplingMasker(SamplingMasker):
         picks = sample_without_replacement(candidates, taken, generator)
         probability = taken.float() / count.clamp_min(1).float()
         weights = torch.where(picks, probability, torch.zeros((), device=ctx.device))
-        return previous_mask.merge(Mask.from_dense(weights))
+        return previous_mask.merge(Mask.from_dense(weights, check=False))
