@@ -31,6 +31,9 @@ from sah.mask import Mask, _row_ids
 #: the default recording, gathering pays off below about 5% density.
 SPARSE_PATH_MAX_DENSITY = 0.25
 SPARSE_PATH_MAX_DENSITY_WITH_LOGITS = 0.05
+#: The gathered output copies the active value rows, ``(nnz, dv)``, up to this many
+#: entries (32 MiB of float32); past it float32 values use a CSR x dense product.
+GATHER_MAX_ENTRIES = 8 << 20
 #: ... but only while the values are small enough to stay in cache (recordings with a few
 #: thousand keys); long-context values are read from memory, and gathering wins up to 25%.
 SMALL_VALUES_BYTES = 16 << 20
@@ -99,27 +102,37 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
     rows = d.batch_size * d.num_heads * d.seq_len_queries
     idx, ptr, w = mask.to_sparse()
     row_of = _row_ids(ptr, idx.numel())
-    per_batch = d.num_heads * d.seq_len_queries
-    batch = torch.div(row_of, per_batch, rounding_mode="floor")
-    head = torch.div(row_of % per_batch, d.seq_len_queries, rounding_mode="floor")
-    kv_row = batch * d.num_kv_heads + torch.div(head, d.group_size, rounding_mode="floor")
-    lin = kv_row * d.seq_len_keys + idx  # row of each active key in the flattened keys/values
-    flat_size = (rows, d.batch_size * d.num_kv_heads * d.seq_len_keys)
+    n = d.seq_len_keys
+    # first flattened key row of each row's KV head: rows (b, h, q) -> b * hk + h // g
+    row_ids = torch.arange(rows, device=ctx.device)
+    kv_start = torch.div(row_ids, d.group_size * d.seq_len_queries, rounding_mode="floor") * n
+    lin = kv_start[row_of] + idx  # row of each active key in the flattened keys/values
+    flat_size = (rows, d.batch_size * d.num_kv_heads * n)
     if "logits" in ctx.__dict__:  # already computed for this call (a masker needed them)
-        logits = ctx.logits.reshape(rows, d.seq_len_keys)[row_of, idx]
+        logits = ctx.logits.reshape(-1)[row_of * n + idx]
     else:  # only the active positions' dot products: nnz * d work instead of rows * n * d
         left = ctx.queries.reshape(rows, d.head_dim)
-        logits = sampled_dot_products(left, ctx.keys, ptr, row_of, lin) * ctx.scaling
-        query = row_of % d.seq_len_queries
-        allowed = _broadcast_index(ctx.allowed, batch, head, query, idx)
-        logits = logits.masked_fill(~allowed, float("-inf"))
+        logits = sampled_dot_products(left, ctx.keys, ptr, row_of, lin).mul_(ctx.scaling)
+        position = ctx.positions_4d.expand(d.batch_size, d.num_heads, -1, 1).reshape(rows)
+        allowed = idx <= position[row_of]
+        if ctx.attention_mask is not None:
+            per_batch = d.num_heads * d.seq_len_queries
+            batch = torch.div(row_of, per_batch, rounding_mode="floor")
+            head = torch.div(row_of % per_batch, d.seq_len_queries, rounding_mode="floor")
+            query = row_of % d.seq_len_queries
+            allowed &= _broadcast_index(ctx.allowed, batch, head, query, idx)
+        logits.masked_fill_(~allowed, float("-inf"))
     # The estimate is invariant to the per-row shift; use the max over the row's active keys.
     shift = torch.full((rows,), float("-inf"), device=ctx.device).scatter_reduce_(
         0, row_of, logits, reduce="amax", include_self=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    u = torch.exp(logits - shift[row_of]) / w  # 0 where not allowed
+    u = torch.exp(logits - shift[row_of])  # 0 where not allowed
+    if not mask.is_binary():  # binary masks: every weight is 1
+        u /= w
     dv = ctx.value_dim
-    if ctx.values.dtype == torch.float32:
+    if ctx.values.dtype == torch.float32 and lin.numel() * dv > GATHER_MAX_ENTRIES:
+        # many active keys: a CSR x dense product reads each value row in place (no
+        # (nnz, dv) intermediate, which costs more to allocate than to compute)
         num = csr_matrix(ptr, lin, u, flat_size) @ flat_rows(ctx.values)
     else:
         num = _gathered_weighted_values(ctx, ptr, row_of, lin, u, rows)
@@ -132,8 +145,8 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
 
 def _gathered_weighted_values(ctx: AttentionContext, ptr: torch.Tensor, row_of: torch.Tensor,
                               lin: torch.Tensor, u: torch.Tensor, rows: int) -> torch.Tensor:
-    """``sum_j u_j V_j`` per row for half-precision values: gather the active rows and
-    convert them (no float32 copy of all values)."""
+    """``sum_j u_j V_j`` per row from the gathered active value rows (converted to float32
+    after the gather: no float32 copy of all values)."""
     dv = ctx.value_dim
     flat_values = flat_rows(ctx.values)
     counts = ptr[1:] - ptr[:-1]

@@ -202,7 +202,7 @@ class Mask:
             if self._binary:
                 self._values = torch.ones(col.numel(), dtype=torch.float32, device=col.device)
             else:
-                self._values = self.to_dense().reshape(b * h * q, n)[row_of, col]
+                self._values = self.to_dense().reshape(-1).index_select(0, row_of * n + col)
             self._indptr = _indptr_from_rows(row_of, b * h * q)
         return self._indices, self._indptr, self._values
 

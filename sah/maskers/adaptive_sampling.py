@@ -126,7 +126,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         else:
             base = torch.full_like(count, int(cfg.base_rate_sampling))
         base = torch.minimum(base.clamp_min(2), count)
-        in_base = sample_without_replacement(window, base, generator)
+        in_base = sample_without_replacement(window, base, generator, count)
         base_f = base.clamp_min(1).double()
         # elementwise in float32, sums accumulated in float64
         mean = torch.where(in_base, e, zero).sum(-1, keepdim=True, dtype=torch.float64) / base_f
@@ -136,7 +136,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
 
         budget = adaptive_budget(static, mean, std, count, base, cfg.epsilon, cfg.delta)
         budget = torch.where(sampled_rows, budget, torch.zeros_like(budget))
-        picks = sample_without_replacement(window, budget, generator)
+        picks = sample_without_replacement(window, budget, generator, count)
         probability = budget.float() / count.clamp_min(1).float()
         weights = torch.where(picks, probability, zero)
         self._report(sparse_meta_data, budget.squeeze(-1), sampled_rows, kwargs)

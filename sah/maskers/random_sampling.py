@@ -12,7 +12,7 @@ uniform random permutation per row, from a generator seeded ``seed + layer_idx``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -27,37 +27,82 @@ def random_ranks(candidates: torch.Tensor, generator: torch.Generator) -> torch.
     (``0 .. N-1``); non-candidates get ranks ``>= N``. ``(b, h, q, n)`` int64.
 
     Keeping the candidates of rank ``< m`` is a uniform draw of ``m`` keys without
-    replacement; ``m`` may differ per row."""
+    replacement; ``m`` may differ per row. Equal noises (float32 draws can tie) rank by
+    key index."""
     noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
     noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
-    order = noise.argsort(dim=-1)
+    order = torch.sort(noise, dim=-1, stable=True).indices
     n = candidates.shape[-1]
     ranks = torch.empty(candidates.shape, dtype=torch.long, device=candidates.device)
     positions = torch.arange(n, device=candidates.device).expand(candidates.shape)
     return ranks.scatter_(-1, order, positions)
 
 
+def smallest_positions(noise: torch.Tensor, budget: torch.Tensor,
+                       count: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean, ``noise``'s shape: per row the ``budget`` positions with the smallest noise
+    (noise in [0, 1) on candidates, 2.0 elsewhere; ``budget`` broadcasts to ``(..., 1)`` and
+    is at most the row's candidate ``count``). Ties go to the lowest key index.
+
+    Uniform noise puts a row's ``B`` smallest values below about ``B / N``: keys below a cut
+    with a safe margin are compacted and only those are sorted. A row where the cut holds
+    fewer than ``B`` keys (very unlikely) makes every row take the full sort; the set is
+    the same either way."""
+    shape = noise.shape
+    n = shape[-1]
+    flat = noise.reshape(-1, n)
+    rows = flat.shape[0]
+    wanted = budget.expand(*shape[:-1], 1).reshape(rows)
+    largest = int(wanted.max()) if rows else 0
+    picks = torch.zeros(rows, n, dtype=torch.bool, device=noise.device)
+    if largest <= 0:
+        return picks.view(shape)
+    if count is None:
+        count = (flat <= 1.0).sum(-1)
+    count = count.expand(*shape[:-1], 1).reshape(rows).double()
+    want = wanted.double()
+    # the B-th smallest of N uniforms is about B / N (sd below sqrt(B) / N); 1.5 keeps
+    # non-candidates (2.0) out
+    cut = ((want + 4.0 * want.sqrt() + 16.0) / count.clamp_min(1.0)).clamp_max(1.5)
+    below = flat < cut.to(flat.dtype).unsqueeze(1)
+    held = below.sum(-1)
+    width = int(held.max())
+    if bool((held >= wanted).all()) and width <= n // 4:
+        row_of, key = below.nonzero(as_tuple=True)
+        ptr = torch.nn.functional.pad(held.cumsum(0), (1, 0))
+        slot = torch.arange(key.numel(), device=noise.device) - ptr[row_of]
+        padded = torch.full((rows, max(width, 1)), 3.0, device=noise.device)
+        padded_key = torch.zeros((rows, max(width, 1)), dtype=torch.long, device=noise.device)
+        padded[row_of, slot] = flat[row_of, key]
+        padded_key[row_of, slot] = key
+        order = torch.sort(padded, dim=-1, stable=True).indices[:, :largest]
+        chosen = padded_key.gather(1, order)
+    else:
+        chosen = torch.sort(flat, dim=-1, stable=True).indices[:, :largest]
+    keep = torch.arange(chosen.shape[1], device=noise.device) < wanted.unsqueeze(1)
+    return picks.scatter_(1, chosen, keep).view(shape)
+
+
 def sample_without_replacement(candidates: torch.Tensor, budget: torch.Tensor,
-                               generator: torch.Generator) -> torch.Tensor:
+                               generator: torch.Generator,
+                               count: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Boolean ``(b, h, q, n)``: per row, ``min(budget, N)`` candidates drawn uniformly without
-    replacement. ``budget`` broadcasts to ``(b, h, q, 1)``.
+    replacement. ``budget`` broadcasts to ``(b, h, q, 1)``; ``count`` (optional, same
+    shape) is each row's number of candidates ``N`` when the caller has it.
 
     The same draw as keeping the candidates of :func:`random_ranks` below ``budget`` (the
-    ``budget`` smallest of one uniform noise per position), found with a partial
-    ``topk`` instead of a full sort when budgets are small."""
-    n = candidates.shape[-1]
+    ``budget`` smallest of one uniform noise per position, ties to the lowest key index),
+    found by :func:`smallest_positions` without a full sort."""
     budget = torch.as_tensor(budget, device=candidates.device)
     largest = int(budget.max()) if budget.numel() else 0
     if largest <= 0:
-        return torch.zeros_like(candidates)
-    if largest > n // 4:
-        return candidates & (random_ranks(candidates, generator) < budget)
+        return torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
     noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
     noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
-    smallest = noise.topk(largest, dim=-1, largest=False, sorted=True).indices
-    keep = torch.arange(largest, device=candidates.device) < budget  # first `budget` per row
-    picks = torch.zeros_like(candidates).scatter_(-1, smallest, keep.expand(smallest.shape))
-    return picks & candidates
+    if count is None:
+        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)
+    budget = torch.minimum(budget.expand(count.shape), count)
+    return smallest_positions(noise, budget, count) & candidates
 
 
 @dataclass
@@ -91,7 +136,7 @@ class RandomSamplingMasker(SamplingMasker):
         count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)  # N per row
         taken = count.clamp_max(m)
         generator = self.generator(kwargs, self.config.seed, ctx.device)
-        picks = sample_without_replacement(candidates, taken, generator)
+        picks = sample_without_replacement(candidates, taken, generator, count)
         probability = taken.float() / count.clamp_min(1).float()
         weights = torch.where(picks, probability, torch.zeros((), device=ctx.device))
         return previous_mask.merge(Mask.from_dense(weights, check=False))
