@@ -124,9 +124,23 @@ def check_query_positions(query_positions, dims: AttentionTensorDimensions,
     return pos
 
 
-def flat_rows(t: torch.Tensor) -> torch.Tensor:
-    """``(b, hk, n, c)`` -> ``(b*hk*n, c)`` (a copy only for non-contiguous inputs)."""
-    return t.reshape(-1, t.shape[-1])
+def row_matrix(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keys or values ``(b, hk, n, c)`` as one matrix of rows ``(R, c)`` and the row of key 0
+    of each (batch, KV head), ``(b*hk,)``: key ``j`` of KV row ``r`` is ``matrix[start[r] + j]``.
+
+    No copy when each (batch, KV head) block is a row-contiguous ``(n, c)`` matrix, which
+    includes a slice of a larger preallocated KV cache; other layouts (a transposed view)
+    are copied once."""
+    b, hk, n, c = t.shape
+    s0, s1, s2, s3 = t.stride()
+    device = t.device
+    if s3 == 1 and s2 == c and s1 % c == 0 and s0 % c == 0 and s0 >= 0 and s1 >= 0:
+        rows = ((b - 1) * s0 + (hk - 1) * s1) // c + n
+        matrix = t.as_strided((rows, c), (c, 1))
+        start = (torch.arange(b, device=device).view(-1, 1) * (s0 // c)
+                 + torch.arange(hk, device=device).view(1, -1) * (s1 // c)).view(-1)
+        return matrix, start
+    return t.reshape(-1, c), torch.arange(b * hk, device=device) * n
 
 
 def csr_matrix(ptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
@@ -136,19 +150,19 @@ def csr_matrix(ptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, s
         return torch.sparse_csr_tensor(ptr, columns, values, size=size, check_invariants=False)
 
 
-def sampled_dot_products(left: torch.Tensor, keys: torch.Tensor, ptr: torch.Tensor,
+def sampled_dot_products(left: torch.Tensor, matrix: torch.Tensor, ptr: torch.Tensor,
                          row_of: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
-    """``left[row_of[i]] . K[lin[i]]`` (float32, ``(nnz,)``) for ``left`` ``(rows, d)`` and
-    the keys ``(b, hk, n, d)`` flattened to ``(b*hk*n, d)`` rows; ``(ptr, lin)`` is the
-    CSR structure of the positions (``row_of``: the row of each). float32 keys: one sampled
-    dense-dense product (``nnz * d`` work, each key row read in place); other dtypes gather
-    the rows and convert them."""
+    """``left[row_of[i]] . matrix[lin[i]]`` (float32, ``(nnz,)``) for ``left`` ``(rows, d)``
+    and a key matrix from :func:`row_matrix`; ``(ptr, lin)`` is the CSR structure of the
+    positions (``row_of``: the row of each). float32 keys: one sampled dense-dense product
+    (``nnz * d`` work, each key row read in place); other dtypes gather the rows and
+    convert them."""
     rows = left.shape[0]
-    if keys.dtype == torch.float32:
-        ones = torch.ones(lin.numel(), dtype=torch.float32, device=keys.device)
-        pattern = csr_matrix(ptr, lin, ones, (rows, keys.numel() // keys.shape[-1]))
-        return torch.sparse.sampled_addmm(pattern, left.float(), flat_rows(keys).t(), beta=0.0).values()
-    return (left[row_of].float() * flat_rows(keys)[lin].float()).sum(-1)
+    if matrix.dtype == torch.float32:
+        ones = torch.ones(lin.numel(), dtype=torch.float32, device=matrix.device)
+        pattern = csr_matrix(ptr, lin, ones, (rows, matrix.shape[0]))
+        return torch.sparse.sampled_addmm(pattern, left.float(), matrix.t(), beta=0.0).values()
+    return (left[row_of].float() * matrix.index_select(0, lin).float()).sum(-1)
 
 
 #: Keys per block when converting half-precision keys/values to float32 on the fly.

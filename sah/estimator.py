@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import torch
 
-from sah.context import AttentionContext, csr_matrix, flat_rows, sampled_dot_products
+from sah.context import AttentionContext, csr_matrix, row_matrix, sampled_dot_products
 from sah.mask import Mask, _row_ids
 
 #: Masks with at most this share of active positions are estimated by gathering only the
@@ -103,16 +103,16 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
     idx, ptr, w = mask.to_sparse()
     row_of = _row_ids(ptr, idx.numel())
     n = d.seq_len_keys
-    # first flattened key row of each row's KV head: rows (b, h, q) -> b * hk + h // g
-    row_ids = torch.arange(rows, device=ctx.device)
-    kv_start = torch.div(row_ids, d.group_size * d.seq_len_queries, rounding_mode="floor") * n
-    lin = kv_start[row_of] + idx  # row of each active key in the flattened keys/values
-    flat_size = (rows, d.batch_size * d.num_kv_heads * n)
+    # each row's (batch, KV head): rows (b, h, q) -> b * hk + h // g
+    kv_of_row = torch.div(torch.arange(rows, device=ctx.device), d.group_size * d.seq_len_queries,
+                          rounding_mode="floor")
     if "logits" in ctx.__dict__:  # already computed for this call (a masker needed them)
         logits = ctx.logits.reshape(-1)[row_of * n + idx]
     else:  # only the active positions' dot products: nnz * d work instead of rows * n * d
         left = ctx.queries.reshape(rows, d.head_dim)
-        logits = sampled_dot_products(left, ctx.keys, ptr, row_of, lin).mul_(ctx.scaling)
+        key_matrix, key_start = row_matrix(ctx.keys)
+        lin = key_start[kv_of_row][row_of] + idx
+        logits = sampled_dot_products(left, key_matrix, ptr, row_of, lin).mul_(ctx.scaling)
         position = ctx.positions_4d.expand(d.batch_size, d.num_heads, -1, 1).reshape(rows)
         allowed = idx <= position[row_of]
         if ctx.attention_mask is not None:
@@ -130,12 +130,14 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
     if not mask.is_binary():  # binary masks: every weight is 1
         u /= w
     dv = ctx.value_dim
+    value_matrix, value_start = row_matrix(ctx.values)
+    lin = value_start[kv_of_row][row_of] + idx  # each active key's row in value_matrix
     if ctx.values.dtype == torch.float32 and lin.numel() * dv > GATHER_MAX_ENTRIES:
         # many active keys: a CSR x dense product reads each value row in place (no
         # (nnz, dv) intermediate, which costs more to allocate than to compute)
-        num = csr_matrix(ptr, lin, u, flat_size) @ flat_rows(ctx.values)
+        num = csr_matrix(ptr, lin, u, (rows, value_matrix.shape[0])) @ value_matrix
     else:
-        num = _gathered_weighted_values(ctx, ptr, row_of, lin, u, rows)
+        num = _gathered_weighted_values(value_matrix, ptr, row_of, lin, u, rows)
     den = torch.zeros(rows, dtype=torch.float32, device=ctx.device).index_add_(0, row_of, u)
     empty = den == 0
     out = num / torch.where(empty, torch.ones_like(den), den).unsqueeze(1)
@@ -143,27 +145,27 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
                         int(empty.sum()))
 
 
-def _gathered_weighted_values(ctx: AttentionContext, ptr: torch.Tensor, row_of: torch.Tensor,
+def _gathered_weighted_values(flat_values: torch.Tensor, ptr: torch.Tensor, row_of: torch.Tensor,
                               lin: torch.Tensor, u: torch.Tensor, rows: int) -> torch.Tensor:
     """``sum_j u_j V_j`` per row from the gathered active value rows (converted to float32
     after the gather: no float32 copy of all values)."""
-    dv = ctx.value_dim
-    flat_values = flat_rows(ctx.values)
+    dv = flat_values.shape[1]
+    device = flat_values.device
     counts = ptr[1:] - ptr[:-1]
     width = int(counts.max()) if rows else 0
     if rows * width <= 2 * lin.numel():
         # rows hold similar numbers of keys: pad them to one width and use one batched
         # product (padding entries have weight 0 and point at key row 0)
-        slot = torch.arange(lin.numel(), device=ctx.device) - ptr[row_of]
+        slot = torch.arange(lin.numel(), device=device) - ptr[row_of]
         flat_slot = row_of * width + slot
-        padded_lin = torch.zeros(rows * width, dtype=torch.long, device=ctx.device)
+        padded_lin = torch.zeros(rows * width, dtype=torch.long, device=device)
         padded_lin[flat_slot] = lin
-        padded_u = torch.zeros(rows * width, dtype=torch.float32, device=ctx.device)
+        padded_u = torch.zeros(rows * width, dtype=torch.float32, device=device)
         padded_u[flat_slot] = u
         v = flat_values.index_select(0, padded_lin).view(rows, width, dv).float()
         return torch.bmm(padded_u.view(rows, 1, width), v).view(rows, dv)
     v = flat_values.index_select(0, lin).float()
-    num = torch.zeros(rows, dv, dtype=torch.float32, device=ctx.device)
+    num = torch.zeros(rows, dv, dtype=torch.float32, device=device)
     return num.index_add_(0, row_of, v * u.unsqueeze(1))
 
 

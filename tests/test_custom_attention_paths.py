@@ -66,6 +66,27 @@ def test_top_k_partial_selection_equals_the_stable_sort(seed, ties):
                            top_k_positions_presorted(order, candidates, k)), k
 
 
+@pytest.mark.parametrize("kind", ["plain", "ties", "few", "off_grid", "flat"])
+def test_top_k_prefilter_on_long_rows_equals_the_stable_sort(kind):
+    """Rows of >= 2048 keys take the sampled-cut prefilter (with per-row fallback); the
+    picks equal the first k candidates of a stable descending sort."""
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(1, 3, 5, 4096, generator=g)
+    candidates = torch.rand(scores.shape, generator=g) < 0.9
+    if kind == "ties":
+        scores = (scores * 2).round() / 2
+    elif kind == "few":  # some rows with fewer than k candidates
+        candidates[0, 1] &= torch.rand(5, 4096, generator=g) < 0.01
+    elif kind == "off_grid":  # the best keys all sit off the sample's grid
+        scores[..., 1::16] += 10.0
+    elif kind == "flat":
+        scores[0, 2] = 1.0
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    for k in (1, 37, 300, 512):
+        assert torch.equal(top_k_positions(scores, candidates, k),
+                           top_k_positions_presorted(order, candidates, k)), k
+
+
 def test_top_k_nan_and_infinite_scores_rank_as_documented():
     scores = torch.tensor([[[[float("nan"), float("-inf"), 1.0, float("inf"), 0.0]]]])
     candidates = torch.tensor([[[[True, True, True, True, False]]]])
@@ -123,10 +144,12 @@ def test_noise_cut_sampling_equals_the_full_ranking(seed, monkeypatch):
 # ---------------------------------------------------------------------- estimator paths
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("product", ["gather", "csr"])
-@pytest.mark.parametrize("user_mask", [False, True])
-def test_gathered_estimator_paths_match_the_reference(monkeypatch, dtype, product, user_mask):
+@pytest.mark.parametrize("user_mask,layout", [(False, "contiguous"), (True, "contiguous"),
+                                              (False, "cache_slice"), (True, "transposed")])
+def test_gathered_estimator_paths_match_the_reference(monkeypatch, dtype, product, user_mask, layout):
     """Sampled dot products (float32) or gathered rows (half), gathered or CSR value
-    products, with and without a user mask and with sampled (non-binary) weights."""
+    products, with and without a user mask, with sampled (non-binary) weights, on keys and
+    values as stored (a slice of a longer KV cache: read in place) or transposed views."""
     import sah.estimator as est
     monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY", 1.0)
     monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY_WITH_LOGITS", 1.0)
@@ -139,6 +162,11 @@ def test_gathered_estimator_paths_match_the_reference(monkeypatch, dtype, produc
                     torch.rand(2, 6, 3, 31, generator=g).clamp_min(0.05), torch.zeros(()))
     w[1, 1, 1] = 0.0  # an empty row
     user = torch.rand(2, 1, 3, 31, generator=g) > 0.2 if user_mask else None
+    if layout == "cache_slice":
+        k = torch.cat([k, torch.full_like(k[:, :, :5], 9.0)], dim=2)[:, :, :31]
+        v = torch.cat([v, torch.full_like(v[:, :, :5], 9.0)], dim=2)[:, :, :31]
+    elif layout == "transposed":
+        k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
     ctx = AttentionContext(q, k, v, query_positions=pos, attention_mask=user)
     out = sparse_attention(ctx, Mask.from_dense(w))
     ref = estimate_ref(q.float(), k.float(), v.float(), pos, w, allowed_extra=user)

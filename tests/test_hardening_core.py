@@ -284,12 +284,16 @@ def every_masker_config():
 def non_contiguous(t, how):
     if how == "transposed":  # the layout a model's .view(...).transpose(1, 2) gives
         return t.transpose(1, 2).contiguous().transpose(1, 2)
+    if how == "cache_slice":  # the first n keys of a longer preallocated KV cache
+        cache = torch.full((t.shape[0], t.shape[1], t.shape[2] + 9, t.shape[3]), 99.0)
+        cache[:, :, :t.shape[2]] = t
+        return cache[:, :, :t.shape[2]]
     # a strided slice: every other channel of a wider tensor
     wide = torch.stack([t, torch.full_like(t, 99.0)], dim=-1).flatten(-2)
     return wide[..., ::2]
 
 
-@pytest.mark.parametrize("how", ["transposed", "strided"])
+@pytest.mark.parametrize("how", ["transposed", "strided", "cache_slice"])
 @pytest.mark.parametrize("config", every_masker_config(), ids=lambda c: type(c).__name__)
 def test_every_masker_accepts_non_contiguous_inputs(config, how):
     """Issue 12 item 3 (unit level): a model passes non-contiguous queries, keys and values
@@ -301,7 +305,8 @@ def test_every_masker_accepts_non_contiguous_inputs(config, how):
     if MaskerRegistry.get_masker_class(type(config)).is_sampling:
         configs.insert(1, OracleTopKConfig(3))
     attention = chain(*configs)
-    views = [non_contiguous(t, how) for t in (q, k, v)]
+    views = [non_contiguous(t, how) if how != "cache_slice" or t is not q else
+             non_contiguous(t, "transposed") for t in (q, k, v)]
     assert not any(t.is_contiguous() for t in views)
     assert all(torch.equal(a, b) for a, b in zip(views, (q, k, v)))
     out_views, _ = call(attention, *views, query_positions=pos)

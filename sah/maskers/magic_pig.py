@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from sah.context import AttentionContext, sampled_dot_products
+from sah.context import AttentionContext, row_matrix, sampled_dot_products
 from sah.mask import Mask, _indptr_from_rows
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.top_k import candidate_positions
@@ -263,7 +263,8 @@ class MagicPig(SamplingMasker):
         unit_q = unit_q.reshape(rows, d.head_dim)
         kv_row = torch.div(row_of, g * d.seq_len_queries, rounding_mode="floor")
         ptr = _indptr_from_rows(row_of, rows)
-        dots = sampled_dot_products(unit_q, ctx.keys, ptr, row_of, kv_row * d.seq_len_keys + key)
+        key_matrix, key_start = row_matrix(ctx.keys)
+        dots = sampled_dot_products(unit_q, key_matrix, ptr, row_of, key_start[kv_row] + key)
         if kept.mean is not None:  # (k - mean) . u = k . u - mean . u
             mean_dot = (unit_q.view(d.batch_size, d.num_kv_heads, -1, d.head_dim)
                         @ kept.mean.transpose(-1, -2)).reshape(rows)

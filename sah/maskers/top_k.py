@@ -19,6 +19,7 @@ Picks carry weight 1.0. Everything is vectorised over batch, heads and queries.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Dict, Union
@@ -56,33 +57,94 @@ def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> t
     candidates when a row has fewer than ``k``). Ties at the cut go to the lowest key
     index, as in a stable descending sort (the rule of every path, presorted included).
 
-    A partial selection (``topk``), no sort: the picks are ``topk``'s set except in rows
-    where the k-th score is tied with keys ``topk`` left out; those rows are redone with
-    the lowest-index rule."""
+    No sort: long rows keep the keys at or above a cut read off a strided sample of the
+    row (with a margin, so that the cut holds at least ``k`` keys) and select among those
+    only; other rows use one partial selection (``topk``) over the row. Rows where the
+    k-th score is tied with keys left out are redone with the lowest-index rule."""
     shape = candidates.shape
     n = shape[-1]
     k = min(int(k), n)
-    picks = torch.zeros(shape, dtype=torch.bool, device=candidates.device)
     if k <= 0:
-        return picks
-    ranked = _ranked_scores(scores, candidates)
+        return torch.zeros(shape, dtype=torch.bool, device=candidates.device)
+    ranked = _ranked_scores(scores, candidates).view(-1, n)
+    picks = torch.zeros(ranked.shape, dtype=torch.bool, device=candidates.device)
+    rest = torch.arange(ranked.shape[0], device=ranked.device)
+    if n >= PREFILTER_MIN_KEYS and k * 8 <= n:
+        rest = _top_k_prefiltered(ranked, picks, k)
+    if rest.numel():
+        sub = ranked if rest.numel() == ranked.shape[0] else ranked.index_select(0, rest)
+        chosen = _top_k_rows(sub, k)
+        if rest.numel() == ranked.shape[0]:
+            picks = chosen
+        else:
+            picks.index_copy_(0, rest, chosen)
+    return picks.view(shape)
+
+
+#: Rows of at least this many keys (and k at most an eighth of them) take the prefilter.
+PREFILTER_MIN_KEYS = 2048
+#: Keys per sampled key in the prefilter's strided sample.
+PREFILTER_STRIDE = 16
+
+
+def _top_k_rows(ranked: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k_positions` on ``(rows, n)`` ranked scores (-inf: not a candidate)."""
+    n = ranked.shape[-1]
     values, idx = ranked.topk(k, dim=-1, sorted=False)
     kth = values.amin(-1, keepdim=True)
-    picks.scatter_(-1, idx, True)
+    picks = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device).scatter_(-1, idx, True)
     few = kth == float("-inf")  # fewer than k candidates: all of them
     tied = ((ranked >= kth).sum(-1, keepdim=True) > k) & ~few
     if bool(few.any()):
-        picks = torch.where(few, candidates, picks)
+        picks = torch.where(few, ranked > float("-inf"), picks)
     if bool(tied.any()):
-        redo = tied.reshape(-1).nonzero().squeeze(1)
-        sub = ranked.view(-1, n).index_select(0, redo)
-        cut = kth.reshape(-1).index_select(0, redo).unsqueeze(1)
-        above = sub > cut
-        at_cut = sub == cut
-        room = k - above.sum(-1, keepdim=True)
-        fixed = above | (at_cut & (at_cut.cumsum(-1) <= room))
-        picks.view(-1, n).index_copy_(0, redo, fixed)
+        redo = tied.view(-1).nonzero().squeeze(1)
+        sub = ranked.index_select(0, redo)
+        picks.index_copy_(0, redo, _lowest_index_ties(sub, kth.view(-1).index_select(0, redo), k))
     return picks
+
+
+def _lowest_index_ties(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row: every score above the k-th, then keys scoring exactly the k-th in key
+    order until k are picked."""
+    cut = kth.view(-1, 1)
+    above = ranked > cut
+    at_cut = ranked == cut
+    room = k - above.sum(-1, keepdim=True)
+    return above | (at_cut & (at_cut.cumsum(-1) <= room))
+
+
+def _top_k_prefiltered(ranked: torch.Tensor, picks: torch.Tensor, k: int) -> torch.Tensor:
+    """Fill ``picks`` for the rows a sampled cut settles; return the other rows' indices.
+
+    Per row, the cut is the ``r``-th largest of every ``PREFILTER_STRIDE``-th score with
+    ``r`` the expected rank of the k-th key in the sample plus 4 standard deviations:
+    the keys at or above it (about twice ``k``) hold the top k unless the sample misleads,
+    which the count checks (such rows go back to the full selection)."""
+    rows, n = ranked.shape
+    sample = ranked[:, ::PREFILTER_STRIDE]
+    expected = sample.shape[1] * k / n
+    r = min(sample.shape[1], int(math.ceil(expected + 4.0 * math.sqrt(expected) + 2.0)))
+    cut = sample.topk(r, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    keep = ranked >= cut
+    held = keep.sum(-1)
+    good = (held >= k) & (held <= n // 4) & (cut.view(-1) > float("-inf"))
+    if not bool(good.any()):
+        return torch.arange(rows, device=ranked.device)
+    keep &= good.unsqueeze(1)
+    row_of, key = keep.nonzero(as_tuple=True)  # row-major: keys in order within a row
+    counts = torch.where(good, held, 0)
+    width = int(counts.max())
+    ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    slot = torch.arange(key.numel(), device=ranked.device) - ptr[row_of]
+    values = torch.full((rows, width), float("-inf"), device=ranked.device)
+    keys = torch.zeros((rows, width), dtype=torch.long, device=ranked.device)
+    values[row_of, slot] = ranked[row_of, key]
+    keys[row_of, slot] = key
+    chosen = _top_k_rows(values, k)  # on the compacted rows: same set, same tie rule
+    chosen &= good.unsqueeze(1)
+    picks[row_of, key] = chosen[row_of, slot]
+    return (~good).nonzero().squeeze(1)
 
 
 def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float) -> torch.Tensor:
