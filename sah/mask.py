@@ -197,6 +197,11 @@ class Mask:
         """CSR ``(indices, indptr, values)``; a full mask lists every position."""
         if self._indices is None:
             b, h, q, n = self.shape
+            if self._binary and self._dense is None and compact(self._active).numel() < self._active.numel():
+                self._indices, self._indptr = _broadcast_csr(self._active)
+                self._values = torch.ones(self._indices.numel(), dtype=torch.float32,
+                                          device=self._indices.device)
+                return self._indices, self._indptr, self._values
             row_of, col = self.active().reshape(b * h * q, n).nonzero(as_tuple=True)  # sorted per row
             self._indices = col
             if self._binary:
@@ -330,6 +335,26 @@ def compact(t: torch.Tensor) -> torch.Tensor:
         if t.stride(dim) == 0 and t.shape[dim] > 1:
             t = t.narrow(dim, 0, 1)
     return t
+
+
+def _broadcast_csr(active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CSR ``(indices, indptr)`` of a boolean ``(b, h, q, n)`` view that broadcasts over some
+    of b, h, q: the distinct rows are scanned once and their columns repeated per row."""
+    base = compact(active)
+    n = active.shape[-1]
+    base_rows = base.shape[0] * base.shape[1] * base.shape[2]
+    base_row, base_col = base.reshape(base_rows, n).nonzero(as_tuple=True)
+    base_ptr = _indptr_from_rows(base_row, base_rows)
+    # the distinct row each row of the full shape reads
+    source = torch.arange(base_rows, device=active.device).view(base.shape[:3])
+    source = source.expand(active.shape[:3]).reshape(-1)
+    counts = (base_ptr[1:] - base_ptr[:-1])[source]
+    indptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    total = int(indptr[-1])
+    row_of = torch.repeat_interleave(torch.arange(source.numel(), device=active.device), counts,
+                                     output_size=total)
+    slot = torch.arange(total, device=active.device) - indptr[row_of]
+    return base_col[base_ptr[source][row_of] + slot], indptr
 
 
 def _row_ids(indptr: torch.Tensor, nnz: int) -> torch.Tensor:

@@ -225,6 +225,20 @@ def test_return_weights_gives_the_normalised_estimator_weights():
     assert torch.allclose(out, weights @ v.repeat_interleave(g, 1), atol=TOL)
 
 
+@pytest.mark.parametrize("base_shape", [(1, 1, 1, 23), (1, 1, 4, 23), (2, 1, 4, 23), (1, 3, 1, 23)])
+def test_broadcast_binary_masks_give_the_same_csr(base_shape):
+    """A binary mask that broadcasts over batch, heads or queries is converted to CSR from
+    its distinct rows; the result equals the CSR of the materialised mask."""
+    g = torch.Generator().manual_seed(sum(base_shape))
+    base = torch.rand(base_shape, generator=g) < 0.3
+    base[..., 0, :] = False  # an empty row
+    shape = (2, 3, 4, 23)
+    fast = Mask.from_bool(base, shape).to_sparse()
+    plain = Mask.from_dense(base.expand(shape).float()).to_sparse()
+    for a, b in zip(fast, plain):
+        assert torch.equal(a, b)
+
+
 def test_binary_merges_stay_broadcast():
     """Sink + local picks are the same for every head: their merge stays one row."""
     q, k, v = random_qkv(b=1, h=8, hk=2, q=1, n=64, d=8)
