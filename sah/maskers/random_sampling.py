@@ -12,7 +12,7 @@ uniform random permutation per row, from a generator seeded ``seed + layer_idx``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -38,11 +38,13 @@ def random_ranks(candidates: torch.Tensor, generator: torch.Generator) -> torch.
     return ranks.scatter_(-1, order, positions)
 
 
-def smallest_positions(noise: torch.Tensor, budget: torch.Tensor,
-                       count: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Boolean, ``noise``'s shape: per row the ``budget`` positions with the smallest noise
-    (noise in [0, 1) on candidates, 2.0 elsewhere; ``budget`` broadcasts to ``(..., 1)`` and
-    is at most the row's candidate ``count``). Ties go to the lowest key index.
+def smallest_indices(noise: torch.Tensor, budget: torch.Tensor,
+                     count: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``noise`` (noise in [0, 1) on candidates, 2.0 elsewhere), the key indices
+    of the ``budget`` smallest noises, ``(rows, width)`` with a ``keep`` flag per entry
+    (``budget`` broadcasts to ``(..., 1)`` and is at most the row's candidate ``count``;
+    the first ``budget`` entries of a row are kept, the rest are padding). Ties go to the
+    lowest key index.
 
     Uniform noise puts a row's ``B`` smallest values below about ``B / N``: keys below a cut
     with a safe margin are compacted and only those are sorted. A row where the cut holds
@@ -54,9 +56,9 @@ def smallest_positions(noise: torch.Tensor, budget: torch.Tensor,
     rows = flat.shape[0]
     wanted = budget.expand(*shape[:-1], 1).reshape(rows)
     largest = int(wanted.max()) if rows else 0
-    picks = torch.zeros(rows, n, dtype=torch.bool, device=noise.device)
     if largest <= 0:
-        return picks.view(shape)
+        empty = torch.zeros((rows, 0), dtype=torch.long, device=noise.device)
+        return empty, empty.bool()
     if count is None:
         count = (flat <= 1.0).sum(-1)
     count = count.expand(*shape[:-1], 1).reshape(rows).double()
@@ -80,7 +82,34 @@ def smallest_positions(noise: torch.Tensor, budget: torch.Tensor,
     else:
         chosen = torch.sort(flat, dim=-1, stable=True).indices[:, :largest]
     keep = torch.arange(chosen.shape[1], device=noise.device) < wanted.unsqueeze(1)
-    return picks.scatter_(1, chosen, keep).view(shape)
+    return chosen, keep
+
+
+def smallest_positions(noise: torch.Tensor, budget: torch.Tensor,
+                       count: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean, ``noise``'s shape: :func:`smallest_indices` as a mask."""
+    chosen, keep = smallest_indices(noise, budget, count)
+    picks = torch.zeros(chosen.shape[0], noise.shape[-1], dtype=torch.bool, device=noise.device)
+    return picks.scatter_(1, chosen, keep).view(noise.shape)
+
+
+def sample_indices(candidates: torch.Tensor, budget: torch.Tensor, generator: torch.Generator,
+                   count: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_without_replacement` as ``(chosen, keep)`` key indices per row (see
+    :func:`smallest_indices`); ``(rows, 0)`` when nothing is drawn (no generator draw)."""
+    budget = torch.as_tensor(budget, device=candidates.device)
+    rows = candidates.numel() // candidates.shape[-1]
+    largest = int(budget.max()) if budget.numel() else 0
+    if largest <= 0:
+        empty = torch.zeros((rows, 0), dtype=torch.long, device=candidates.device)
+        return empty, empty.bool()
+    noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+    noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
+    if count is None:
+        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)
+    budget = torch.minimum(budget.expand(count.shape), count)
+    chosen, keep = smallest_indices(noise, budget, count)
+    return chosen, keep & candidates.reshape(rows, -1).gather(1, chosen)
 
 
 def sample_without_replacement(candidates: torch.Tensor, budget: torch.Tensor,
@@ -92,17 +121,11 @@ def sample_without_replacement(candidates: torch.Tensor, budget: torch.Tensor,
 
     The same draw as keeping the candidates of :func:`random_ranks` below ``budget`` (the
     ``budget`` smallest of one uniform noise per position, ties to the lowest key index),
-    found by :func:`smallest_positions` without a full sort."""
-    budget = torch.as_tensor(budget, device=candidates.device)
-    largest = int(budget.max()) if budget.numel() else 0
-    if largest <= 0:
-        return torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
-    noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
-    noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
-    if count is None:
-        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)
-    budget = torch.minimum(budget.expand(count.shape), count)
-    return smallest_positions(noise, budget, count) & candidates
+    found by :func:`smallest_indices` without a full sort."""
+    chosen, keep = sample_indices(candidates, budget, generator, count)
+    picks = torch.zeros(chosen.shape[0], candidates.shape[-1], dtype=torch.bool,
+                        device=candidates.device)
+    return picks.scatter_(1, chosen, keep).view(candidates.shape)
 
 
 @dataclass
@@ -136,7 +159,8 @@ class RandomSamplingMasker(SamplingMasker):
         count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)  # N per row
         taken = count.clamp_max(m)
         generator = self.generator(kwargs, self.config.seed, ctx.device)
-        picks = sample_without_replacement(candidates, taken, generator, count)
-        probability = taken.float() / count.clamp_min(1).float()
-        weights = torch.where(picks, probability, torch.zeros((), device=ctx.device))
-        return previous_mask.merge(Mask.from_dense(weights, check=False))
+        chosen, keep = sample_indices(candidates, taken, generator, count)
+        probability = (taken.float() / count.clamp_min(1).float()).reshape(-1, 1)
+        weights = torch.zeros(chosen.shape[0], ctx.dims.seq_len_keys, device=ctx.device)
+        weights.scatter_add_(1, chosen, torch.where(keep, probability, 0.0))  # padding adds 0
+        return previous_mask.merge(Mask.from_dense(weights.view(ctx.mask_shape), check=False))
