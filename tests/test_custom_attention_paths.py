@@ -354,3 +354,21 @@ def test_active_shift_gap_matches_a_plain_shift():
     assert torch.allclose(out.output.double(), ref, atol=TOL)
     assert out.empty_rows == 0 and math.isfinite(float(out.weights.sum()))
     assert evaluate_mask(ctx, Mask.from_dense(w)).empty_rows == 0
+
+
+def test_quest_kept_page_bounds_equal_fresh_bounds_while_keys_grow():
+    """Quest keeps page bounds in sparse_meta_data; growing calls (partial last page
+    redone, new pages added) give exactly the masks and outputs of fresh calls."""
+    from sah.maskers.quest import KEPT_BOUNDS_KEY
+    attention = chain(SinkMaskerConfig(2), QuestTopKMaskerConfig(0.1, page_size=4, label_bits=4))
+    q_all, k_all, v_all = random_qkv(b=1, h=4, hk=2, q=6, n=70, d=8, seed=13)
+    meta = {}
+    for n in (50, 50, 51, 53, 57, 70):
+        q, k, v = q_all[:, :, n % 6:n % 6 + 1], k_all[:, :, :n], v_all[:, :, :n]
+        out, _ = attention.custom_attention(None, q, k, v, None, None, 0.0, meta, layer_idx=1)
+        fresh, _ = attention.custom_attention(None, q, k, v, None, None, 0.0, {}, layer_idx=1)
+        assert torch.equal(out, fresh)
+        ctx = AttentionContext(q, k, v)
+        assert torch.equal(attention.compute_mask(ctx, meta, layer_idx=1).to_dense(),
+                           attention.compute_mask(ctx, {}, layer_idx=1).to_dense())
+        assert next(iter(meta[KEPT_BOUNDS_KEY].values())).count == n

@@ -28,6 +28,7 @@ import torch
 from sah.context import AttentionContext, row_matrix, sampled_dot_products
 from sah.mask import Mask, _indptr_from_rows
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
+from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
 from sah.maskers.top_k import candidate_positions
 from sah.validation import ConfigError, check_choice, check_int
 
@@ -119,8 +120,8 @@ class KeptCodes:
     The statistics are frozen at the call that filled the codes: ``mean`` (centring,
     ``(b, hk, 1, d)``, None without centring), ``big`` (the largest centred key norm ``M``,
     ``(b, hk, 1, 1)``) and the hyperplanes. ``codes`` is ``(b, hk, L, capacity)`` int64 with
-    the first ``count`` keys filled; ``probe`` holds keys ``0`` and ``count - 1`` as hashed,
-    to recognise the same sequence on the next call."""
+    the first ``count`` keys filled; ``probe`` (see :mod:`sah.maskers.kept`) recognises
+    the same sequence on the next call."""
 
     mean: Optional[torch.Tensor]
     big: torch.Tensor
@@ -130,15 +131,8 @@ class KeptCodes:
     probe: torch.Tensor
 
     def matches(self, keys: torch.Tensor) -> bool:
-        b, hk, n, d = keys.shape
-        if (self.codes.shape[:2] != (b, hk) or self.planes.shape[0] != d + 1 or n < self.count
-                or self.codes.device != keys.device or self.probe.dtype != keys.dtype):
-            return False
-        return torch.equal(_probe(keys, self.count), self.probe)
-
-
-def _probe(keys: torch.Tensor, count: int) -> torch.Tensor:
-    return keys[:, :, [0, count - 1]]
+        return (self.planes.shape[0] == keys.shape[-1] + 1
+                and same_sequence(self.probe, self.count, keys))
 
 
 def centred_keys(keys: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
@@ -211,26 +205,21 @@ class MagicPig(SamplingMasker):
         keys = ctx.keys
         n = ctx.dims.seq_len_keys
         slot = (kwargs.get("layer_idx"), cfg.lsh_l, cfg.lsh_k, cfg.center, cfg.seed)
-        store = None
-        if sparse_meta_data is not None and not isinstance(kwargs.get("generator"), torch.Generator):
-            store = sparse_meta_data.setdefault(KEPT_CODES_KEY, {})
-            kept = store.get(slot)
-            if isinstance(kept, KeptCodes) and kept.matches(keys):
-                if kept.count < n:  # hash the keys added since the last call
-                    new = hash_keys(keys[:, :, kept.count:], kept.mean, kept.big, kept.planes,
-                                    cfg.lsh_k, cfg.lsh_l)
-                    if kept.codes.shape[-1] < n:
-                        grown = kept.codes.new_zeros(kept.codes.shape[:-1] + (n + n // 8 + 16,))
-                        grown[..., :kept.count] = kept.codes[..., :kept.count]
-                        kept.codes = grown
-                    kept.codes[..., kept.count:n] = new
-                    kept.count = n
-                    kept.probe = _probe(keys, n).clone()
-                return kept
+        store = kept_store(sparse_meta_data, KEPT_CODES_KEY, kwargs)
+        kept = store.get(slot) if store is not None else None
+        if isinstance(kept, KeptCodes) and kept.matches(keys):
+            if kept.count < n:  # hash the keys added since the last call
+                new = hash_keys(keys[:, :, kept.count:], kept.mean, kept.big, kept.planes,
+                                cfg.lsh_k, cfg.lsh_l)
+                kept.codes = with_capacity(kept.codes, kept.count, n)
+                kept.codes[..., kept.count:n] = new
+                kept.count = n
+                kept.probe = probe_keys(keys, n)
+            return kept
         mean, big = key_statistics(keys, cfg.center)
         planes = self.hyperplanes(ctx, kwargs)
         codes = hash_keys(keys, mean, big, planes, cfg.lsh_k, cfg.lsh_l)
-        kept = KeptCodes(mean, big, planes, codes, n, _probe(keys, n).clone())
+        kept = KeptCodes(mean, big, planes, codes, n, probe_keys(keys, n))
         if store is not None:
             store[slot] = kept
         return kept

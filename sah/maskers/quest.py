@@ -21,18 +21,22 @@
   and mapped back; ``16`` keeps the bounds as they are (fp16 labels).
 
 Auxiliary memory: ``2 * d * label_bits / page_size`` bits per token (two ``d``-channel
-bound vectors per page).
+bound vectors per page). Like a decoder, Quest keeps each layer's page bounds in
+``sparse_meta_data`` (``quest_page_bounds``): a later call on the same sequence grown by
+some keys recomputes only the last, partial page and the new pages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
+from sah.context import AttentionContext
 from sah.mask import Mask, compact
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
+from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
 from sah.maskers.top_k import candidate_positions, top_k_positions
 from sah.validation import check_int, check_size, resolve_size
 
@@ -105,12 +109,56 @@ def bound_score(queries: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> to
     return queries @ mid.transpose(-1, -2) + queries.abs() @ half_span.transpose(-1, -2)
 
 
+#: ``sparse_meta_data`` key under which Quest keeps each layer's page bounds.
+KEPT_BOUNDS_KEY = "quest_page_bounds"
+
+
+@dataclass
+class KeptBounds:
+    """One layer's page bounds (unquantised, ``(b, hk, capacity, d)`` each, the first
+    ``ceil(count / page_size)`` pages filled) and the probe of :mod:`sah.maskers.kept`."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    count: int
+    probe: torch.Tensor
+
+
 @MaskerRegistry.register(QuestTopKMaskerConfig)
 class QuestTopKMasker(FixedMasker):
     """Chooses whole pages by their query-aware upper bound."""
 
     def aux_bits_per_token(self, head_dim: int) -> float:
         return 2.0 * head_dim * self.config.label_bits / self.config.page_size
+
+    def kept_page_bounds(self, ctx: AttentionContext, sparse_meta_data: Optional[Dict[Any, Any]],
+                         layer: Any):
+        """Page bounds ``(lo, hi)`` of every key of the call, each ``(b, hk, P, d)``: kept in
+        ``sparse_meta_data`` (per layer and page size) as a decoder keeps them, so a call
+        on the same sequence grown by some keys recomputes only its last, partial page
+        and the new pages (the same values as computing every page again)."""
+        size = self.config.page_size
+        keys = ctx.keys
+        n = keys.shape[2]
+        pages = -(-n // size)
+        store = kept_store(sparse_meta_data, KEPT_BOUNDS_KEY, {})
+        slot = (layer, size)
+        kept = store.get(slot) if store is not None else None
+        if isinstance(kept, KeptBounds) and same_sequence(kept.probe, kept.count, keys):
+            if kept.count < n:
+                first = kept.count // size  # the last, partial page is redone
+                lo, hi = page_bounds(keys[:, :, first * size:], size)
+                kept.lo = with_capacity(kept.lo, first, pages, dim=2)
+                kept.hi = with_capacity(kept.hi, first, pages, dim=2)
+                kept.lo[:, :, first:pages] = lo
+                kept.hi[:, :, first:pages] = hi
+                kept.count = n
+                kept.probe = probe_keys(keys, n)
+            return kept.lo[:, :, :pages], kept.hi[:, :, :pages]
+        lo, hi = page_bounds(keys, size)
+        if store is not None:
+            store[slot] = KeptBounds(lo, hi, n, probe_keys(keys, n))
+        return lo, hi
 
     def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
                  sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
@@ -121,7 +169,7 @@ class QuestTopKMasker(FixedMasker):
         d = ctx.dims
         heavy = resolve_size(cfg.heavy_size, d.seq_len_keys)  # 0 keys still means 3 pages
         size = cfg.page_size
-        lo, hi = page_bounds(ctx.keys, size)
+        lo, hi = self.kept_page_bounds(ctx, sparse_meta_data, kwargs.get("layer_idx"))
         pages = lo.shape[2]
         lo, hi = quantize_bounds(lo, cfg.label_bits), quantize_bounds(hi, cfg.label_bits)
 
