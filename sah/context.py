@@ -263,10 +263,12 @@ class AttentionContext:
 
     @cached_property
     def logits_sorted(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(values, indices)`` of each row's logits in descending order (stable: equal
-        logits keep key order). Shared by every oracle top-k / top-p trial on this call."""
-        values, indices = torch.sort(self.logits, dim=-1, descending=True, stable=True)
-        return values, indices
+        """``(values, indices)`` of each row's logits in descending order, equal logits from
+        the most recent key down (the tie rule of every top-k path). Shared by every
+        oracle top-k / top-p trial on this call."""
+        n = self.dims.seq_len_keys
+        values, flipped = torch.sort(self.logits.flip(-1), dim=-1, descending=True, stable=True)
+        return values, flipped.neg_().add_(n - 1)
 
     @cached_property
     def row_max(self) -> torch.Tensor:

@@ -195,9 +195,9 @@ def test_issue15_item15_quest_multi_query_choices_are_stated_and_hold():
     # query 0: its own page 3 is bounded by key 12 (-1) alone, not by the unseen key 14
     # (50): pages 1, 0, 2 (scores 3, 2, 1) win -> keys 0..11
     assert out[0].nonzero().flatten().tolist() == list(range(12))
-    # query 1: pages 0 and 1 are all active and skipped; pages 3 (50), 2 (1) and 4 (0, tied
-    # with page 5, lowest index first) are added -> keys 0..19
-    assert out[1].nonzero().flatten().tolist() == list(range(20))
+    # query 1: pages 0 and 1 are all active and skipped; pages 3 (50), 2 (1) and 5 (0, tied
+    # with page 4, the most recent first) are added -> keys 0..15 and 20..23
+    assert out[1].nonzero().flatten().tolist() == list(range(16)) + list(range(20, 24))
 
 
 # ---------------------------------------------------------------------- item 16
@@ -228,7 +228,8 @@ def test_issue15_item16_hash_attention_sign_of_zero_is_zero():
 # ---------------------------------------------------------------------- item 17
 def test_issue15_item17_oracle_top_k_ties_are_the_same_on_every_path():
     """Issue 15 item 17: tied scores were broken by torch.topk's order without the shared
-    sorted context and by key index with it. Now: lowest key index first, everywhere."""
+    sorted context and by key index with it. Now: the most recent key (highest index)
+    first, everywhere."""
     gen = torch.Generator().manual_seed(17)
     q = torch.randn(1, 4, 2, 8, generator=gen)
     base = torch.randn(5, 8, generator=gen)
@@ -241,8 +242,9 @@ def test_issue15_item17_oracle_top_k_ties_are_the_same_on_every_path():
     mask_fresh = attention.compute_mask(fresh).active()
     mask_shared = attention.compute_mask(shared).active()
     assert "logits_sorted" in shared.__dict__ and "logits_sorted" not in fresh.__dict__
-    # reference: stable descending sort of the logits, first 37 keys
-    order = torch.sort(fresh.logits, dim=-1, descending=True, stable=True).indices[..., :37]
+    # reference: descending logits, equal logits from the highest key index down; 37 keys
+    flipped = torch.sort(fresh.logits.flip(-1), dim=-1, descending=True, stable=True).indices
+    order = (199 - flipped)[..., :37]
     expected = torch.zeros_like(mask_fresh).scatter_(-1, order, True)
     assert torch.equal(mask_fresh, expected)
     assert torch.equal(mask_shared, expected)

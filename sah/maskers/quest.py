@@ -13,7 +13,7 @@
   the ``min(P, max(3, floor(T / page_size)))`` best pages (3 when ``T`` resolves to 0
   keys) are chosen among the pages that still hold an allowed, not-yet-active key (all of
   them when fewer remain; pages with nothing left to add are skipped rather than spending
-  the page budget: sah's stated choice), ties going to the lowest page index, and every
+  the page budget: sah's stated choice), ties going to the most recent page, and every
   allowed key of a chosen page gets weight 1.0;
 - ``label_bits < 16`` pseudo-quantises the bounds: per bound vector ``x`` (one page's
   ``kmin`` or ``kmax``), ``lo = min(x)``, ``hi = max(x)``, ``levels = 2^bits - 1``, each

@@ -7,8 +7,8 @@ are the same for all of them:
   active in the previous mask (``W > 0``); a selection never re-picks an active key;
 - top-k: the ``k`` candidates with the largest score per row (``k`` from ``heavy_size``:
   int count of keys or float fraction of the ``n`` keys); a row with fewer than ``k``
-  candidates takes all of them; among candidates tied at the cut the lowest key index
-  wins, on every path;
+  candidates takes all of them; among candidates tied at the cut the most recent key
+  (highest key index) wins, on every path;
 - top-p: among the candidates, the smallest set (by descending softmax weight of the
   score) whose share of the *remaining* softmax mass (the candidates' mass) reaches
   ``top_p``; every candidate tied with the last one needed is included; ``top_p = 1.0``
@@ -54,13 +54,13 @@ def _ranked_scores(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tens
 
 def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean ``(b, h, q, n)``: per row, the ``k`` candidates with the largest score (all
-    candidates when a row has fewer than ``k``). Ties at the cut go to the lowest key
-    index, as in a stable descending sort (the rule of every path, presorted included).
+    candidates when a row has fewer than ``k``). Ties at the cut go to the most recent
+    key (highest index), the rule of every path (the context's sorted logits included).
 
     No sort: long rows keep the keys at or above a cut read off a strided sample of the
     row (with a margin, so that the cut holds at least ``k`` keys) and select among those
     only; other rows use one partial selection (``topk``) over the row. Rows where the
-    k-th score is tied with keys left out are redone with the lowest-index rule."""
+    k-th score is tied with keys left out are redone with the recency rule."""
     shape = candidates.shape
     n = shape[-1]
     k = min(int(k), n)
@@ -100,18 +100,19 @@ def _top_k_rows(ranked: torch.Tensor, k: int) -> torch.Tensor:
     if bool(tied.any()):
         redo = tied.view(-1).nonzero().squeeze(1)
         sub = ranked.index_select(0, redo)
-        picks.index_copy_(0, redo, _lowest_index_ties(sub, kth.view(-1).index_select(0, redo), k))
+        picks.index_copy_(0, redo, _recent_ties_first(sub, kth.view(-1).index_select(0, redo), k))
     return picks
 
 
-def _lowest_index_ties(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
-    """Per row: every score above the k-th, then keys scoring exactly the k-th in key
-    order until k are picked."""
+def _recent_ties_first(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row: every score above the k-th, then keys scoring exactly the k-th from the
+    highest key index down until k are picked."""
     cut = kth.view(-1, 1)
     above = ranked > cut
     at_cut = ranked == cut
     room = k - above.sum(-1, keepdim=True)
-    return above | (at_cut & (at_cut.cumsum(-1) <= room))
+    from_the_end = at_cut.flip(-1).cumsum(-1).flip(-1)
+    return above | (at_cut & (from_the_end <= room))
 
 
 def _top_k_prefiltered(ranked: torch.Tensor, picks: torch.Tensor, k: int) -> torch.Tensor:
@@ -226,10 +227,19 @@ def top_p_positions_fast(scores: torch.Tensor, candidates: torch.Tensor,
     return (flags & (w >= threshold)).view(shape)
 
 
+def recent_first_order(scores: torch.Tensor):
+    """``(values, indices)`` of each row's scores in descending order, equal scores ordered
+    from the highest key index down (the tie rule of every top-k path)."""
+    n = scores.shape[-1]
+    values, flipped = torch.sort(scores.flip(-1), dim=-1, descending=True, stable=True)
+    return values, flipped.neg_().add_(n - 1)
+
+
 def top_k_positions_presorted(order: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """:func:`top_k_positions` for scores whose descending ``order`` per row is known (the
     context's cached sort of the logits): the first ``k`` candidates in that order. No
-    per-trial sort; ties keep key order."""
+    per-trial sort; ``order`` puts equal scores most recent key first (see
+    :func:`recent_first_order`)."""
     flags = candidates.gather(-1, order)
     rank = flags.cumsum(-1, dtype=torch.int32)
     picks = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
