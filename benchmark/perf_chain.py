@@ -9,10 +9,11 @@ one warm-up round; a ratio is the chain's median over the dense median of the sa
 Cases (defaults): batch 1, 32 query heads, 1 query, 32768 keys, head dim 128, with 32 and
 with 8 KV heads; and the many-query case: 256 queries at the end of 8192 keys (query ``i``
 at position ``8192 - 256 + i``), 8 KV heads, against causal SDPA (lower-right aligned).
-MagicPig is timed cold (a new ``sparse_meta_data`` per call: every key is hashed), with its
-codes kept (the same ``sparse_meta_data`` passed again with the same keys, as a decoder
-re-running a step), and growing (the same dict while the keys grow by one per call, as a
-decoding loop: one new key hashed per call).
+MagicPig (and Quest) are timed cold (a new ``sparse_meta_data`` per call: every key is
+hashed, every page bounded), with their codes (page bounds) kept (the same
+``sparse_meta_data`` passed again with the same keys), and growing (the same dict while the
+keys grow by one per call, as a decoding loop: one new key hashed per call; the keys are
+then slices of a longer preallocated cache, as a static KV cache passes them).
 
     python benchmark/perf_chain.py                       # CPU, fp32, 2 threads
     python benchmark/perf_chain.py --device cuda --dtype bfloat16
@@ -37,6 +38,7 @@ SINK_LOCAL = [{"type": "SinkMaskerConfig", "sink_size": 128},
               {"type": "LocalMaskerConfig", "window_size": 128}]
 TOP_K = {"type": "OracleTopKConfig", "heavy_size": 0.05}
 MAGIC_PIG = SINK_LOCAL + [{"type": "MagicPigConfig", "lsh_l": 8, "lsh_k": 8}]
+QUEST = [{"type": "QuestTopKMaskerConfig", "heavy_size": 0.05, "page_size": 16}]
 #: (row label, chain, how sparse_meta_data is passed: "fresh", "kept" or "growing")
 CHAINS = [
     ("sink128+local128", SINK_LOCAL, "fresh"),
@@ -51,8 +53,9 @@ CHAINS = [
     ("+MagicPig (8, 8), cold", MAGIC_PIG, "fresh"),
     ("+MagicPig (8, 8), codes kept", MAGIC_PIG, "kept"),
     ("+MagicPig (8, 8), codes kept, +1 key per call", MAGIC_PIG, "growing"),
-    ("Quest (0.05, page 16) alone", [{"type": "QuestTopKMaskerConfig", "heavy_size": 0.05,
-                                      "page_size": 16}], "fresh"),
+    ("Quest (0.05, page 16) alone", QUEST, "fresh"),
+    ("Quest (0.05, page 16) alone, bounds kept", QUEST, "kept"),
+    ("Quest (0.05, page 16) alone, bounds kept, +1 key per call", QUEST, "growing"),
 ]
 MANY_QUERY_CHAIN = SINK_LOCAL + [TOP_K]
 
