@@ -103,18 +103,26 @@ def chain_call(chain, mode, q, k, v, grow_k=None, grow_v=None):
 
 
 def run_loop(variants, dense, repeats, device):
-    """Interleaved rounds: every variant once, then dense once. Medians in ms."""
-    for _, fn in variants:  # warm-up round (fills kept codes)
-        fn()
+    """Interleaved rounds: every variant once, then dense once. Medians in ms; a variant
+    that raises is reported with its error (and left out of later rounds)."""
+    failed = {}
+    for name, fn in variants:  # warm-up round (fills kept codes)
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 (reported in the table)
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
     dense()
-    times = {name: [] for name, _ in variants}
+    times = {name: [] for name, _ in variants if name not in failed}
     dense_times = []
     for _ in range(repeats):
         for name, fn in variants:
-            times[name].append(timed(fn, device))
+            if name not in failed:
+                times[name].append(timed(fn, device))
         dense_times.append(timed(dense, device))
     dense_ms = 1000.0 * statistics.median(dense_times)
-    return dense_ms, {name: 1000.0 * statistics.median(t) for name, t in times.items()}
+    result = {name: 1000.0 * statistics.median(t) for name, t in times.items()}
+    result.update(failed)
+    return dense_ms, result
 
 
 def decode_case(kv_heads, args, device, dtype):
@@ -177,12 +185,13 @@ def main() -> None:
           f"{many_dense:.1f} ms\n")
     print(f"| chain | {a} KV heads | {b} KV heads |")
     print("|---|---|---|")
+    def cell(value, dense):
+        return value if isinstance(value, str) else f"{value / dense:.2f}x ({value:.1f} ms)"
+
     for name, _, _ in CHAINS:
-        cells = [f"{results[h][name] / dense_ms[h]:.2f}x ({results[h][name]:.1f} ms)" for h in (a, b)]
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
+        print(f"| {name} | {cell(results[a][name], dense_ms[a])} | {cell(results[b][name], dense_ms[b])} |")
     print(f"| many queries: {args.many_queries} queries at the end of {args.many_keys} keys, {b} KV "
-          f"heads, sink+local+top-k 0.05 (vs causal SDPA) | - | "
-          f"{many['many'] / many_dense:.2f}x ({many['many']:.1f} ms) |")
+          f"heads, sink+local+top-k 0.05 (vs causal SDPA) | - | {cell(many['many'], many_dense)} |")
 
 
 if __name__ == "__main__":
