@@ -16,6 +16,7 @@ keys grow by one per call, as a decoding loop: one new key hashed per call; the 
 then slices of a longer preallocated cache, as a static KV cache passes them).
 
     python benchmark/perf_chain.py                       # CPU, fp32, 2 threads
+    python benchmark/perf_chain.py --limits              # the building blocks' costs
     python benchmark/perf_chain.py --device cuda --dtype bfloat16
 """
 
@@ -154,6 +155,29 @@ def many_query_case(args, device, dtype):
     return run_loop(variants, dense, args.repeats, device)
 
 
+def limits_case(kv_heads, args, device, dtype):
+    """The building blocks that bound the chains, on the same tensors: one streaming pass
+    over the keys, Quest's page min and max, the logits of every key, MagicPig's hashing
+    of every key (L*K = 64 hyperplanes) and a top-k selection over every key."""
+    from sah.maskers.quest import page_bounds
+    q, k, v = make_tensors(args.heads, kv_heads, 1, args.keys, args.head_dim, dtype, device)
+    g = args.heads // kv_heads
+    planes = torch.randn(args.head_dim, 64, device=device, dtype=dtype)
+    logits = torch.randn(1, args.heads, 1, args.keys, device=device)
+    variants = [
+        ("one pass over the keys (sum)", lambda: k.sum()),
+        ("Quest page min + max (page 16)", lambda: page_bounds(k, 16)),
+        ("logits of every key (q K^T)", lambda: torch.matmul(
+            q.view(1, kv_heads, g, args.head_dim), k.transpose(-1, -2))),
+        ("MagicPig: project every key on 64 hyperplanes", lambda: k @ planes),
+        ("top-k 5% over every key (torch.topk)", lambda: logits.topk(args.keys // 20, dim=-1)),
+    ]
+
+    def dense():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != args.heads)
+    return run_loop(variants, dense, args.repeats, device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=32768)
@@ -166,6 +190,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limits", action="store_true",
+                        help="time the building blocks that bound the chains instead")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -174,6 +200,15 @@ def main() -> None:
     where = f"{device}{f', {args.threads} threads' if device.type == 'cpu' else ''}"
     print(f"# custom_attention vs dense SDPA: {args.heads} query heads, 1 query, {args.keys} keys, "
           f"head dim {args.head_dim}, {dtype}, {where}, median of {args.repeats} interleaved rounds")
+    if args.limits:
+        print("\n| building block | " + " | ".join(f"{h} KV heads" for h in (args.heads, args.gqa_kv_heads)) + " |")
+        print("|---|---|---|")
+        found = {h: limits_case(h, args, device, dtype) for h in (args.heads, args.gqa_kv_heads)}
+        for name in found[args.heads][1]:
+            cells = [f"{found[h][1][name] / found[h][0]:.2f}x ({found[h][1][name]:.1f} ms)" for h in found]
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
+        print("| dense SDPA | " + " | ".join(f"1.00x ({found[h][0]:.1f} ms)" for h in found) + " |")
+        return
     results = {}
     dense_ms = {}
     for kv_heads in (args.heads, args.gqa_kv_heads):
