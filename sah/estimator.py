@@ -107,7 +107,7 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
     kv_of_row = torch.div(torch.arange(rows, device=ctx.device), d.group_size * d.seq_len_queries,
                           rounding_mode="floor")
     if "logits" in ctx.__dict__:  # already computed for this call (a masker needed them)
-        logits = ctx.logits.reshape(-1)[row_of * n + idx]
+        logits = ctx.logits.reshape(-1).index_select(0, row_of * n + idx)
     else:  # only the active positions' dot products: nnz * d work instead of rows * n * d
         left = ctx.queries.reshape(rows, d.head_dim)
         key_matrix, key_start = row_matrix(ctx.keys)

@@ -60,25 +60,26 @@ def smallest_indices(noise: torch.Tensor, budget: torch.Tensor,
         empty = torch.zeros((rows, 0), dtype=torch.long, device=noise.device)
         return empty, empty.bool()
     if count is None:
-        count = (flat <= 1.0).sum(-1)
+        count = torch.count_nonzero(flat <= 1.0, dim=-1)
     count = count.expand(*shape[:-1], 1).reshape(rows).double()
     want = wanted.double()
     # the B-th smallest of N uniforms is about B / N (sd below sqrt(B) / N); 1.5 keeps
     # non-candidates (2.0) out
     cut = ((want + 4.0 * want.sqrt() + 16.0) / count.clamp_min(1.0)).clamp_max(1.5)
     below = flat < cut.to(flat.dtype).unsqueeze(1)
-    held = below.sum(-1)
+    held = torch.count_nonzero(below, dim=-1)
     width = int(held.max())
     if bool((held >= wanted).all()) and width <= n // 4:
         row_of, key = below.nonzero(as_tuple=True)
+        width = max(width, 1)
         ptr = torch.nn.functional.pad(held.cumsum(0), (1, 0))
-        slot = torch.arange(key.numel(), device=noise.device) - ptr[row_of]
-        padded = torch.full((rows, max(width, 1)), 3.0, device=noise.device)
-        padded_key = torch.zeros((rows, max(width, 1)), dtype=torch.long, device=noise.device)
-        padded[row_of, slot] = flat[row_of, key]
-        padded_key[row_of, slot] = key
-        order = torch.sort(padded, dim=-1, stable=True).indices[:, :largest]
-        chosen = padded_key.gather(1, order)
+        to = row_of * width + torch.arange(key.numel(), device=noise.device) - ptr[row_of]
+        padded = torch.full((rows * width,), 3.0, device=noise.device)
+        padded.index_copy_(0, to, flat.reshape(-1).index_select(0, row_of * n + key))
+        padded_key = torch.zeros(rows * width, dtype=torch.long, device=noise.device)
+        padded_key.index_copy_(0, to, key)
+        order = torch.sort(padded.view(rows, width), dim=-1, stable=True).indices[:, :largest]
+        chosen = padded_key.view(rows, width).gather(1, order)
     else:
         chosen = torch.sort(flat, dim=-1, stable=True).indices[:, :largest]
     keep = torch.arange(chosen.shape[1], device=noise.device) < wanted.unsqueeze(1)

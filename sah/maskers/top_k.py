@@ -66,19 +66,16 @@ def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> t
     k = min(int(k), n)
     if k <= 0:
         return torch.zeros(shape, dtype=torch.bool, device=candidates.device)
-    ranked = _ranked_scores(scores, candidates).view(-1, n)
-    picks = torch.zeros(ranked.shape, dtype=torch.bool, device=candidates.device)
-    rest = torch.arange(ranked.shape[0], device=ranked.device)
     if n >= PREFILTER_MIN_KEYS and k * 8 <= n:
-        rest = _top_k_prefiltered(ranked, picks, k)
-    if rest.numel():
-        sub = ranked if rest.numel() == ranked.shape[0] else ranked.index_select(0, rest)
-        chosen = _top_k_rows(sub, k)
-        if rest.numel() == ranked.shape[0]:
-            picks = chosen
-        else:
-            picks.index_copy_(0, rest, chosen)
-    return picks.view(shape)
+        picks, rest = _top_k_prefiltered(scores, candidates, k)
+        if rest.numel():  # rows the sampled cut did not settle
+            b, h, q = shape[:3]
+            index = (torch.div(rest, h * q, rounding_mode="floor"),
+                     torch.div(rest % (h * q), q, rounding_mode="floor"), rest % q)
+            sub = _ranked_scores(scores[index], candidates[index])
+            picks.index_copy_(0, rest, _top_k_rows(sub, k))
+        return picks.view(shape)
+    return _top_k_rows(_ranked_scores(scores, candidates).view(-1, n), k).view(shape)
 
 
 #: Rows of at least this many keys (and k at most an eighth of them) take the prefilter.
@@ -94,7 +91,7 @@ def _top_k_rows(ranked: torch.Tensor, k: int) -> torch.Tensor:
     kth = values.amin(-1, keepdim=True)
     picks = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device).scatter_(-1, idx, True)
     few = kth == float("-inf")  # fewer than k candidates: all of them
-    tied = ((ranked >= kth).sum(-1, keepdim=True) > k) & ~few
+    tied = (torch.count_nonzero(ranked >= kth, dim=-1).unsqueeze(-1) > k) & ~few
     if bool(few.any()):
         picks = torch.where(few, ranked > float("-inf"), picks)
     if bool(tied.any()):
@@ -110,42 +107,53 @@ def _recent_ties_first(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch
     cut = kth.view(-1, 1)
     above = ranked > cut
     at_cut = ranked == cut
-    room = k - above.sum(-1, keepdim=True)
+    room = k - torch.count_nonzero(above, dim=-1).unsqueeze(-1)
     from_the_end = at_cut.flip(-1).cumsum(-1).flip(-1)
     return above | (at_cut & (from_the_end <= room))
 
 
-def _top_k_prefiltered(ranked: torch.Tensor, picks: torch.Tensor, k: int) -> torch.Tensor:
-    """Fill ``picks`` for the rows a sampled cut settles; return the other rows' indices.
+def _top_k_prefiltered(scores: torch.Tensor, candidates: torch.Tensor, k: int):
+    """``(picks (rows, n), rest)``: the picks of the rows a sampled cut settles, and the
+    indices of the other rows (their picks are left empty).
 
-    Per row, the cut is the ``r``-th largest of every ``PREFILTER_STRIDE``-th score with
-    ``r`` the expected rank of the k-th key in the sample plus 4 standard deviations:
-    the keys at or above it (about twice ``k``) hold the top k unless the sample misleads,
-    which the count checks (such rows go back to the full selection)."""
-    rows, n = ranked.shape
-    sample = ranked[:, ::PREFILTER_STRIDE]
-    expected = sample.shape[1] * k / n
-    r = min(sample.shape[1], int(math.ceil(expected + 4.0 * math.sqrt(expected) + 2.0)))
+    Per row, the cut is the ``r``-th largest of every ``PREFILTER_STRIDE``-th candidate's
+    score, ``r`` the expected rank of the k-th key in that sample plus 4 standard
+    deviations: the candidates at or above it (about twice ``k``) hold the top k unless
+    the sample misleads, which the count checks. Works on the scores as given (no
+    ranked copy of a ``(b, h, q, n)`` tensor); NaN and -inf scores are never above a cut,
+    as they rank lowest."""
+    shape = candidates.shape
+    n = shape[-1]
+    rows = candidates.numel() // n
+    low = torch.finfo(torch.float32).min
+    sample = torch.where(candidates[..., ::PREFILTER_STRIDE],
+                         scores[..., ::PREFILTER_STRIDE].float().nan_to_num(nan=low, neginf=low),
+                         torch.full((), float("-inf"), device=scores.device))
+    expected = sample.shape[-1] * k / n
+    r = min(sample.shape[-1], int(math.ceil(expected + 4.0 * math.sqrt(expected) + 2.0)))
     cut = sample.topk(r, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    keep = ranked >= cut
-    held = keep.sum(-1)
+    keep = scores >= cut
+    keep &= candidates
+    keep = keep.view(rows, n)
+    held = torch.count_nonzero(keep, dim=-1)  # (no int64 copy of the mask, as .sum makes)
     good = (held >= k) & (held <= n // 4) & (cut.view(-1) > float("-inf"))
+    picks = torch.zeros((rows, n), dtype=torch.bool, device=candidates.device)
     if not bool(good.any()):
-        return torch.arange(rows, device=ranked.device)
-    keep &= good.unsqueeze(1)
+        return picks, torch.arange(rows, device=candidates.device)
+    if not bool(good.all()):
+        keep &= good.unsqueeze(1)
     row_of, key = keep.nonzero(as_tuple=True)  # row-major: keys in order within a row
     counts = torch.where(good, held, 0)
     width = int(counts.max())
     ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
-    slot = torch.arange(key.numel(), device=ranked.device) - ptr[row_of]
-    values = torch.full((rows, width), float("-inf"), device=ranked.device)
-    keys = torch.zeros((rows, width), dtype=torch.long, device=ranked.device)
-    values[row_of, slot] = ranked[row_of, key]
-    keys[row_of, slot] = key
-    chosen = _top_k_rows(values, k)  # on the compacted rows: same set, same tie rule
+    at = row_of * n + key  # flat positions in the rows, and in the compacted rows:
+    to = row_of * width + torch.arange(key.numel(), device=keep.device) - ptr[row_of]
+    values = torch.full((rows * width,), float("-inf"), device=keep.device)
+    values.index_copy_(0, to, scores.reshape(-1).index_select(0, at).float())
+    chosen = _top_k_rows(values.view(rows, width), k)  # same set, same tie rule
     chosen &= good.unsqueeze(1)
-    picks[row_of, key] = chosen[row_of, slot]
-    return (~good).nonzero().squeeze(1)
+    picks.view(-1).index_copy_(0, at, chosen.view(-1).index_select(0, to))
+    return picks, (~good).nonzero().squeeze(1)
 
 
 def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -304,7 +312,8 @@ class ScoreSelectionMasker(FixedMasker):
     @abstractmethod
     def select(self, ctx: AttentionContext, scores: torch.Tensor,
                candidates: torch.Tensor) -> torch.Tensor:
-        """Boolean ``(b, h, q, n)`` picks among ``candidates``."""
+        """Boolean ``(b, h, q, n)`` picks among ``candidates``: a new tensor (the caller may
+        merge the previous picks into it)."""
 
     def selects_nothing(self, ctx: AttentionContext) -> bool:
         return False
@@ -319,6 +328,10 @@ class ScoreSelectionMasker(FixedMasker):
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
         picks = self.select(ctx, scores, candidates)
+        if previous_mask.is_binary() and picks.is_contiguous():
+            # the picks are this call's own tensor: merge into it (no second (b, h, q, n) mask)
+            picks |= compact(previous_mask.active())
+            return Mask.from_bool(picks, ctx.mask_shape)
         return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
 
 
