@@ -165,6 +165,10 @@ def sampled_dot_products(left: torch.Tensor, matrix: torch.Tensor, ptr: torch.Te
     return (left[row_of].float() * matrix.index_select(0, lin).float()).sum(-1)
 
 
+#: Up to this many query rows per KV head (group size x queries), the logits are computed
+#: as K q^T (one streaming pass over the keys); more rows use q K^T (a matrix product).
+FEW_QUERY_ROWS = 16
+
 #: Keys per block when converting half-precision keys/values to float32 on the fly.
 KEY_BLOCK = 8192
 
@@ -250,13 +254,21 @@ class AttentionContext:
         # head, reading each key once (no expanded copy of K)
         q = self.queries.float().reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
                                          d.head_dim)
+        # few query rows per KV head (decoding): K q^T streams the keys once, where q K^T
+        # (a batched product with one or a few rows) runs several times slower
+        few_rows = q.shape[2] <= FEW_QUERY_ROWS
+
+        def product(block):
+            if few_rows:
+                return torch.matmul(block, q.transpose(-1, -2)).transpose(-1, -2)
+            return torch.matmul(q, block.transpose(-1, -2))
+
         if self.keys.dtype == torch.float32:
-            logits = torch.matmul(q, self.keys.transpose(-1, -2))
+            logits = product(self.keys).contiguous()
         else:  # convert keys block by block: no full float32 copy of K
             logits = torch.empty(q.shape[:-1] + (d.seq_len_keys,), dtype=torch.float32, device=self.device)
             for start in range(0, d.seq_len_keys, KEY_BLOCK):
-                block = self.keys[:, :, start:start + KEY_BLOCK].float()
-                logits[..., start:start + KEY_BLOCK] = torch.matmul(q, block.transpose(-1, -2))
+                logits[..., start:start + KEY_BLOCK] = product(self.keys[:, :, start:start + KEY_BLOCK].float())
         logits = logits.view(d.mask_shape)
         logits.mul_(self.scaling)
         return logits.masked_fill_(~self.allowed, float("-inf"))
