@@ -34,7 +34,7 @@ from typing import Any, Dict, Union
 
 import torch
 
-from sah.mask import Mask
+from sah.mask import Mask, row_counts
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.random_sampling import sample_indices
 from sah.maskers.top_k import candidate_positions
@@ -102,7 +102,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, n)  # (b|1, 1, q, 1)
         index = ctx.key_index.view(1, 1, 1, -1)
         window = candidate_positions(ctx, previous_mask) & (index >= start) & (index < end)
-        count = torch.count_nonzero(window, dim=-1).unsqueeze(-1)  # N, (b, h, q, 1)
+        count = row_counts(window)  # N, (b, h, q, 1)
         sampled_rows = count >= 2
         if not bool(sampled_rows.any()):
             self._report(sparse_meta_data, torch.zeros_like(count.squeeze(-1)), sampled_rows, kwargs)

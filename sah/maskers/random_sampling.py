@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from sah.mask import Mask
+from sah.mask import Mask, row_counts
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.top_k import candidate_positions
 from sah.validation import check_float, check_int
@@ -60,17 +60,17 @@ def smallest_indices(noise: torch.Tensor, budget: torch.Tensor,
         empty = torch.zeros((rows, 0), dtype=torch.long, device=noise.device)
         return empty, empty.bool()
     if count is None:
-        count = torch.count_nonzero(flat <= 1.0, dim=-1)
+        count = (flat <= 1.0).view(torch.uint8).sum(-1, dtype=torch.int32)
     count = count.expand(*shape[:-1], 1).reshape(rows).double()
     want = wanted.double()
     # the B-th smallest of N uniforms is about B / N (sd below sqrt(B) / N); 1.5 keeps
     # non-candidates (2.0) out
     cut = ((want + 4.0 * want.sqrt() + 16.0) / count.clamp_min(1.0)).clamp_max(1.5)
     below = flat < cut.to(flat.dtype).unsqueeze(1)
-    held = torch.count_nonzero(below, dim=-1)
+    row_of, key = below.nonzero(as_tuple=True)
+    held = torch.bincount(row_of, minlength=rows)
     width = int(held.max())
     if bool((held >= wanted).all()) and width <= n // 4:
-        row_of, key = below.nonzero(as_tuple=True)
         width = max(width, 1)
         ptr = torch.nn.functional.pad(held.cumsum(0), (1, 0))
         to = row_of * width + torch.arange(key.numel(), device=noise.device) - ptr[row_of]
@@ -107,7 +107,7 @@ def sample_indices(candidates: torch.Tensor, budget: torch.Tensor, generator: to
     noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
     noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
     if count is None:
-        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)
+        count = row_counts(candidates)
     budget = torch.minimum(budget.expand(count.shape), count)
     chosen, keep = smallest_indices(noise, budget, count)
     return chosen, keep & candidates.reshape(rows, -1).gather(1, chosen)
@@ -157,7 +157,7 @@ class RandomSamplingMasker(SamplingMasker):
         if m == 0:
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
-        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)  # N per row
+        count = row_counts(candidates)  # N per row
         taken = count.clamp_max(m)
         generator = self.generator(kwargs, self.config.seed, ctx.device)
         chosen, keep = sample_indices(candidates, taken, generator, count)

@@ -27,7 +27,7 @@ from typing import Any, Dict, Union
 import torch
 
 from sah.context import AttentionContext
-from sah.mask import Mask, compact
+from sah.mask import Mask, compact, row_counts
 from sah.maskers.base import FixedMasker, MaskerConfig
 from sah.validation import check_float, check_size, resolve_size
 
@@ -85,13 +85,21 @@ PREFILTER_STRIDE = 16
 
 
 def _top_k_rows(ranked: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`top_k_positions` on ``(rows, n)`` ranked scores (-inf: not a candidate)."""
-    n = ranked.shape[-1]
-    values, idx = ranked.topk(k, dim=-1, sorted=False)
-    kth = values.amin(-1, keepdim=True)
-    picks = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device).scatter_(-1, idx, True)
+    """:func:`top_k_positions` on ``(rows, n)`` ranked scores (-inf: not a candidate).
+
+    One ``topk`` of ``k + 1``: its smallest value is the (k+1)-th score, its second
+    smallest the k-th; they are equal exactly when the k-th score is tied with a key left
+    out (those rows are redone with the recency rule), and no full-row count is needed."""
+    rows, n = ranked.shape
+    if k >= n:
+        return ranked > float("-inf")
+    values, idx = ranked.topk(k + 1, dim=-1, sorted=False)
+    nxt, kth = values.topk(2, dim=-1, largest=False, sorted=True).values.unbind(-1)
+    nxt, kth = nxt.unsqueeze(1), kth.unsqueeze(1)
+    picks = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device)
+    picks.scatter_(-1, idx, values > nxt)  # all k+1 but the (k+1)-th when no tie
     few = kth == float("-inf")  # fewer than k candidates: all of them
-    tied = (torch.count_nonzero(ranked >= kth, dim=-1).unsqueeze(-1) > k) & ~few
+    tied = (kth == nxt) & ~few
     if bool(few.any()):
         picks = torch.where(few, ranked > float("-inf"), picks)
     if bool(tied.any()):
@@ -107,7 +115,7 @@ def _recent_ties_first(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch
     cut = kth.view(-1, 1)
     above = ranked > cut
     at_cut = ranked == cut
-    room = k - torch.count_nonzero(above, dim=-1).unsqueeze(-1)
+    room = k - row_counts(above)
     from_the_end = at_cut.flip(-1).cumsum(-1).flip(-1)
     return above | (at_cut & (from_the_end <= room))
 
@@ -134,15 +142,15 @@ def _top_k_prefiltered(scores: torch.Tensor, candidates: torch.Tensor, k: int):
     cut = sample.topk(r, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     keep = scores >= cut
     keep &= candidates
-    keep = keep.view(rows, n)
-    held = torch.count_nonzero(keep, dim=-1)  # (no int64 copy of the mask, as .sum makes)
+    row_of, key = keep.view(rows, n).nonzero(as_tuple=True)  # row-major: keys in order
+    held = torch.bincount(row_of, minlength=rows)  # (a per-row count of a bool tensor is slower)
     good = (held >= k) & (held <= n // 4) & (cut.view(-1) > float("-inf"))
     picks = torch.zeros((rows, n), dtype=torch.bool, device=candidates.device)
     if not bool(good.any()):
         return picks, torch.arange(rows, device=candidates.device)
     if not bool(good.all()):
-        keep &= good.unsqueeze(1)
-    row_of, key = keep.nonzero(as_tuple=True)  # row-major: keys in order within a row
+        settled = good[row_of]
+        row_of, key = row_of[settled], key[settled]
     counts = torch.where(good, held, 0)
     width = int(counts.max())
     ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
