@@ -126,6 +126,10 @@ def run_loop(variants, dense, repeats, device):
     return dense_ms, result
 
 
+def selected(name, args):
+    return not args.only or any(part in name for part in args.only)
+
+
 def decode_case(kv_heads, args, device, dtype):
     grow = args.repeats + 2
     q, k_big, v_big = make_tensors(args.heads, kv_heads, 1, args.keys + grow, args.head_dim,
@@ -138,7 +142,7 @@ def decode_case(kv_heads, args, device, dtype):
             q, k, v, enable_gqa=kv_heads != args.heads)
 
     variants = [(name, chain_call(chain, mode, q, k, v, k_big, v_big))
-                for name, chain, mode in CHAINS]
+                for name, chain, mode in CHAINS if selected(name, args)]
     return run_loop(variants, dense, args.repeats, device)
 
 
@@ -151,7 +155,7 @@ def many_query_case(args, device, dtype):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal,
                                                                 enable_gqa=True)
 
-    variants = [("many", chain_call(MANY_QUERY_CHAIN, "fresh", q, k, v))]
+    variants = [("many", chain_call(MANY_QUERY_CHAIN, "fresh", q, k, v))] if selected("many", args) else []
     return run_loop(variants, dense, args.repeats, device)
 
 
@@ -190,6 +194,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="rows whose name contains one of these strings ('many': the many-query row)")
     parser.add_argument("--limits", action="store_true",
                         help="time the building blocks that bound the chains instead")
     args = parser.parse_args()
@@ -224,9 +230,11 @@ def main() -> None:
         return value if isinstance(value, str) else f"{value / dense:.2f}x ({value:.1f} ms)"
 
     for name, _, _ in CHAINS:
-        print(f"| {name} | {cell(results[a][name], dense_ms[a])} | {cell(results[b][name], dense_ms[b])} |")
-    print(f"| many queries: {args.many_queries} queries at the end of {args.many_keys} keys, {b} KV "
-          f"heads, sink+local+top-k 0.05 (vs causal SDPA) | - | {cell(many['many'], many_dense)} |")
+        if selected(name, args):
+            print(f"| {name} | {cell(results[a][name], dense_ms[a])} | {cell(results[b][name], dense_ms[b])} |")
+    if "many" in many:
+        print(f"| many queries: {args.many_queries} queries at the end of {args.many_keys} keys, {b} KV "
+              f"heads, sink+local+top-k 0.05 (vs causal SDPA) | - | {cell(many['many'], many_dense)} |")
 
 
 if __name__ == "__main__":
