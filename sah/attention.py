@@ -116,6 +116,19 @@ class ResearchAttentionConfig:
         return cls.from_yaml(text, str(path))
 
 
+#: custom_attention splits a call whose (b, h, q, n) tensors would exceed this many
+#: entries into chunks of queries, when every masker works row by row (no sampler).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _query_rows(attention_mask: Optional[torch.Tensor], part: slice,
+                num_queries: int) -> Optional[torch.Tensor]:
+    """The rows of a user attention mask for a chunk of queries (broadcast rows as they are)."""
+    if attention_mask is None or attention_mask.dim() < 2 or attention_mask.shape[-2] != num_queries:
+        return attention_mask
+    return attention_mask[..., part, :]
+
+
 class ResearchAttention:
     """Runs a chain of maskers and the sparse attention estimator."""
 
@@ -170,10 +183,34 @@ class ResearchAttention:
         """
         ctx = AttentionContext(queries, keys, values, scaling=scaling,
                                query_positions=query_positions, attention_mask=attention_mask)
-        mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
-        result = sparse_attention(ctx, mask, return_weights=return_weights)
-        weights = result.weights.to(queries.dtype) if return_weights else None
-        return result.output.to(queries.dtype), weights
+        d = ctx.dims
+        step = max(1, CHUNK_ELEMENTS // (d.batch_size * d.num_heads * d.seq_len_keys))
+        if d.seq_len_queries <= step or not self.rows_independent():
+            mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
+            result = sparse_attention(ctx, mask, return_weights=return_weights)
+            weights = result.weights.to(queries.dtype) if return_weights else None
+            return result.output.to(queries.dtype), weights
+        # Many queries, a chain that works row by row: the same result, computed for a
+        # chunk of queries at a time (temporaries small enough to be recycled, not
+        # page-faulted in). Kept per-layer state (Quest's page bounds) serves every chunk.
+        meta = sparse_meta_data if sparse_meta_data is not None else {}
+        outputs, weights = [], []
+        for start in range(0, d.seq_len_queries, step):
+            part = slice(start, min(start + step, d.seq_len_queries))
+            sub = AttentionContext(queries[:, :, part], keys, values, scaling=ctx.scaling,
+                                   query_positions=ctx.query_positions[..., part],
+                                   attention_mask=_query_rows(attention_mask, part, d.seq_len_queries))
+            result = sparse_attention(sub, self.compute_mask(sub, meta, layer_idx, **kwargs),
+                                      return_weights=return_weights)
+            outputs.append(result.output.to(queries.dtype))
+            if return_weights:
+                weights.append(result.weights.to(queries.dtype))
+        return torch.cat(outputs, dim=2), torch.cat(weights, dim=2) if return_weights else None
+
+    def rows_independent(self) -> bool:
+        """True when every masker of the chain adds positions row by row (see
+        :attr:`ResearchMasker.rows_independent`): a call may be split into query chunks."""
+        return all(m.rows_independent for m in self.maskers)
 
     def evaluate(self, ctx: AttentionContext, layer_idx: Optional[int] = None,
                  **kwargs: Any) -> Tuple[Evaluation, Mask]:

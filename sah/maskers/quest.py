@@ -128,6 +128,8 @@ class KeptBounds:
 class QuestTopKMasker(FixedMasker):
     """Chooses whole pages by their query-aware upper bound."""
 
+    rows_independent = True
+
     def aux_bits_per_token(self, head_dim: int) -> float:
         return 2.0 * head_dim * self.config.label_bits / self.config.page_size
 
