@@ -395,3 +395,17 @@ def test_query_chunks_give_the_unchunked_result(monkeypatch, name):
     assert attention.rows_independent() == (name != "random")
     assert torch.allclose(chunked[0], whole[0], atol=1e-6)
     assert torch.allclose(chunked[1], whole[1], atol=1e-7)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 16, 17, 40])
+def test_quest_bound_score_both_forms_equal_the_definition(rows):
+    """sum_c max(q_c lo_c, q_c hi_c): the sign-split products (few query rows) and the
+    mid/half-span products (more rows) both equal the definition."""
+    from sah.maskers.quest import bound_score
+    g = torch.Generator().manual_seed(rows)
+    q = torch.randn(2, 3, rows, 8, generator=g)
+    a, b = torch.randn(2, 3, 11, 8, generator=g), torch.randn(2, 3, 11, 8, generator=g)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    want = torch.maximum(q.unsqueeze(-2) * lo.unsqueeze(-3), q.unsqueeze(-2) * hi.unsqueeze(-3)).sum(-1)
+    got = bound_score(q, lo, hi)
+    assert got.is_contiguous() and torch.allclose(got, want, atol=1e-5)

@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from sah.context import AttentionContext
+from sah.context import FEW_QUERY_ROWS, AttentionContext
 from sah.mask import Mask, compact
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
 from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
@@ -104,6 +104,12 @@ def bound_score(queries: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> to
     ``(..., P, d)`` -> ``(..., q, P)``, as two matrix products with no ``(q, P, d)``
     intermediate: ``max(a, b) = (a + b)/2 + |a - b|/2``, so the sum is
     ``q . (lo + hi)/2 + |q| . |hi - lo|/2``."""
+    if queries.shape[-2] <= FEW_QUERY_ROWS:
+        # few query rows (decoding): the bound is hi where q_c >= 0 and lo where q_c < 0,
+        # so the sum is hi . max(q, 0) + lo . min(q, 0): two products streaming the bounds
+        # once each (the same value up to float rounding)
+        upper = hi @ queries.clamp_min(0).transpose(-1, -2) + lo @ queries.clamp_max(0).transpose(-1, -2)
+        return upper.transpose(-1, -2).contiguous()
     mid = (lo + hi) * 0.5
     half_span = (hi - lo).abs() * 0.5
     return queries @ mid.transpose(-1, -2) + queries.abs() @ half_span.transpose(-1, -2)
