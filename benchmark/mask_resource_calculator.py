@@ -57,6 +57,10 @@ def main(argv=None) -> int:
         resources.check_analysis_parameters(
             num_multiplications=args.num_multiplications, read_limit=args.read_limit,
             size=args.mask_size, window_size=args.window_size, stride=args.stride)
+        for name in resources.SEED_PATTERNS:  # refuse what would not fit in memory, up front
+            resources.check_pattern_memory(name, args.mask_size, args.window_size, args.stride,
+                                           num_multiplications=args.num_multiplications,
+                                           read_limit=args.read_limit, order=args.order)
     except ValueError as exc:
         print(f"mask_resource_calculator.py: error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ _EXPORTS = {
     "get_objective": "sah.objectives",
     "pareto_front": "sah.objectives",
     "ConfigError": "sah.validation",
+    "allow_pickle": "sah.pickle_opt_in",
 }
 
 

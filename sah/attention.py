@@ -2,7 +2,8 @@
 
 The chain starts from the empty mask and lets each masker add positions; the sparse
 attention estimator then turns the final mask into an output. An empty chain is dense
-attention.
+attention. ``layer_overrides`` gives some layers (or heads) their own values
+(:mod:`sah.layer_config`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ import yaml
 
 from sah.context import AttentionContext
 from sah.estimator import Evaluation, evaluate_mask, sparse_attention
+from sah.layer_config import (LayerOverrides, build_layer_maskers, normalize_layer_overrides,
+                              overrides_to_plain)
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
-from sah.validation import ConfigError
+from sah.safe_yaml import load_json, load_yaml, read_text
+from sah.validation import ConfigError, short_repr
 
 
 @dataclass
 class ResearchAttentionConfig:
-    """An ordered list of masker configs. At most one sampling masker."""
+    """An ordered list of masker configs. At most one sampling masker.
+
+    ``layer_overrides``: ``{layer id: {masker index: {field: value}}}``, a value being a
+    scalar or a list with one value per query head (:mod:`sah.layer_config`)."""
 
     masker_configs: List[MaskerConfig] = field(default_factory=list)
+    layer_overrides: LayerOverrides = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.masker_configs = list(self.masker_configs)
@@ -40,13 +48,25 @@ class ResearchAttentionConfig:
             raise ConfigError(
                 f"a chain may hold at most one sampling masker (the estimator assumes one "
                 f"sampling stage); found {' and '.join(sampling)}: keep one")
+        self.layer_overrides = normalize_layer_overrides(self.layer_overrides, self.masker_configs)
 
     # ------------------------------------------------------------------ dicts
     def to_dict(self) -> Dict[str, Any]:
-        return {"masker_configs": [cfg.to_dict() for cfg in self.masker_configs]}
+        out: Dict[str, Any] = {"masker_configs": [cfg.to_dict() for cfg in self.masker_configs]}
+        if self.layer_overrides:
+            out["layer_overrides"] = overrides_to_plain(self.layer_overrides)
+        return out
 
     def to_hub_dict(self) -> Dict[str, Any]:
-        """The prior hub's JSON layout: ``{"type": ..., "masker_configs": [{"type", "params"}]}``."""
+        """The prior hub's JSON layout: ``{"type": ..., "masker_configs": [{"type", "params"}]}``.
+
+        That layout has one masker list for every layer and head: a config with
+        ``layer_overrides`` is refused rather than exported without them."""
+        if self.layer_overrides:
+            raise ConfigError(
+                f"the prior hub's JSON layout has one set of masker values for every layer and "
+                f"head, so it cannot carry layer_overrides (layers "
+                f"{', '.join(map(str, self.layer_overrides))}); export as yaml or json instead")
         return {
             "type": "ResearchAttentionConfig",
             "masker_configs": [{"type": type(c).__name__,
@@ -63,40 +83,43 @@ class ResearchAttentionConfig:
             raise ConfigError(f"{prefix}: expected a mapping with 'masker_configs', got {type(data).__name__}")
         data = dict(data)
         if data.get("type", "ResearchAttentionConfig") != "ResearchAttentionConfig":
-            raise ConfigError(f"{prefix}.type: got {data['type']!r}; expected 'ResearchAttentionConfig'")
+            raise ConfigError(f"{prefix}.type: got {short_repr(data['type'])}; expected 'ResearchAttentionConfig'")
         data.pop("type", None)
-        unknown = sorted(set(data) - {"masker_configs"})
+        unknown = sorted(set(data) - {"masker_configs", "layer_overrides"})
         if unknown:
-            raise ConfigError(f"{prefix}: unknown key {unknown[0]!r}; expected 'masker_configs'")
+            raise ConfigError(f"{prefix}: unknown key {unknown[0]!r}; expected 'masker_configs' "
+                              f"(and optionally 'layer_overrides')")
         items = data.get("masker_configs", [])
         if not isinstance(items, list):
             raise ConfigError(f"{prefix}.masker_configs: expected a list of maskers")
         configs = [MaskerConfig.from_dict(item, f"{prefix}.masker_configs[{i}]")
                    for i, item in enumerate(items)]
-        return cls(masker_configs=configs)
+        overrides = normalize_layer_overrides(data.get("layer_overrides"), configs,
+                                              f"{prefix}.layer_overrides")
+        return cls(masker_configs=configs, layer_overrides=overrides)
 
     # ------------------------------------------------------------------ files
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        data = self.to_dict()
+        overrides = data.pop("layer_overrides", None)
+        text = yaml.safe_dump(data, sort_keys=False)
+        if overrides:  # one line per overridden masker: {heavy_size: [per-head values]}
+            text += yaml.safe_dump({"layer_overrides": overrides}, sort_keys=False,
+                                   default_flow_style=None, width=100)
+        return text
 
     def to_json(self, hub: bool = False) -> str:
         return json.dumps(self.to_hub_dict() if hub else self.to_dict(), indent=2)
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where or 'config'}: not valid YAML ({exc})") from None
-        return cls.from_dict(data, where)
+        """Safe, bounded YAML (:mod:`sah.safe_yaml`: duplicate keys, alias bombs and deep
+        nesting are refused)."""
+        return cls.from_dict(load_yaml(text, where or "config"), where)
 
     @classmethod
     def from_json(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where or 'config'}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(load_json(text, where or "config"), where)
 
     def to_file(self, path: Union[str, Path], hub: bool = False) -> Path:
         """Write YAML (``.yaml``/``.yml``) or JSON (anything else); ``hub`` uses the hub layout."""
@@ -107,13 +130,40 @@ class ResearchAttentionConfig:
 
     @classmethod
     def from_file(cls, path: Union[str, Path]) -> "ResearchAttentionConfig":
+        """Read a YAML or JSON config. A relative file name in a masker field ending in
+        ``_file`` (``hat_weight_file``) is resolved against the config file's folder, so a
+        config and the weights beside it load from anywhere."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        text = path.read_text()
+        text = read_text(path)
         if path.suffix == ".json":
-            return cls.from_json(text, str(path))
-        return cls.from_yaml(text, str(path))
+            config = cls.from_json(text, str(path))
+        else:
+            config = cls.from_yaml(text, str(path))
+        return config._files_relative_to(path.parent)
+
+    def _files_relative_to(self, folder: Path) -> "ResearchAttentionConfig":
+        import dataclasses
+        maskers = []
+        for cfg in self.masker_configs:
+            changes = {f.name: str(folder / value) for f in dataclasses.fields(cfg)
+                       if f.name.endswith("_file") and isinstance(value := getattr(cfg, f.name), str)
+                       and not Path(value).expanduser().is_absolute()}
+            maskers.append(dataclasses.replace(cfg, **changes) if changes else cfg)
+
+        def relative(field_name: str, value: Any) -> Any:
+            if (field_name.endswith("_file") and isinstance(value, str)
+                    and not Path(value).expanduser().is_absolute()):
+                return str(folder / value)
+            return value
+
+        overrides = {layer: {index: {name: ([relative(name, v) for v in value]
+                                            if isinstance(value, list) else relative(name, value))
+                                     for name, value in fields.items()}
+                             for index, fields in per_layer.items()}
+                     for layer, per_layer in self.layer_overrides.items()}
+        return ResearchAttentionConfig(maskers, layer_overrides=overrides)
 
 
 #: custom_attention splits a call whose (b, h, q, n) tensors would exceed this many
@@ -135,14 +185,29 @@ class ResearchAttention:
     def __init__(self, config: ResearchAttentionConfig, maskers: List[ResearchMasker]) -> None:
         self.config = config
         self.maskers = maskers
+        self._layer_maskers: Dict[int, List[ResearchMasker]] = {}
+        self._masker_cache: Dict[Any, ResearchMasker] = {}  # maskers shared by equal configs
 
     @classmethod
     def create_from_config(cls, config: ResearchAttentionConfig) -> "ResearchAttention":
         return cls(config, [ResearchMasker.create_from_config(c) for c in config.masker_configs])
 
-    def aux_bits_per_token(self, head_dim: int) -> float:
-        """Auxiliary memory the chain keeps per key and KV head, in bits per token."""
-        return float(sum(m.aux_bits_per_token(head_dim) for m in self.maskers))
+    def maskers_for(self, layer_idx: Optional[int]) -> List[ResearchMasker]:
+        """The maskers layer ``layer_idx`` runs (its ``layer_overrides`` applied)."""
+        if layer_idx is None or not self.config.layer_overrides:
+            return self.maskers
+        layer = int(layer_idx)
+        if layer not in self.config.layer_overrides:
+            return self.maskers
+        if layer not in self._layer_maskers:
+            self._layer_maskers[layer] = build_layer_maskers(self.config, layer, self.maskers,
+                                                             self._masker_cache)
+        return self._layer_maskers[layer]
+
+    def aux_bits_per_token(self, head_dim: int, layer_idx: Optional[int] = None) -> float:
+        """Auxiliary memory the chain keeps per key and KV head, in bits per token (in layer
+        ``layer_idx`` when given)."""
+        return float(sum(m.aux_bits_per_token(head_dim) for m in self.maskers_for(layer_idx)))
 
     def compute_mask(self, ctx: AttentionContext, sparse_meta_data: Optional[Dict[Any, Any]] = None,
                      layer_idx: Optional[int] = None, **kwargs: Any) -> Mask:
@@ -151,7 +216,7 @@ class ResearchAttention:
             return Mask.create_full(ctx.mask_shape, ctx.device)
         mask = Mask.create_empty(ctx.mask_shape, ctx.device)
         meta = sparse_meta_data if sparse_meta_data is not None else {}
-        for masker in self.maskers:
+        for masker in self.maskers_for(layer_idx):
             mask = masker.add_mask(ctx.keys, ctx.queries, ctx.values, ctx.attention_mask,
                                    ctx.scaling, 0.0, meta, mask, context=ctx,
                                    query_positions=ctx.query_positions, layer_idx=layer_idx,

@@ -216,7 +216,8 @@ def evaluate_config(config: ResearchAttentionConfig, recording: Recording,
     for last in iter_evaluation(config, recording, layers, None, cache, device):
         pass
     assert last is not None and last.complete
-    aux = ResearchAttention.create_from_config(config).aux_bits_per_token(recording.head_dim)
+    attention = ResearchAttention.create_from_config(config)
+    aux = _mean([attention.aux_bits_per_token(recording.head_dim, lf.layer) for lf in last.layers])
     return ChainEvaluation(output_error=last.output_error, density=last.density,
                            aux_bits_per_token=aux, seconds=time.perf_counter() - start,
                            layers=last.layers)

@@ -13,11 +13,12 @@ import math
 import re
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from sah.validation import ConfigError
+from sah.validation import ConfigError, short_repr
 
 Objective = Callable[[float, float], float]
 
-_SPARSITY = re.compile(r"^sparsity_(\d+(?:\.\d+)?)$")
+_SPARSITY = re.compile(r"^sparsity_(.*)$")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # 10, 2.5, .5, 5., 1e1
 
 
 def sparsity_objective(target_percent: float) -> Objective:
@@ -33,27 +34,35 @@ def default_objective(error: float, density: float) -> float:
 
 
 def get_objective(name: str) -> Objective:
-    """``"default"`` or ``"sparsity_T"`` with T a percentage (``sparsity_10``, ``sparsity_2.5``)."""
+    """``"default"`` or ``"sparsity_T"`` with T a percentage, any non-negative finite number
+    (``sparsity_10``, ``sparsity_2.5``, ``sparsity_.5``, ``sparsity_1e1``)."""
     if name == "default":
         return default_objective
-    match = _SPARSITY.match(str(name))
+    match = _SPARSITY.match(name) if isinstance(name, str) else None
     if match:
-        return sparsity_objective(float(match.group(1)))
-    raise ConfigError(f"objective: got {name!r}; use 'default' or 'sparsity_T' with T a percentage "
-                      f"(for example 'sparsity_10')")
+        text = match.group(1)
+        target = float(text) if _NUMBER.match(text) else math.nan
+        if math.isfinite(target) and target >= 0:
+            return sparsity_objective(target)
+        why = "a negative" if target < 0 else "not a finite"
+        raise ConfigError(f"objective: got {name!r}: {text!r} is {why} number; T is the density "
+                          f"target in percent, a number >= 0 (for example 'sparsity_10')")
+    raise ConfigError(f"objective: got {short_repr(name)}; use 'default' or 'sparsity_T' with T a "
+                      f"percentage (for example 'sparsity_10')")
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
     """Indices of the points ``(density, error)`` no other point dominates (both lower is
     better; a point is dominated by one at most as dense and at most as wrong, strictly
-    better in one). Sorted by density. Non-finite points are ignored."""
+    better in one). Exact duplicates do not dominate each other, so all of them are on the
+    front. Sorted by (density, error, index). Non-finite points are ignored."""
     order = sorted((i for i, (d, e) in enumerate(points) if math.isfinite(d) and math.isfinite(e)),
-                   key=lambda i: (points[i][0], points[i][1]))
+                   key=lambda i: (points[i][0], points[i][1], i))
     front: List[int] = []
     best_error = math.inf
     for i in order:
         d, e = points[i]
-        if e < best_error:
+        if e < best_error or (front and (d, e) == tuple(points[front[-1]])):
             front.append(i)
             best_error = e
     return front

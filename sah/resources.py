@@ -11,8 +11,8 @@ flags gives the read count of every prefix), and runs of steps that fit inside o
 are emitted in bulk. The loop therefore costs O(rows + steps spanning rows) numpy calls,
 never O(points) Python operations, and memory is O(points + columns + steps).
 
-This module imports only numpy and the standard library (plus ``sah.validation``), so
-scripts can use it without importing torch.
+This module imports only numpy and the standard library (plus ``sah.validation`` and
+``sah.resources_memory``), so scripts can use it without importing torch.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from sah.resources_memory import analysis_bytes, check_memory, rows_bytes
 from sah.validation import ConfigError
 
 ORDERS = ("row_first", "column_first")
@@ -103,33 +104,73 @@ def _progressions(size: int, pieces: List[Tuple[np.ndarray, np.ndarray, np.ndarr
     return MaskPoints(indptr, cols, (size, size))
 
 
-def pattern_points(name: str, size: int, window_size: int = 32, stride: int = 32,
-                   dilation: int = 2) -> MaskPoints:
-    """Active points of a structured pattern (same definitions as ``sah.patterns``) without
-    building the dense square: memory proportional to the active positions."""
-    check_analysis_parameters(size=size, window_size=window_size if name != "normal" else 1,
-                              stride=stride if name == "strided" else 1,
-                              dilation=dilation if name == "dilated_sliding_window" else 1)
-    if name not in PATTERN_NAMES:
-        raise ConfigError(f"pattern: got {name!r}; must be one of {', '.join(PATTERN_NAMES)}")
-    i = np.arange(size, dtype=np.int64)
+def _pattern_pieces(name: str, i: np.ndarray, size: int, window_size: int, stride: int,
+                    dilation: int) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows ``i`` of a pattern as arithmetic progressions ``(start, step, count)``."""
     one, w = np.ones_like(i), window_size
     if name == "normal":
-        return _progressions(size, [(0 * i, one, i + 1)])
+        return [(0 * i, one, i + 1)]
     if name == "strided":  # strided part j <= i - w, then band i - w < j <= i
         n_str = np.where(i >= w, (i - w) // stride + 1, 0)
         band_lo = np.maximum(i - w + 1, 0)
-        return _progressions(size, [(np.where(i >= w, (i - w) % stride, 0), one * stride, n_str),
-                                    (band_lo, one, i - band_lo + 1)])
+        return [(np.where(i >= w, (i - w) % stride, 0), one * stride, n_str),
+                (band_lo, one, i - band_lo + 1)]
     if name == "fixed":  # last key of every earlier block, then own block up to i
         block = i // w
-        return _progressions(size, [(one * (w - 1), one * w, block), (block * w, one, i - block * w + 1)])
+        return [(one * (w - 1), one * w, block), (block * w, one, i - block * w + 1)]
     half = window_size // 2
     step = 1 if name == "sliding_window" else dilation
     # j = i + k * step for k in [-half, half], inside [0, size)
     k_lo = np.maximum(-half, -(i // step))
     k_hi = np.minimum(half, (size - 1 - i) // step)
-    return _progressions(size, [(i + k_lo * step, one * step, k_hi - k_lo + 1)])
+    return [(i + k_lo * step, one * step, k_hi - k_lo + 1)]
+
+
+def _check_pattern(name: str, size: int, window_size: int, stride: int, dilation: int) -> None:
+    check_analysis_parameters(size=size, window_size=window_size if name != "normal" else 1,
+                              stride=stride if name == "strided" else 1,
+                              dilation=dilation if name == "dilated_sliding_window" else 1)
+    if name not in PATTERN_NAMES:
+        raise ConfigError(f"pattern: got {name!r}; must be one of {', '.join(PATTERN_NAMES)}")
+
+
+def pattern_points(name: str, size: int, window_size: int = 32, stride: int = 32,
+                   dilation: int = 2) -> MaskPoints:
+    """Active points of a structured pattern (same definitions as ``sah.patterns``) without
+    building the dense square: memory proportional to the active positions."""
+    _check_pattern(name, size, window_size, stride, dilation)
+    pieces = _pattern_pieces(name, np.arange(size, dtype=np.int64), size, window_size, stride,
+                             dilation)
+    return _progressions(size, pieces)
+
+
+def pattern_num_active(name: str, size: int, window_size: int = 32, stride: int = 32,
+                       dilation: int = 2, rows_per_chunk: int = 1 << 20) -> int:
+    """The number of active positions of a pattern, counted a chunk of rows at a time:
+    memory O(``rows_per_chunk``) whatever the size (refuse work with this before building
+    points: :func:`check_pattern_memory`)."""
+    _check_pattern(name, size, window_size, stride, dilation)
+    total = 0
+    for lo in range(0, size, rows_per_chunk):
+        i = np.arange(lo, min(size, lo + rows_per_chunk), dtype=np.int64)
+        total += sum(int(np.maximum(p[2], 0).sum()) for p in
+                     _pattern_pieces(name, i, size, window_size, stride, dilation))
+    return total
+
+
+def check_pattern_memory(name: str, size: int, window_size: int = 32, stride: int = 32,
+                         dilation: int = 2, num_multiplications: int = 64, read_limit: int = 1000,
+                         order: str = "row_first", flag: str = "--mask_size",
+                         fix: str = "") -> int:
+    """Count the pattern's active positions (cheaply) and refuse the analysis when it would
+    not fit in memory. Returns the count."""
+    check_memory(rows_bytes(size), f"{flag} {size}: the {name} pattern's rows alone",
+                 fix or f"use a smaller {flag}")
+    active = pattern_num_active(name, size, window_size, stride, dilation)
+    check_memory(analysis_bytes(active, size, num_multiplications, read_limit, order),
+                 f"{flag} {size}: the {name} pattern has {active:,} active positions; the analysis",
+                 fix or f"use a smaller {flag}")
+    return active
 
 
 # --------------------------------------------------------------------------- parameters
@@ -394,6 +435,8 @@ def analyse_pattern(name: str, size: int, num_multiplications: int, read_limit: 
                     order: str = "row_first", zigzag: bool = False) -> ResourceAnalysis:
     """Analyse a structured pattern of side ``size`` (the seed calculator's masks)."""
     check_analysis_parameters(num_multiplications=num_multiplications, read_limit=read_limit)
+    check_pattern_memory(name, size, window_size, stride, dilation, num_multiplications,
+                         read_limit, order)
     points = pattern_points(name, size, window_size, stride, dilation)
     params: Dict[str, Any] = {"pattern": name, "mask_size": size}
     if name != "normal":

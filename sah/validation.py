@@ -8,12 +8,25 @@ never a size.
 from __future__ import annotations
 
 import math
+import reprlib
 from numbers import Integral, Real
 from typing import Any
 
 
 class ConfigError(ValueError):
     """A config field holds a value it may not hold. The message names field and fix."""
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = _repr.maxfrozenset = 6
+_repr.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` cut to a few items, levels and characters: bounded time and length even on
+    huge or alias-shared structures (what error messages show of a value)."""
+    return _repr.repr(value)
 
 
 def _where(owner: str, field: str) -> str:
@@ -25,7 +38,7 @@ def check_size(owner: str, field: str, value: Any) -> None:
     where = _where(owner, field)
     if isinstance(value, bool) or not isinstance(value, (Integral, Real)):
         raise ConfigError(
-            f"{where}: got {value!r} ({type(value).__name__}); expected an int count of keys "
+            f"{where}: got {short_repr(value)} ({type(value).__name__}); expected an int count of keys "
             f">= 0 or a float fraction of the keys in [0, 1]"
         )
     if isinstance(value, Integral):
@@ -43,7 +56,7 @@ def check_int(owner: str, field: str, value: Any, low: int | None = None,
               high: int | None = None) -> None:
     where = _where(owner, field)
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}); expected an int")
+        raise ConfigError(f"{where}: got {short_repr(value)} ({type(value).__name__}); expected an int")
     if (low is not None and value < low) or (high is not None and value > high):
         lo = "-inf" if low is None else str(low)
         hi = "inf" if high is None else str(high)
@@ -55,7 +68,7 @@ def check_float(owner: str, field: str, value: Any, low: float, high: float, *,
     """A real number in the interval; open ends are excluded."""
     where = _where(owner, field)
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}); expected a number")
+        raise ConfigError(f"{where}: got {short_repr(value)} ({type(value).__name__}); expected a number")
     ok = math.isfinite(value) or (math.isinf(high) and value == high and not high_open)
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (value < high if high_open else value <= high)
@@ -68,7 +81,7 @@ def check_float(owner: str, field: str, value: Any, low: float, high: float, *,
 def check_choice(owner: str, field: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(
-            f"{_where(owner, field)}: got {value!r}; must be one of {', '.join(map(repr, choices))}"
+            f"{_where(owner, field)}: got {short_repr(value)}; must be one of {', '.join(map(repr, choices))}"
         )
 
 

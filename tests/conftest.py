@@ -20,9 +20,10 @@ ROOT = TESTS.parent
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A small local Ray cluster for one test module (workers see the repo and tests/)."""
+    """A small local Ray cluster for one test module (workers see the repo and tests/).
+    ``address="local"``: always a new private Ray, never a cluster running on the machine."""
     import ray
-    ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
              log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}})
     yield

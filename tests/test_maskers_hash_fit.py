@@ -12,6 +12,7 @@ from sah import (AttentionContext, ConfigError, HashAttentionTopKMaskerConfig, M
                  load_hat_weights, save_hat_weights)
 from sah.maskers.base import ResearchMasker
 from sah.maskers.hash_attention import random_hat_weights
+from sah.pickle_opt_in import allow_pickle
 from sah.maskers.hash_attention_fit import hash_top_k_recall
 from sah.recording.format import LayerRecording, Recording
 
@@ -79,11 +80,12 @@ def test_weight_file_formats_and_pickle_guard(tmp_path):
     pkl = tmp_path / "w.pkl"
     pkl.write_bytes(pickle.dumps(weights))
     st = save_hat_weights(weights, tmp_path / "w.safetensors")
-    for path, extra in ((nested, {}), (st, {}), (pkl, {"allow_pickle": True})):
-        masker = ResearchMasker.create_from_config(
-            HashAttentionTopKMaskerConfig(**cfg_kw, hat_weight_file=str(path), **extra))
+    for path in (nested, st, pkl):
+        with allow_pickle(path == pkl):  # the person's opt-in, never the config's
+            masker = ResearchMasker.create_from_config(
+                HashAttentionTopKMaskerConfig(**cfg_kw, hat_weight_file=str(path)))
         assert torch.equal(masker.scores(ctx, {}, layer_idx=1), reference), path
-    with pytest.raises(ConfigError, match="allow_pickle"):
+    with pytest.raises(ConfigError, match="allow-pickle"):
         ResearchMasker.create_from_config(HashAttentionTopKMaskerConfig(**cfg_kw, hat_weight_file=str(pkl)))
 
     class Evil:

@@ -94,30 +94,37 @@ def test_default_model_missing_package_message(monkeypatch):
         default_model.default_model_path()
 
 
-def test_default_recording_made_cached_and_remade(model_and_ids, tmp_path, monkeypatch):
-    """ensure_default_recording with the real model (already loaded) and a smaller spec."""
-    from sah.recording import default, default_model
+def test_embedded_recording_made_cached_and_remade(model_and_ids, tmp_path, monkeypatch):
+    """ensure_recordings with the real model (already loaded), a small embedded recording."""
+    from sah.recording import default_model, embedded
+    from sah.recording.texts import load_text
 
     model, _ = model_and_ids
-    real_spec = default.default_recording_spec()
-    assert real_spec["layers"] == list(range(30)) and real_spec["num_tokens"] >= 2048
-    small = dict(real_spec, num_tokens=64, num_queries=4, layers=[0, 29])
-    monkeypatch.setattr(default, "default_recording_spec", lambda: small)
+    assert embedded.parse_embedded("default").spec()["layers"] == list(range(30))
+    assert embedded.parse_embedded("default").spec() == embedded.parse_embedded("docs").spec()
     monkeypatch.setattr(default_model, "load_default_model", lambda **kw: (model, tokenizer()))
+    real_spec = embedded.EmbeddedRecording.spec
+    monkeypatch.setattr(embedded.EmbeddedRecording, "spec",
+                        lambda self: dict(real_spec(self), layers=[0, 29]))
     monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))
 
-    path = default.ensure_default_recording(progress=False)
+    path, other = embedded.ensure_recordings(["docs-96", "prose-96@100"], progress=False)
     assert path.parent == tmp_path / "cache" / "recordings"
     rec = load_recording(path)
-    assert rec.layer_ids == [0, 29] and rec.num_keys == 64 and rec.num_queries == 4
-    assert rec.metadata["default_spec"] == small
-    assert rec.text_source.startswith("pydoc_data.topics")
+    assert rec.layer_ids == [0, 29] and rec.num_keys == 96 and rec.num_queries == 32
+    assert rec.metadata["embedded_spec"]["num_tokens"] == 96
+    assert rec.metadata["text_name"] == "docs" and rec.text_source.startswith("pydoc_data.topics")
+    assert (rec.metadata["token_start"], rec.metadata["token_end"]) == (0, 96)
+    assert rec.metadata["text_sha256"] == load_text("docs").sha256
+    prose = load_recording(other)
+    assert (prose.metadata["text_name"], prose.metadata["token_start"],
+            prose.metadata["token_end"]) == ("prose", 100, 196)
     stamp = path.stat().st_mtime_ns
-    assert default.ensure_default_recording(progress=False) == path
+    assert embedded.ensure_recordings(["docs-96"], progress=False) == [path]
     assert path.stat().st_mtime_ns == stamp  # cached, not re-made
 
     path.write_bytes(path.read_bytes()[:1000])  # corrupt (truncated) cache
-    assert default.ensure_default_recording(progress=False) == path
+    assert embedded.ensure_recordings(["docs-96"], progress=False) == [path]
     again = load_recording(path)
     assert torch.equal(again.layers[1].keys, rec.layers[1].keys)  # deterministic re-make
     assert not list(path.parent.glob("*.tmp"))

@@ -35,7 +35,10 @@ def test_default_study_validates_and_covers_the_required_chains():
 def test_fitted_weights_reach_every_hash_attention_trial(tmp_path):
     from sah.evaluate import evaluate_config
     from sah.recording import make_synthetic_recording
-    from sah.tuning.hash_fit import attach_weights, prepare_hash_attention, weights_path
+    from sah import HashAttentionTopKMaskerConfig, ResearchAttentionConfig
+    from sah.tuning.artefacts import RunArtefacts
+    from sah.tuning.hash_fit import (FITTED_NAME, attach_weights, prepare_hash_attention,
+                                     weights_path)
     from sah.tuning.study import parse_study
     from sah.validation import ConfigError
 
@@ -48,15 +51,24 @@ def test_fitted_weights_reach_every_hash_attention_trial(tmp_path):
     run_dir = tmp_path / "run"
     attach_weights(study, run_dir)
     fixed = study.chains[0].maskers[0].fixed
-    assert fixed["hat_weight_file"] == str(weights_path(run_dir)) and fixed["hat_bits"] == 8
+    # a portable name, never a driver-side path (the study goes to run.yaml and the trials)
+    assert fixed["hat_weight_file"] == FITTED_NAME and fixed["hat_bits"] == 8
     rec = make_synthetic_recording(num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                                    num_keys=128, num_queries=4)
     path = prepare_hash_attention(study, rec, run_dir)
+    assert path == weights_path(run_dir)
     assert path.is_file() and (path.parent / "report.json").is_file()
     stamp = path.stat().st_mtime_ns
     assert prepare_hash_attention(study, rec, run_dir).stat().st_mtime_ns == stamp  # reused
     cfg = study.chains[0].build({"HashAttentionTopKMaskerConfig_heavy_size": 0.1})
-    assert evaluate_config(cfg, rec).density > 0
+    artefacts = RunArtefacts.of_run(study, run_dir)
+    resolved = artefacts.resolved(cfg)  # the weights in memory, as a trial gets them
+    assert resolved.masker_configs[0].hat_weight_file is None
+    from_file = HashAttentionTopKMaskerConfig(**{**cfg.masker_configs[0].params(),
+                                                 "hat_weight_file": str(path)})
+    assert evaluate_config(resolved, rec).density > 0
+    assert evaluate_config(resolved, rec).output_error == evaluate_config(
+        ResearchAttentionConfig([from_file]), rec).output_error
 
     clash = parse_study({**data, "chains": [{"name": "hat", "maskers": [
         {"type": "HashAttentionTopKMaskerConfig", "hat_bits": 16}]}]}, "s.yaml")

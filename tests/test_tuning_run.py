@@ -119,9 +119,10 @@ def test_small_study_end_to_end(ray_session, rec_path, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(run_dir), str(run_dir), "--format", "csv"]) == 0
     table = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert table[0] == ["chain", "quantity", str(run_dir), str(run_dir), "differs"]
-    score_row = next(r for r in table if r[:2] == ["strided", "score"])
-    assert score_row[2] == score_row[3] and score_row[4] == ""
+    assert table[0][:3] == ["chain", f"{run_dir}.score", f"{run_dir}.output_error"]
+    assert [r[0] for r in table[1:]] == ["sink_local", "strided"]  # chains as rows
+    strided = dict(zip(table[0], next(r for r in table if r[0] == "strided")))
+    assert strided[f"{run_dir}.score"] != "" and strided[f"{run_dir}.trials"] == "4/4"
 
 
 def test_asha_and_multi_objective_optuna(ray_session, rec_path, tmp_path):

@@ -66,11 +66,11 @@ def sink_local_error_ref(rec: Recording, index: int, sink: int, window: int) -> 
 
 
 def brute_force_front(points: Sequence[Tuple[float, float]]) -> List[int]:
-    """Indices of (density, error) points no other point dominates, sorted by density."""
+    """Indices of (density, error) points no other point dominates (exact duplicates do not
+    dominate each other: all are kept), sorted by (density, error, index)."""
     front = []
     for i, (d, e) in enumerate(points):
         dominated = any((d2 <= d and e2 <= e and (d2 < d or e2 < e)) for d2, e2 in points)
-        duplicate_before = any(points[j] == (d, e) for j in range(i))
-        if not dominated and not duplicate_before:
+        if not dominated:
             front.append(i)
-    return sorted(front, key=lambda i: points[i])
+    return sorted(front, key=lambda i: (points[i], i))

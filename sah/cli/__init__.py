@@ -9,6 +9,7 @@ library (``sah`` outside this package) never imports from here.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import List, Optional
@@ -23,6 +24,24 @@ SUBCOMMANDS = {
     "compare": ("sah.cli.compare", "compare the best configs of several runs"),
     "export": ("sah.cli.export", "export a tuned config from a run"),
 }
+
+
+INTERRUPTED = 130  # the shell's exit status for a Ctrl-C
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and the fix."""
+    where = f" {exc.filename}" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing{where}; nothing was half-written "
+                f"(files are replaced whole); free some space and run again (sah tune: "
+                f"--resume keeps every finished trial)")
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{what}:{where}; use a shorter --name or --results-dir"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}:{where}; pick a location you can write to"
+    return f"{what}:{where}" if where else what
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -45,6 +64,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"sah {name}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"sah {name}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sah {name}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

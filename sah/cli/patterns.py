@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, TextIO
+from typing import List, Optional, TextIO
 
 from sah.patterns import PATTERN_NAMES, square_mask
-from sah.resources import check_analysis_parameters, pattern_points
+from sah.resources import check_analysis_parameters, pattern_num_active, pattern_points
+from sah.resources_memory import BYTES_PER_DENSE_CELL, analysis_bytes, check_memory
 
 SPARSITY_TITLES = {"normal": "Normal", "strided": "Strided", "fixed": "Fixed",
                    "sliding_window": "Sliding Window", "dilated_sliding_window": "Dilated Sliding Window"}
@@ -37,13 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, help="recorded layer id for --recording")
     parser.add_argument("--heads", default="0", help="comma-separated heads or 'all' (default: 0)")
     parser.add_argument("--batch", type=int, default=0, help="batch item of the recording (default: 0)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="let a HashAttention config load .pkl weights (unpickling runs code: "
+                             "only for files you trust); also SAH_ALLOW_PICKLE=1")
 
 
 def sparsity_lines(size: int, window_size: int, stride: int, dilation: int) -> List[str]:
     """The seed's ``Sparsity of each mask:`` block (1 - density over the full square)."""
     lines = ["Sparsity of each mask:"]
     for name in PATTERN_NAMES:
-        active = pattern_points(name, size, window_size, stride, dilation).num_active
+        active = pattern_num_active(name, size, window_size, stride, dilation)
         lines.append(f"{SPARSITY_TITLES[name]} Mask Sparsity: {1.0 - active / (size * size):.4%}")
     return lines
 
@@ -61,6 +65,21 @@ def print_nonzero(name: str, size: int, args: argparse.Namespace, out: TextIO) -
         out.write(f"{axis} {r} {other}: {' '.join(map(str, cols[indptr[r]:indptr[r + 1]].tolist()))}\n")
 
 
+def check_patterns_memory(args: argparse.Namespace) -> None:
+    """Refuse, before any work, what would not fit in memory: the points of each pattern
+    (to print them) and the dense squares drawn with --full_png."""
+    if not args.no_graphic and args.full_png:
+        check_memory(BYTES_PER_DENSE_CELL * args.size ** 2,
+                     f"--size {args.size} --full_png: drawing {args.size}x{args.size} squares",
+                     "drop --full_png (a --sample_size corner is drawn) or add --no_graphic")
+    if not args.skip_pattern_print:
+        for name in PATTERN_NAMES:
+            active = pattern_num_active(name, args.size, args.window_size, args.stride, args.dilation)
+            check_memory(analysis_bytes(active, args.size, order=args.order),
+                         f"--size {args.size}: printing the {name} pattern's {active:,} active "
+                         f"positions", "add --skip_pattern_print or use a smaller --size")
+
+
 def draw_patterns(args: argparse.Namespace) -> List[Path]:
     from sah.plotting import PATTERN_TITLES, plot_comparison, plot_pattern
     side = args.size if args.full_png else min(args.sample_size, args.size)
@@ -69,7 +88,7 @@ def draw_patterns(args: argparse.Namespace) -> List[Path]:
     for name in PATTERN_NAMES:
         # patterns are functions of (i, j): the top-left sample equals the small square
         labels[name] = square_mask(name, side, args.window_size, args.stride, args.dilation).numpy()
-        active = pattern_points(name, args.size, args.window_size, args.stride, args.dilation).num_active
+        active = pattern_num_active(name, args.size, args.window_size, args.stride, args.dilation)
         sparsities[name] = 1.0 - active / (args.size * args.size)
         paths.append(plot_pattern(labels[name], PATTERN_TITLES[name], out / f"{name}_mask_{side}x{side}.png",
                                   sparsity=sparsities[name]))
@@ -77,11 +96,13 @@ def draw_patterns(args: argparse.Namespace) -> List[Path]:
     return paths
 
 
-def run_patterns(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_patterns(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
+    out = out or sys.stdout
     check_analysis_parameters(size=args.size, window_size=args.window_size, stride=args.stride,
                               dilation=args.dilation)
     if args.sample_size < 1:
         raise ValueError(f"--sample_size: got {args.sample_size}; must be an int >= 1")
+    check_patterns_memory(args)
     if not args.skip_pattern_print:
         for name in PATTERN_NAMES:
             print_nonzero(name, args.size, args, out)
@@ -92,7 +113,8 @@ def run_patterns(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def run_chain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_chain(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
+    out = out or sys.stdout
     from sah.attention import ResearchAttention, ResearchAttentionConfig
     from sah.plotting import chain_contributions, masker_names, plot_chain_masks
     from sah.recording import load_recording
@@ -115,6 +137,9 @@ def run_chain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.allow_pickle:  # the person's opt-in, never the config's
+        from sah.pickle_opt_in import set_pickle_allowed
+        set_pickle_allowed(True)
     return run_chain(args) if args.recording else run_patterns(args)
 
 

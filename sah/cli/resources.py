@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--write_text", action="store_true", help="write the seed's text files")
     parser.add_argument("--output_dir", default="generated", help="folder for --write_text")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="let a HashAttention config load .pkl weights (unpickling runs code: "
+                             "only for files you trust); also SAH_ALLOW_PICKLE=1")
 
 
 def parse_heads(text: str, num_heads: int) -> List[int]:
@@ -114,6 +117,9 @@ def analyse_chain_on_recording(recording: Recording, config: ResearchAttentionCo
 
 def run(args: argparse.Namespace) -> int:
     check_analysis_parameters(num_multiplications=args.num_multiplications, read_limit=args.read_limit)
+    if args.allow_pickle:  # the person's opt-in, never the config's
+        from sah.pickle_opt_in import set_pickle_allowed
+        set_pickle_allowed(True)
     if args.pattern:
         analyses = [analyse_pattern(args.pattern, args.mask_size, args.num_multiplications,
                                     args.read_limit, args.window_size, args.stride, args.dilation,

@@ -34,7 +34,7 @@ import torch
 
 from sah.context import AttentionContext, AttentionTensorDimensions, tensor_dimensions
 from sah.mask import Mask
-from sah.validation import ConfigError
+from sah.validation import ConfigError, short_repr
 
 
 @dataclass
@@ -77,7 +77,7 @@ class MaskerConfig:
             if type_name is None:
                 raise ConfigError(f"{where or 'masker config'}: missing 'type' (a masker config class name, "
                                   f"one of {', '.join(MaskerRegistry.config_names())})")
-            target = MaskerRegistry.config_class(str(type_name), where)
+            target = MaskerRegistry.config_class(type_name, where)
         if "params" in data and isinstance(data["params"], dict):
             params = dict(data.pop("params"))
             params.update(data)
@@ -143,9 +143,9 @@ class MaskerRegistry:
     @classmethod
     def config_class(cls, name: str, where: str = "") -> Type[MaskerConfig]:
         cls._load_builtin()
-        if name not in cls._configs:
+        if not isinstance(name, str) or name not in cls._configs:
             prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}unknown masker type {name!r}; known types: "
+            raise ConfigError(f"{prefix}unknown masker type {short_repr(name)}; known types: "
                               f"{', '.join(cls.config_names())}")
         return cls._configs[name]
 

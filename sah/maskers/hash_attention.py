@@ -2,7 +2,7 @@
 signature agrees most with the query's are picked.
 
 ``HashAttentionTopKMaskerConfig(heavy_size, hat_bits, hat_mlp_layers, hat_mlp_hidden_size,
-hat_mlp_activation, hat_weights | hat_weight_file, allow_pickle=False, hat_init_seed=0)``:
+hat_mlp_activation, hat_weights | hat_weight_file, hat_init_seed=0)``:
 
 - per head, an MLP of ``hat_mlp_layers`` linear layers (``d -> hidden -> ... -> hat_bits``),
   ``hat_mlp_activation`` between them and none after the last, then ``sign()`` (+1, -1,
@@ -20,7 +20,9 @@ per query head and the auxiliary memory is ``hat_bits * h / hk`` bits per token.
 Sources, in order: ``hat_weights`` (``{layer: weights}``), ``hat_weight_file``
 (safetensors with tensors named ``layer.L.query_matrix.I`` etc., or ``.pt``/``.pth`` read
 with ``torch.load(weights_only=True)`` holding ``{layer: weights}`` or the flat names; a
-``.pkl`` pickle only with ``allow_pickle=True``, since unpickling runs code), else seeded
+``.pkl`` pickle only when the person running the process opted in (:mod:`sah.pickle_opt_in`:
+``--allow-pickle``, ``SAH_ALLOW_PICKLE=1`` or ``sah.allow_pickle()``), since unpickling runs
+code; a config's own ``allow_pickle`` field cannot switch it on), else seeded
 random initialisation (seed ``hat_init_seed + layer``; a baseline, or the start of
 :func:`sah.maskers.hash_attention_fit.fit_hash_attention`). Declared sizes must match
 the weights.
@@ -38,7 +40,8 @@ import torch
 from sah.context import AttentionContext
 from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.maskers.top_k import TopKMasker
-from sah.validation import ConfigError, check_choice, check_int, check_size
+from sah.pickle_opt_in import HOW, pickle_allowed
+from sah.validation import ConfigError, check_choice, check_int, check_size, short_repr
 
 WEIGHT_NAMES = ("query_matrix", "query_bias", "key_matrix", "key_bias")
 ACTIVATIONS = {
@@ -54,7 +57,9 @@ class HashAttentionTopKMaskerConfig(MaskerConfig):
     (>= 1); ``hat_mlp_layers``: linear layers per hash (>= 1); ``hat_mlp_hidden_size``: width
     of the hidden layers (>= 1); ``hat_mlp_activation``: one of silu, relu, gelu, tanh;
     ``hat_weights`` (``{layer: weights}``) or ``hat_weight_file`` (path), at most one; none:
-    random hashes seeded ``hat_init_seed + layer``; ``allow_pickle``: permit ``.pkl`` files."""
+    random hashes seeded ``hat_init_seed + layer``; ``allow_pickle``: kept so old configs
+    with ``false`` load; ``true`` is refused (the opt-in is the person's, see
+    :mod:`sah.pickle_opt_in`)."""
 
     heavy_size: Union[int, float] = 0.05
     hat_bits: int = 32
@@ -80,8 +85,10 @@ class HashAttentionTopKMaskerConfig(MaskerConfig):
         if self.hat_weights is not None and not isinstance(self.hat_weights, dict):
             raise ConfigError(f"{owner}.hat_weights: expected {{layer: weights}}, got "
                               f"{type(self.hat_weights).__name__}")
-        if not isinstance(self.allow_pickle, bool):
-            raise ConfigError(f"{owner}.allow_pickle: got {self.allow_pickle!r}; must be true or false")
+        if self.allow_pickle is not False:
+            raise ConfigError(f"{owner}.allow_pickle: got {short_repr(self.allow_pickle)}; a config "
+                              f"cannot switch pickle loading on for itself (unpickling runs code); "
+                              f"remove the field and, for a file you trust, {HOW}")
 
 
 # ---------------------------------------------------------------------- weights
@@ -213,13 +220,35 @@ def save_hat_weights(weights: Dict[int, LayerWeights], path: Union[str, Path]) -
     return path
 
 
-def load_hat_weights(path: Union[str, Path], allow_pickle: bool = False) -> Dict[int, LayerWeights]:
-    """Read hash weights from safetensors, ``.pt``/``.pth`` (``weights_only``) or, only with
-    ``allow_pickle=True``, a ``.pkl`` pickle."""
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".pkl")
+
+
+def check_weight_file(path: Union[str, Path], allow_pickle: Optional[bool] = None) -> None:
+    """What can be checked before a run without reading the file: it exists, its extension
+    is known, and a ``.pkl`` has the person's opt-in (``allow_pickle=None``: the process's,
+    :func:`sah.pickle_opt_in.pickle_allowed`)."""
     path = Path(path)
     where = f"hat_weight_file {path}"
     if not path.is_file():
-        raise ConfigError(f"{where}: no such file")
+        raise ConfigError(f"{where}: no such file" + ("" if not path.exists() else
+                                                       " (it is a directory)"))
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise ConfigError(f"{where}: unknown extension {suffix!r}; use .safetensors, .pt or .pkl")
+    allowed = pickle_allowed() if allow_pickle is None else allow_pickle
+    if suffix == ".pkl" and not allowed:
+        raise ConfigError(f"{where}: .pkl files can run code when loaded; convert it to "
+                          f"safetensors or, only for a file you trust, {HOW}")
+
+
+def load_hat_weights(path: Union[str, Path], allow_pickle: Optional[bool] = None
+                     ) -> Dict[int, LayerWeights]:
+    """Read hash weights from safetensors, ``.pt``/``.pth`` (``weights_only``) or a ``.pkl``
+    pickle: only with ``allow_pickle=True`` or, by default (``None``), the opt-in of the
+    person running the process (:mod:`sah.pickle_opt_in`)."""
+    path = Path(path)
+    where = f"hat_weight_file {path}"
+    check_weight_file(path, allow_pickle)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -233,14 +262,9 @@ def load_hat_weights(path: Union[str, Path], allow_pickle: bool = False) -> Dict
         except Exception as exc:  # unpickling refused or corrupt
             raise ConfigError(f"{where}: cannot be read with torch.load(weights_only=True) "
                               f"({exc}); convert it to safetensors") from None
-    elif suffix == ".pkl":
-        if not allow_pickle:
-            raise ConfigError(f"{where}: .pkl files can run code when loaded; set "
-                              f"allow_pickle=True only for a file you trust, or convert it to safetensors")
+    else:  # .pkl, opted in by the person running the process (checked above)
         with path.open("rb") as handle:
             data = pickle.load(handle)  # noqa: S301 (explicitly allowed by the user)
-    else:
-        raise ConfigError(f"{where}: unknown extension {suffix!r}; use .safetensors, .pt or .pkl")
     return normalize_hat_weights(data, where)
 
 
@@ -256,7 +280,7 @@ class HashAttentionTopKMasker(TopKMasker):
         if config.hat_weights is not None:
             self._weights = normalize_hat_weights(config.hat_weights, "hat_weights")
         elif config.hat_weight_file is not None:
-            self._weights = load_hat_weights(config.hat_weight_file, config.allow_pickle)
+            self._weights = load_hat_weights(config.hat_weight_file)
         self._key_heads_per_kv_head = 1
 
     def aux_bits_per_token(self, head_dim: int) -> float:

@@ -30,7 +30,7 @@ from sah.mask import Mask, _indptr_from_rows
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
 from sah.maskers.top_k import candidate_positions
-from sah.validation import ConfigError, check_choice, check_int
+from sah.validation import ConfigError, check_choice, check_int, short_repr
 
 
 @dataclass
@@ -51,7 +51,7 @@ class MagicPigConfig(MaskerConfig):
         check_int(owner, "lsh_l", self.lsh_l, 1)
         check_int(owner, "lsh_k", self.lsh_k, 1, 63)
         if not isinstance(self.center, bool):
-            raise ConfigError(f"{owner}.center: got {self.center!r}; must be true or false")
+            raise ConfigError(f"{owner}.center: got {short_repr(self.center)}; must be true or false")
         check_choice(owner, "packing", self.packing, ("int64",))
         check_int(owner, "seed", self.seed, 0)
 

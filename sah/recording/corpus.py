@@ -9,17 +9,16 @@ for a given Python version; recordings store the text's sha256.
 from __future__ import annotations
 
 import hashlib
-import platform
 from pathlib import Path
 from typing import Optional, Tuple
 
 
 def default_corpus_text() -> Tuple[str, str]:
-    """``(text, source description)`` of the default corpus."""
-    from pydoc_data.topics import topics
+    """``(text, source description)`` of the default corpus (the named text ``docs``)."""
+    from sah.recording.texts import load_text
 
-    text = "\n\n".join(topics[name].strip() for name in sorted(topics))
-    return text, f"pydoc_data.topics (Python {platform.python_version()}, topics in sorted order)"
+    text = load_text("docs")
+    return text.content, text.source
 
 
 def read_text(path: Optional[str]) -> Tuple[str, str]:

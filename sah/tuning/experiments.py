@@ -1,12 +1,19 @@
 """The Ray experiments of a study: ONE for all batched (grid/random) chains and one per
 other chain (Optuna, ASHA); their searchers, schedulers and param spaces, and
-:func:`run_experiment`, which fits a new experiment or restores and continues one."""
+:func:`run_experiment`, which fits a new experiment or restores and continues one.
+
+Where Ray Tune keeps the experiments (:func:`experiment_root`): ``<run>/ray`` by default; with
+``storage_path`` (study key or ``--storage-path``) a folder every node reaches or a URI Ray
+Tune supports (``s3://...``), under ``<storage>/<run name>-<run id>`` (the id is drawn when
+the run folder is made and kept in ``run.yaml``, so two runs never share experiments and
+``--resume`` finds them). The run folder stays on the driver and holds every output."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from sah.tuning.signals import _second_interrupt, install_interrupt_sentinel
 from sah.tuning.study import ChainSpec, Study
@@ -52,6 +59,28 @@ def _trial_dirname(trial: Any) -> str:
 Members = List[Tuple[int, ChainSpec]]  # (position in the study, chain)
 
 
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def storage_location(storage_path: str, run_name: str, run_id: str) -> str:
+    """``<storage>/<run name>-<run id>``: a local folder made absolute, a URI kept as is."""
+    leaf = f"{run_name}-{run_id}"
+    if is_uri(storage_path):
+        return storage_path.rstrip("/") + "/" + leaf
+    return str(Path(storage_path).expanduser().resolve() / leaf)
+
+
+def experiment_root(run_dir: Path, stored: Optional[str]) -> str:
+    """Where a run's Ray experiments live: ``stored`` (``run.yaml``'s ``ray_storage``) or
+    ``<run>/ray``."""
+    return stored if stored else str(Path(run_dir) / "ray")
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name if is_uri(root) else os.path.join(root, name)
+
+
 def experiments(study: Study) -> List[Tuple[str, Members]]:
     """The Ray experiments of a study, in study order: ONE for all batched chains (at the
     place of the first), and one per other chain (Optuna, ASHA, batch size 1)."""
@@ -68,14 +97,15 @@ def experiments(study: Study) -> List[Tuple[str, Members]]:
     return out
 
 
-def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: Path,
+def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: str,
                    num_groups: int, progress: bool):
-    """Fit (or restore and continue) one experiment; returns its ResultGrid and whether
-    it was interrupted."""
+    """Fit (or restore and continue) one experiment kept under ``ray_dir`` (a local folder
+    or a URI, :func:`experiment_root`); returns its ResultGrid and whether it was
+    interrupted."""
     from ray import tune
 
     from sah.tuning.progress import TrialProgress
-    exp_dir = ray_dir / name
+    exp_dir = _join(str(ray_dir), name)
     callbacks = [TrialProgress({c.name: c.expected_trials() for _, c in members},
                                enabled=progress)]
     index, chain = members[0]
@@ -84,8 +114,8 @@ def run_experiment(name: str, members: Members, study: Study, trainable: Any, ra
         space = batched_param_space(members, study.seed)
     else:
         space = _param_space(chain)
-    if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=space,
+    if tune.Tuner.can_restore(exp_dir):
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, param_space=space,
                                    resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         local = getattr(tuner, "_local_tuner", None)  # restored runs keep their old callbacks

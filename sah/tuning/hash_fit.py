@@ -7,9 +7,11 @@ fit_hash_attention: {bits: 32, steps: 300}   # any fit_hash_attention() keyword;
 Before any trial, the hash functions are fitted on the run's recording
 (:func:`sah.maskers.hash_attention_fit.fit_hash_attention`) and saved in the run folder
 (``hash_attention/weights.safetensors`` plus ``report.json``). Every
-``HashAttentionTopKMaskerConfig`` of the study gets ``hat_weight_file`` pointing there
-and the fitted sizes (``hat_bits``, ``hat_mlp_*``) as fixed fields, so trials, tuned
-configs and exports all load the same weights. A resumed run reuses the saved weights.
+``HashAttentionTopKMaskerConfig`` of the study gets the fitted sizes (``hat_bits``,
+``hat_mlp_*``) as fixed fields and ``hat_weight_file: hash_attention.safetensors``, a
+portable name, never a driver-side path: trials receive the weights through Ray's object
+store and tuned configs and exports find the file next to them
+(:mod:`sah.tuning.artefacts`). A resumed run reuses the saved weights.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sah.validation import ConfigError
 
 MASKER = "HashAttentionTopKMaskerConfig"
 SIZE_FIELDS = ("hat_bits", "hat_mlp_layers", "hat_mlp_hidden_size", "hat_mlp_activation")
+FITTED_NAME = "hash_attention.safetensors"  # the fitted weights' name next to a config
 FIT_DEFAULTS = {"hat_bits": 32, "hat_mlp_layers": 3, "hat_mlp_hidden_size": 128,
                 "hat_mlp_activation": "silu"}
 
@@ -36,11 +39,13 @@ def fit_options(study: Study) -> Dict[str, Any]:
 
 
 def weights_path(run_dir: Path) -> Path:
+    """Where a run keeps its fitted weights."""
     return Path(run_dir).resolve() / "hash_attention" / "weights.safetensors"
 
 
 def attach_weights(study: Study, run_dir: Path) -> None:
-    """Point every HashAttention masker of the study at the run's fitted weights."""
+    """Point every HashAttention masker of the study at the run's fitted weights (by the
+    portable name :data:`FITTED_NAME`; ``run_dir`` is not part of the study)."""
     if not study.fit_hash_attention:
         return
     import inspect
@@ -65,7 +70,7 @@ def attach_weights(study: Study, run_dir: Path) -> None:
                         f"{study.source}: chains[{i}].maskers[{j}].{name}: the fitted weights have "
                         f"{name}={value!r}; leave the field out (or set it in fit_hash_attention)")
                 masker.fixed[name] = value
-            masker.fixed["hat_weight_file"] = str(weights_path(run_dir))
+            masker.fixed["hat_weight_file"] = FITTED_NAME
     if not found:
         raise ConfigError(f"{study.source}: fit_hash_attention: no chain uses {MASKER}; remove the "
                           f"option or add a HashAttention chain")

@@ -22,9 +22,10 @@ class TrialProgress(Callback):
     """Counts finished, failed and early-stopped configurations of each chain of one
     experiment (``totals``: chain -> configurations); shows each chain's best score."""
 
-    def __init__(self, totals: Dict[str, int], enabled: bool = True) -> None:
+    def __init__(self, totals: Dict[str, int], enabled: bool = True, file: Any = None) -> None:
         self.totals = dict(totals)
         self.enabled = enabled
+        self.file = file  # default: sys.stderr at the time a bar is made
         self.best = {c: math.inf for c in self.totals}
         self.failed = {c: 0 for c in self.totals}
         self._bars: Dict[str, Any] = {}
@@ -32,13 +33,14 @@ class TrialProgress(Callback):
     def __getstate__(self) -> Dict[str, Any]:  # Ray pickles callbacks with the run config
         state = dict(self.__dict__)
         state["_bars"] = {}
+        state["file"] = None
         return state
 
     def _bar(self, chain: str) -> Any:
         if chain not in self._bars and self.enabled and chain in self.totals:
             from tqdm import tqdm
             self._bars[chain] = tqdm(total=self.totals[chain], desc=f"{chain:>28s}", unit="config",
-                                     file=sys.stderr, dynamic_ncols=True, leave=True)
+                                     file=self.file or sys.stderr, dynamic_ncols=True, leave=True)
         return self._bars.get(chain)
 
     def setup(self, **info: Any) -> None:
@@ -63,10 +65,12 @@ class TrialProgress(Callback):
             return
         self.failed[chain] += failed
         bar = self._bar(chain)
-        if bar is not None:
-            bar.update(count)
+        if bar is not None:  # the postfix first: the update's display shows the new best
             bar.set_postfix(best_score=f"{self.best[chain]:.4g}", failed=self.failed[chain],
                             refresh=False)
+            bar.update(count)
+            if bar.n >= bar.total:  # a finished chain's bar shows its final state at once
+                bar.refresh()
 
     def close(self) -> None:
         for bar in self._bars.values():

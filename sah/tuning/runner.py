@@ -2,12 +2,17 @@
 per other chain, then the outputs.
 
 Order of work, so that bad input writes nothing: load and validate the study, check the
-run folder (an existing folder is only ever continued with ``resume``), find and load the
-recording, check the layer subset; only then create the run folder, write ``run.yaml``,
-fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
+run folder (an existing folder is only ever continued with ``resume``), join the cluster
+(``--address``) and check that one of its nodes can hold a trial's resources (a local run
+checks this machine without starting Ray), find and load the recording, check the layer
+subset, load the weight files the study names; only then create the run folder, write
+``run.yaml``, fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
-``<run>/ray/_batched``; an Optuna or ASHA chain's experiment lives in ``<run>/ray/<chain>``;
-a finished chain is marked in ``<run>/progress.json``. The pieces live beside this module:
+``<run>/ray/_batched`` (or under ``storage_path``); an Optuna or ASHA chain's experiment
+lives in ``<run>/ray/<chain>``; a finished chain is marked in ``<run>/progress.json`` (with
+the wall time of each part of the run, so ``summary.md`` reports the total over interrupted
+and resumed parts; a run whose outputs were written is "already complete" to ``resume``,
+which then starts nothing). The pieces live beside this module:
 :mod:`~sah.tuning.run_folder` (run folder checks, ``run.yaml``, ``progress.json``),
 :mod:`~sah.tuning.ray_setup` (starting Ray), :mod:`~sah.tuning.experiments` (the Ray
 experiments) and :mod:`~sah.tuning.signals` (stop signals).
@@ -18,11 +23,12 @@ kept, unfinished ones run again from their start).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
+import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -30,12 +36,15 @@ from typing import Any, Dict, Optional
 import yaml
 
 from sah.recording.format import Recording, RecordingError
-from sah.tuning.experiments import experiments, run_experiment
+from sah.tuning.artefacts import RunArtefacts
+from sah.tuning.cluster import check_trial_resources, trial_request, tune_resources
+from sah.tuning.experiments import experiment_root, experiments, run_experiment, storage_location
 from sah.tuning.outputs import collect_rows, write_outputs
 from sah.tuning.outputs.files import atomic_write_text
-from sah.tuning.ray_setup import REPO_ROOT, init_ray, versions
-from sah.tuning.run_folder import _comparable, check_run_folder, read_progress
-from sah.tuning.signals import forward_sigterm, signals_deferred
+from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_local_ray,
+                                  versions)
+from sah.tuning.run_folder import Progress, _comparable, check_results_dir, check_run_folder
+from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
 from sah.tuning.study import Study, load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
 from sah.validation import ConfigError
@@ -58,14 +67,17 @@ class RunOptions:
     cpus_per_trial: Optional[float] = None
     gpus_per_trial: Optional[float] = None
     address: Optional[str] = None
+    storage_path: Optional[str] = None
     resume: bool = False
     results_dir: str = "results"
     progress: bool = True
+    allow_pickle: bool = False  # the person's opt-in: the driver may read .pkl weight files
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "searcher": self.searcher,
-                               "num_samples": self.num_samples, "seed": self.seed}
+                               "num_samples": self.num_samples, "seed": self.seed,
+                               "storage_path": self.storage_path}
         if self.cpus_per_trial is not None or self.gpus_per_trial is not None:
             out["resources_per_trial"] = {k: v for k, v in (("cpu", self.cpus_per_trial),
                                                             ("gpu", self.gpus_per_trial))
@@ -77,14 +89,11 @@ class RunOptions:
 # ---------------------------------------------------------------------- checks
 def resolve_recording(study: Study) -> Path:
     """The recording file of the study (the default one is made if missing)."""
-    if study.recording == "default":
-        from sah.recording.default import ensure_default_recording
-        return Path(ensure_default_recording())
-    path = Path(study.recording).expanduser()
-    if not path.is_file():
-        raise RecordingError(f"{study.source}: recording: {path} does not exist; record one with "
-                             f"'sah record' or use 'recording: default'")
-    return path
+    from sah.recording.embedded import resolve_recording as resolve
+    try:
+        return resolve(study.recording, f"{study.source}: recording")
+    except (FileNotFoundError, ValueError) as exc:
+        raise RecordingError(str(exc)) from None
 
 
 def load_study_recording(path: Path) -> Recording:
@@ -94,20 +103,54 @@ def load_study_recording(path: Path) -> Recording:
 
 # ---------------------------------------------------------------------- the run
 def run_study(options: RunOptions) -> Path:
-    """Validate, run every chain, write the outputs. Returns the run folder."""
+    """Validate, run every chain, write the outputs. Returns the run folder. ``.pkl``
+    weights load only with ``options.allow_pickle`` (or the process's opt-in,
+    :mod:`sah.pickle_opt_in`); the driver reads them and ships the tensors to the trials."""
+    from sah.pickle_opt_in import allow_pickle
+    with allow_pickle(options.allow_pickle):
+        return _run_study(options)
+
+
+def _run_study(options: RunOptions) -> Path:
     started = time.time()
     study = load_study(options.config or DEFAULT_STUDY, options.overrides())
     run_dir = Path(options.results_dir) / study.name
     from sah.tuning.hash_fit import attach_weights
     attach_weights(study, run_dir)
+    check_results_dir(Path(options.results_dir))
     check_run_folder(run_dir, study, options.resume)
-    recording_path = resolve_recording(study)
-    recording = load_study_recording(recording_path)
-    if study.layers:
-        missing = [x for x in study.layers if x not in recording.layer_ids]
-        if missing:
-            raise ConfigError(f"{study.source}: layers: layer {missing[0]} is not in the recording "
-                              f"{recording_path} (recorded layers: {recording.layer_ids})")
+    progress = Progress(run_dir, started)
+    if options.resume and progress.complete(study):
+        print(f"{run_dir}: already complete (every chain finished, outputs written); nothing "
+              f"to resume", file=sys.stderr)
+        return run_dir.resolve()
+    per_chain = {c.name: study.trial_resources(c) for c in study.chains}
+    started_ray = join_cluster(options.address) if options.address else False
+    try:  # nothing is written until the run folder is made; a refusal leaves the cluster
+        where = (f"the Ray cluster at {options.address}" if options.address
+                 else "this machine's local Ray")
+        nodes = planned_nodes()
+        for i, chain in enumerate(study.chains):
+            try:
+                check_trial_resources(trial_request(*per_chain[chain.name]), nodes, where)
+            except ConfigError as exc:
+                prefix = f"chains[{i}]." if chain.resources is not None else ""
+                raise ConfigError(f"{study.source}: {prefix}{exc}") from None
+        recording_path = resolve_recording(study)
+        recording = load_study_recording(recording_path)
+        if study.layers:
+            missing = [x for x in study.layers if x not in recording.layer_ids]
+            if missing:
+                raise ConfigError(f"{study.source}: layers: layer {missing[0]} is not in the "
+                                  f"recording {recording_path} (recorded layers: "
+                                  f"{recording.layer_ids})")
+        artefacts = RunArtefacts.of_run(study, run_dir)
+        artefacts.load(fitted=False)  # weight files given in the study: read and checked now
+    except BaseException:
+        if started_ray:
+            import ray
+            ray.shutdown()
+        raise
     num_layers = len(study.layers or recording.layer_ids)
     from sah.evaluate import default_group_size, layer_groups
     group = study.layers_per_report or default_group_size(num_layers)
@@ -121,36 +164,47 @@ def run_study(options: RunOptions) -> Path:
                       "layers": recording.layer_ids, "num_keys": recording.num_keys,
                       "num_queries": recording.num_queries,
                       "model": (recording.metadata or {}).get("model_id")},
-        "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, sort_keys=False)
+        "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"ray_storage": storage_location(study.storage_path, study.name, uuid.uuid4().hex[:8])}
+           if study.storage_path else {})}, sort_keys=False)
 
     # ---- from here on, the run folder is ours
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=options.resume)
-    run_dir = run_dir.resolve()
+    run_dir = progress.run_dir = run_dir.resolve()
     if not (run_dir / "run.yaml").is_file():
-        atomic_write_text(run_dir / "run.yaml", run_yaml)
+        try:
+            atomic_write_text(run_dir / "run.yaml", run_yaml)
+        except OSError:  # e.g. disk full: leave no folder that blocks the next try
+            if created:
+                os.rmdir(run_dir)
+            raise
+    stored = (yaml.safe_load((run_dir / "run.yaml").read_text()) or {}).get("ray_storage")
     log.info("phase load: %.2f s", time.time() - started)
     if study.fit_hash_attention:
         from sah.tuning.hash_fit import prepare_hash_attention
         fit_started = time.time()
         prepare_hash_attention(study, recording, run_dir)
         log.info("phase hash_fit: %.2f s", time.time() - fit_started)
+    artefacts.load(fitted=True)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress bars, not Ray's tables
     from ray import tune
-    started_ray = init_ray(options.address, sum(
-        t.numel() * t.element_size() for lr in recording.layers
-        for t in (lr.queries, lr.keys, lr.values)))
+    if not options.address:
+        started_ray = start_local_ray(sum(t.numel() * t.element_size() for lr in recording.layers
+                                          for t in (lr.queries, lr.keys, lr.values)))
     previous_term = forward_sigterm()
+    forget_hook = at_forced_exit(progress.save)  # a second Ctrl-C exits at once: keep the time
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
-                     group, study.cpus_per_trial, study.gpus_per_trial)
+                     group, study.cpus_per_trial, study.gpus_per_trial, artefacts.loaded,
+                     {name: (cpu, gpu) for name, (cpu, gpu, _) in per_chain.items()})
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, recording=SharedRecording(recording), task=task),
-        {"cpu": study.cpus_per_trial, "gpu": study.gpus_per_trial})
-    ray_dir = run_dir / "ray"
+        tune_resources(per_chain))
+    ray_dir = experiment_root(run_dir, stored)
     grids: Dict[str, Any] = {}
     interrupted = False
     try:
-        done = read_progress(run_dir)
         for name, members in experiments(study):
             exp_started = time.time()
             grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
@@ -160,9 +214,13 @@ def run_study(options: RunOptions) -> Path:
             if stopped or len(grid) < sum(c.expected_ray_trials() for _, c in members):
                 interrupted = True
                 break
-            done.update({chain.name: "complete" for _, chain in members})
-            atomic_write_text(run_dir / "progress.json", json.dumps(done, indent=2))
+            progress.chains.update({chain.name: "complete" for _, chain in members})
+            progress.save()
+    except KeyboardInterrupt:  # a Ctrl-C between experiments: keep this part's time, stop
+        progress.save()
+        raise
     finally:
+        forget_hook()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         if started_ray and not interrupted:
@@ -171,8 +229,10 @@ def run_study(options: RunOptions) -> Path:
     out_started = time.time()
     rows = collect_rows(study, grids, interrupted)
     with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
+        now = time.time()  # summary.md's total and progress.json's parts agree
         write_outputs(run_dir, study, rows, recording, final=not interrupted,
-                      wall_seconds=time.time() - started)
+                      wall_seconds=progress.wall_seconds(now), artefacts=artefacts)
+        progress.save(outputs_written=not interrupted, now=now)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if interrupted:
         import ray

@@ -1,12 +1,18 @@
 """Stop signals during a run: SIGTERM acts like Ctrl-C (Ray Tune stops gracefully and saves
-its state), a sentinel SIGINT handler tells whether ``Tuner.fit`` was interrupted, and
-outputs are written with SIGINT/SIGTERM held so they are never left half-written."""
+its state), a sentinel SIGINT handler tells whether ``Tuner.fit`` was interrupted (and
+turns a second Ctrl-C into an immediate, clean exit), and outputs are written with
+SIGINT/SIGTERM held so they are never left half-written."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from typing import Any, Dict, Iterator, List
+import sys
+from typing import Any, Callable, Dict, Iterator, List
+
+INTERRUPTED_TWICE = 130  # exit status of a second Ctrl-C (the shell's for SIGINT)
+_FORCED_EXIT_HOOKS: List[Callable[[], None]] = []
 
 
 def forward_sigterm() -> Any:
@@ -43,11 +49,36 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def at_forced_exit(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` (e.g. saving ``progress.json``) if a second Ctrl-C stops the process at
+    once; returns the function that forgets it again."""
+    _FORCED_EXIT_HOOKS.append(hook)
+
+    def forget() -> None:
+        if hook in _FORCED_EXIT_HOOKS:
+            _FORCED_EXIT_HOOKS.remove(hook)
+    return forget
+
+
 def _second_interrupt(signum: int, frame: Any) -> None:
     """SIGINT handler installed around ``Tuner.fit``. Ray Tune replaces it with its own
     graceful-stop handler and puts it back when a stop signal arrives, so finding it in
-    place after ``fit`` means the run was interrupted; a second Ctrl-C lands here."""
-    raise KeyboardInterrupt
+    place after ``fit`` means the run was interrupted. A second Ctrl-C lands here and stops
+    at once (skipping Ray Tune's last checkpoint): the :func:`at_forced_exit` hooks run,
+    one line is printed and the process exits with status 130. It does not raise
+    ``KeyboardInterrupt``: raised inside a destructor or a Ray callback, that is printed as
+    a traceback and ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for hook in list(_FORCED_EXIT_HOOKS):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 (stopping anyway; the hook's work is a bonus)
+            pass
+    sys.stderr.write("\nsah: stopped at once (second Ctrl-C); finished trials are kept; "
+                     "continue with --resume\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(INTERRUPTED_TWICE)
 
 
 def install_interrupt_sentinel() -> bool:

@@ -6,7 +6,10 @@ A YAML field is either a fixed value or ``{search: KIND, ...}``:
 - ``choice``: ``values: [...]``, one value drawn per trial (``tune.choice``);
 - ``uniform`` / ``loguniform``: floats in ``[low, high]`` (``loguniform`` needs ``low > 0``);
 - ``randint``: ints in ``[low, high)`` (Ray's convention: ``high`` excluded);
-- ``qrandint``: ints in ``[low, high]`` rounded to multiples of ``q``.
+- ``qrandint``: the multiples of ``q`` in ``[low, high]``, both ends included (also for
+  ``q = 1``, where Ray's own ``qrandint`` excludes ``high``), drawn uniformly; the same set
+  for every searcher (the Ray domain gets the outermost multiples as its ends, so Optuna's
+  ``low + k*q`` steps are multiples of ``q`` too).
 
 Every domain is checked before any trial starts: kind and keys, types, ``low < high``,
 and (by the study) the values the domain can produce must pass the masker's ``validate()``.
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, Dict, List, Tuple
 
-from sah.validation import ConfigError
+from sah.validation import ConfigError, short_repr
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "qrandint")
 _KEYS = {
@@ -51,7 +54,7 @@ class Domain:
     def parse(cls, spec: Dict[str, Any], path: str) -> "Domain":
         kind = spec.get("search")
         if kind not in KINDS:
-            raise ConfigError(f"{path}.search: got {kind!r}; use one of {', '.join(KINDS)}")
+            raise ConfigError(f"{path}.search: got {short_repr(kind)}; use one of {', '.join(KINDS)}")
         allowed = _KEYS[kind] | {"search"}
         unknown = sorted(set(spec) - allowed)
         if unknown:
@@ -69,20 +72,20 @@ class Domain:
         if kind in ("randint", "qrandint"):
             for name, v in (("low", low), ("high", high)):
                 if not _is_int(v):
-                    raise ConfigError(f"{path}.{name}: got {v!r}; a {kind} domain needs ints")
+                    raise ConfigError(f"{path}.{name}: got {short_repr(v)}; a {kind} domain needs ints")
         else:
             for name, v in (("low", low), ("high", high)):
                 if not _is_number(v) or not math.isfinite(v):
-                    raise ConfigError(f"{path}.{name}: got {v!r}; expected a finite number")
+                    raise ConfigError(f"{path}.{name}: got {short_repr(v)}; expected a finite number")
         if not low < high:
             raise ConfigError(f"{path}.high: got low={low}, high={high}; low must be below high")
         if kind == "loguniform" and low <= 0:
             raise ConfigError(f"{path}.low: got {low}; a loguniform domain needs low > 0")
         q = spec.get("q", 1)
         if kind == "qrandint" and (not _is_int(q) or q < 1):
-            raise ConfigError(f"{path}.q: got {q!r}; expected an int >= 1")
-        if kind == "qrandint" and (high - low) < q:
-            raise ConfigError(f"{path}.q: got {q}; the step must fit in [low, high]")
+            raise ConfigError(f"{path}.q: got {short_repr(q)}; expected an int >= 1")
+        if kind == "qrandint" and -(-low // q) * q > high:
+            raise ConfigError(f"{path}.q: got {q}; no multiple of q lies in [{low}, {high}]")
         if kind == "uniform" or kind == "loguniform":
             low, high = float(low), float(high)
         return cls(kind, path, low=low, high=high, q=int(q))
@@ -94,9 +97,9 @@ class Domain:
             return [(f"{self.path}.values[{i}]", v) for i, v in enumerate(self.values)]
         if self.kind == "randint":
             return [(f"{self.path}.low", self.low), (f"{self.path}.high", self.high - 1)]
-        if self.kind == "qrandint":
-            top = self.low + ((self.high - self.low) // self.q) * self.q
+        if self.kind == "qrandint":  # the outermost multiples of q, both included
             first = -(-self.low // self.q) * self.q
+            top = (self.high // self.q) * self.q
             return [(f"{self.path}.low", first), (f"{self.path}.high", top)]
         return [(f"{self.path}.low", self.low), (f"{self.path}.high", self.high)]
 
@@ -118,7 +121,10 @@ class Domain:
             return tune.loguniform(self.low, self.high)
         if self.kind == "randint":
             return tune.randint(self.low, self.high)
-        return tune.qrandint(self.low, self.high, self.q)
+        (_, first), (_, top) = self.extremes()
+        if self.q == 1:  # Ray's qrandint excludes high for q = 1
+            return tune.randint(first, top + 1)
+        return tune.qrandint(first, top, self.q)
 
     def sample(self, rng: Any) -> Any:
         """One value drawn with ``rng`` (a ``numpy.random.Generator``), as the Ray domain of

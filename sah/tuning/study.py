@@ -10,15 +10,19 @@ multi_objective: false         # optuna only: search over (output_error, density
 num_samples: 20                # trials per chain (random, optuna)
 seed: 0
 scheduler: {type: asha, grace_period: 1, reduction_factor: 3}   # optional
-resources_per_trial: {cpu: 1, gpu: 0}
+resources_per_trial: {cpu: 1, gpu: 0}  # also custom_resources: {name: amount} (Ray resources)
+storage_path: null             # Ray Tune's experiment state: a folder every node reaches, or a URI
 max_concurrent_trials: null    # default: as many as the CPUs allow
 layers: null                   # optional subset of the recorded layer ids
 layers_per_report: null        # layers per report (default: about 4 reports per trial)
 configs_per_trial: 8           # configurations one Ray trial scores (grid/random; see below)
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
+max_configurations: 100000     # refuse studies that expand to more configurations
 chains:
   - name: sink_local_oracle_top_k
-    searcher: random           # optional per-chain override (also num_samples)
+    searcher: random           # optional per-chain override (also num_samples,
+                               # resources_per_trial: its keys over the study's; the
+                               # command line's --num-samples wins over both num_samples)
     maskers:
       - {type: SinkMaskerConfig, sink_size: 128}
       - type: OracleTopKConfig
@@ -30,33 +34,39 @@ chains:
 and with a scheduler (ASHA stops single trials on their intermediate reports).
 
 Every error is one :class:`ConfigError` line naming the file and the YAML path,
-e.g. ``configs/x.yaml: chains[1].maskers[2].heavy_size.high: ...``.
+e.g. ``configs/x.yaml: chains[1].maskers[2].heavy_size.high: ...``. The file is read with
+:mod:`sah.safe_yaml` (UTF-8; duplicate keys, alias bombs and deep nesting refused); the
+study-wide checks are in :mod:`sah.tuning.study_checks`: names are at most 100 characters
+and chain names may not collide as output files (case-insensitively, or by adding ``.hub``
+/ ``.density_<t>`` / ``.allocated...`` to another chain's name); a study expanding to more
+than ``max_configurations`` configurations is refused before anything is built.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
-
-import yaml
 
 import sah.maskers  # noqa: F401  (registers every masker)
 from sah.attention import ResearchAttentionConfig
 from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.objectives import get_objective
+from sah.safe_yaml import MAX_STUDY_NODES, load_yaml_file
+from sah.tuning.cluster import parse_trial_resources
 from sah.tuning.space import Domain, plain_value
-from sah.validation import ConfigError
+from sah.tuning.study_checks import check_chain_names, check_name, check_total
+from sah.validation import ConfigError, short_repr
 
 SEARCHERS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "multi_objective",
             "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
-            "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial", "chains")
+            "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial",
+            "storage_path", "max_configurations", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DEFAULT_MAX_CONFIGURATIONS = 100_000
 
 
 def _check(cond: bool, path: str, message: str) -> None:
@@ -103,6 +113,7 @@ class ChainSpec:
     num_samples: int
     path: str = ""
     configs_per_trial: int = 1  # effective batch size (1: one configuration per Ray trial)
+    resources: Optional[Dict[str, Any]] = None  # the chain's own resources_per_trial keys
 
     @property
     def batched(self) -> bool:
@@ -134,8 +145,11 @@ class ChainSpec:
         return -(-n // self.configs_per_trial) if self.batched else n
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "searcher": self.searcher, "num_samples": self.num_samples,
-                "maskers": [m.to_dict() for m in self.maskers]}
+        out = {"name": self.name, "searcher": self.searcher, "num_samples": self.num_samples,
+               "maskers": [m.to_dict() for m in self.maskers]}
+        if self.resources is not None:
+            out["resources_per_trial"] = copy.deepcopy(self.resources)
+        return out
 
 
 @dataclass
@@ -158,28 +172,47 @@ class Study:
     chains: List[ChainSpec]
     source: str = "study"
     configs_per_trial: int = DEFAULT_CONFIGS_PER_TRIAL
+    custom_resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources
+    storage_path: Optional[str] = None  # where Ray Tune keeps experiment state (None: the run folder)
+    max_configurations: int = DEFAULT_MAX_CONFIGURATIONS
+
+    def trial_resources(self, chain: ChainSpec) -> tuple:
+        """``(cpu, gpu, custom_resources)`` of one trial of ``chain``: the study's
+        ``resources_per_trial`` with the chain's own keys over them."""
+        base: Dict[str, Any] = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial,
+                                "custom_resources": dict(self.custom_resources)}
+        return parse_trial_resources({**base, **(chain.resources or {})})
 
     def chain(self, name: str) -> ChainSpec:
         for c in self.chains:
             if c.name == name:
                 return c
-        raise ConfigError(f"no chain {name!r} in the study; chains: "
+        raise ConfigError(f"no chain {short_repr(name)} in the study; chains: "
                           f"{', '.join(c.name for c in self.chains)}")
 
     def to_dict(self) -> Dict[str, Any]:
         """The resolved study (defaults filled in, CLI overrides applied)."""
-        return {
+        resources: Dict[str, Any] = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+        if self.custom_resources:
+            resources["custom_resources"] = dict(self.custom_resources)
+        out = {
             "name": self.name, "recording": self.recording, "objective": self.objective,
             "density_targets": list(self.density_targets), "searcher": self.searcher,
             "multi_objective": self.multi_objective, "num_samples": self.num_samples,
             "seed": self.seed, "scheduler": copy.deepcopy(self.scheduler),
-            "resources_per_trial": {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial},
+            "resources_per_trial": resources,
             "max_concurrent_trials": self.max_concurrent_trials, "layers": self.layers,
             "layers_per_report": self.layers_per_report,
             "fit_hash_attention": copy.deepcopy(self.fit_hash_attention),
             "configs_per_trial": self.configs_per_trial,
+            # only when raised: run.yaml files written before the key existed still compare
+            **({"max_configurations": self.max_configurations}
+               if self.max_configurations != DEFAULT_MAX_CONFIGURATIONS else {}),
             "chains": [c.to_dict() for c in self.chains],
         }
+        if self.storage_path is not None:
+            out["storage_path"] = self.storage_path
+        return out
 
 
 # ---------------------------------------------------------------------- parsing
@@ -189,11 +222,7 @@ def load_study(path: Union[str, Path], overrides: Optional[Dict[str, Any]] = Non
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file; pass --config with a YAML study "
                           f"(see configs/default.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(s.strip() for s in first)})") from None
+    data = load_yaml_file(path, max_nodes=MAX_STUDY_NODES)
     return parse_study(data, str(path), overrides, default_name=path.stem)
 
 
@@ -210,68 +239,85 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                                            f"{type(data).__name__}")
     data = dict(data)
     for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
+        if value is None:
+            continue
+        if key == "resources_per_trial" and isinstance(data.get(key), dict):
+            value = {**data[key], **value}  # --cpus-per-trial keeps the file's gpu and custom ones
+        data[key] = value
     unknown = sorted(set(data) - set(TOP_KEYS))
     _check(not unknown, unknown[0] if unknown else "", f"unknown study key; known keys: "
                                                       f"{', '.join(TOP_KEYS)}")
     name = data.get("name", default_name)
-    _check(isinstance(name, str) and bool(_NAME.match(name)), "name",
-           f"got {name!r}; use letters, digits, '_', '-', '.'")
+    check_name(name, "name", "it names the run folder")
     recording = data.get("recording", "default")
     _check(isinstance(recording, str) and recording != "", "recording",
            "expected 'default' or the path of a recording file")
     objective = data.get("objective", "sparsity_10")
-    _check(isinstance(objective, str), "objective", f"got {objective!r}; expected a name")
+    _check(isinstance(objective, str), "objective", f"got {short_repr(objective)}; expected a name")
     get_objective(objective)
     targets = data.get("density_targets", [])
     _check(isinstance(targets, list), "density_targets", "expected a list of densities in (0, 1]")
     for i, t in enumerate(targets):
         _check(_is_number(t) and 0 < t <= 1, f"density_targets[{i}]",
-               f"got {t!r}; expected a density in (0, 1]")
+               f"got {short_repr(t)}; expected a density in (0, 1]")
     searcher = data.get("searcher", "random")
-    _check(searcher in SEARCHERS, "searcher", f"got {searcher!r}; use one of {', '.join(SEARCHERS)}")
+    _check(searcher in SEARCHERS, "searcher", f"got {short_repr(searcher)}; use one of {', '.join(SEARCHERS)}")
     multi = data.get("multi_objective", False)
-    _check(isinstance(multi, bool), "multi_objective", f"got {multi!r}; expected true or false")
+    _check(isinstance(multi, bool), "multi_objective", f"got {short_repr(multi)}; expected true or false")
     num_samples = data.get("num_samples", 10)
     _check(_is_int(num_samples) and num_samples >= 1, "num_samples",
-           f"got {num_samples!r}; expected an int >= 1")
+           f"got {short_repr(num_samples)}; expected an int >= 1")
     seed = data.get("seed", 0)
-    _check(_is_int(seed) and seed >= 0, "seed", f"got {seed!r}; expected an int >= 0")
+    _check(_is_int(seed) and seed >= 0, "seed", f"got {short_repr(seed)}; expected an int >= 0")
     scheduler = _parse_scheduler(data.get("scheduler"))
-    cpus, gpus = _parse_resources(data.get("resources_per_trial") or {})
+    cpus, gpus, custom = parse_trial_resources(data.get("resources_per_trial") or {})
+    storage = data.get("storage_path")
+    _check(storage is None or (isinstance(storage, str) and storage.strip() != ""), "storage_path",
+           f"got {short_repr(storage)}; expected a folder every Ray node can reach, a URI Ray Tune "
+           f"supports (s3://..., gs://...) or null")
     max_conc = data.get("max_concurrent_trials")
     _check(max_conc is None or (_is_int(max_conc) and max_conc >= 1), "max_concurrent_trials",
-           f"got {max_conc!r}; expected an int >= 1 or null")
+           f"got {short_repr(max_conc)}; expected an int >= 1 or null")
     layers = data.get("layers")
     _check(layers is None or (isinstance(layers, list) and layers
                               and all(_is_int(x) and x >= 0 for x in layers)),
-           "layers", f"got {layers!r}; expected a non-empty list of layer ids or null")
+           "layers", f"got {short_repr(layers)}; expected a non-empty list of layer ids or null")
+    for i, x in enumerate(layers or []):
+        _check(x not in layers[:i], f"layers[{i}]", f"got {x} again (layers[{layers.index(x)}]); "
+                                                    f"list each layer once")
     per_report = data.get("layers_per_report")
     _check(per_report is None or (_is_int(per_report) and per_report >= 1), "layers_per_report",
-           f"got {per_report!r}; expected an int >= 1 or null")
+           f"got {short_repr(per_report)}; expected an int >= 1 or null")
     fit = data.get("fit_hash_attention")
     _check(fit is None or isinstance(fit, dict), "fit_hash_attention",
-           f"got {fit!r}; expected a mapping of fitting options or null")
+           f"got {short_repr(fit)}; expected a mapping of fitting options or null")
     per_trial = data.get("configs_per_trial", DEFAULT_CONFIGS_PER_TRIAL)
     _check(_is_int(per_trial) and per_trial >= 1, "configs_per_trial",
-           f"got {per_trial!r}; expected an int >= 1 (configurations per Ray trial)")
+           f"got {short_repr(per_trial)}; expected an int >= 1 (configurations per Ray trial)")
+    limit = data.get("max_configurations", DEFAULT_MAX_CONFIGURATIONS)
+    _check(_is_int(limit) and limit >= 1, "max_configurations",
+           f"got {short_repr(limit)}; expected an int >= 1 (the most configurations a study may run)")
     chains_data = data.get("chains")
     _check(isinstance(chains_data, list) and bool(chains_data), "chains",
            "expected a non-empty list of chains ({name, maskers})")
-    chains = [_parse_chain(c, f"chains[{i}]", searcher, num_samples, multi)
+    # the command line's --num-samples (an override) wins over the chains' own num_samples
+    forced_samples = num_samples if overrides.get("num_samples") is not None else None
+    chains = [_parse_chain(c, f"chains[{i}]", searcher, num_samples, multi, forced_samples)
               for i, c in enumerate(chains_data)]
-    seen: Dict[str, int] = {}
+    check_chain_names(chains)
+    check_total(chains, limit)
     for i, c in enumerate(chains):
-        _check(c.name not in seen, f"chains[{i}].name",
-               f"{c.name!r} is already the name of chains[{seen.get(c.name)}]; names must be unique")
-        seen[c.name] = i
+        if c.resources is not None:  # the chain's keys over the study's, checked as one
+            try:
+                parse_trial_resources({**(data.get("resources_per_trial") or {}), **c.resources})
+            except ConfigError as exc:
+                raise ConfigError(f"chains[{i}].{exc}") from None
         batchable = c.searcher in ("grid", "random") and scheduler is None
         c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
     return Study(name, recording, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
-                 per_trial)
+                 per_trial, custom, storage, limit)
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
@@ -279,42 +325,38 @@ def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:
         return None
     if spec == "asha":
         spec = {"type": "asha"}
-    _check(isinstance(spec, dict), "scheduler", f"got {spec!r}; expected null or {{type: asha, ...}}")
-    _check(spec.get("type") == "asha", "scheduler.type", f"got {spec.get('type')!r}; only 'asha'")
+    _check(isinstance(spec, dict), "scheduler", f"got {short_repr(spec)}; expected null or {{type: asha, ...}}")
+    _check(spec.get("type") == "asha", "scheduler.type", f"got {short_repr(spec.get('type'))}; only 'asha'")
     unknown = sorted(set(spec) - {"type", "grace_period", "reduction_factor"})
     _check(not unknown, f"scheduler.{unknown[0]}" if unknown else "",
            "unknown key; ASHA takes grace_period and reduction_factor")
     grace = spec.get("grace_period", 1)
-    _check(_is_int(grace) and grace >= 1, "scheduler.grace_period", f"got {grace!r}; expected an int >= 1")
+    _check(_is_int(grace) and grace >= 1, "scheduler.grace_period", f"got {short_repr(grace)}; expected an int >= 1")
     factor = spec.get("reduction_factor", 3)
     _check(_is_number(factor) and factor > 1, "scheduler.reduction_factor",
-           f"got {factor!r}; expected a number > 1")
+           f"got {short_repr(factor)}; expected a number > 1")
     return {"type": "asha", "grace_period": grace, "reduction_factor": factor}
 
 
-def _parse_resources(spec: Any) -> tuple:
-    _check(isinstance(spec, dict), "resources_per_trial", "expected {cpu: N, gpu: G}")
-    unknown = sorted(set(spec) - {"cpu", "gpu"})
-    _check(not unknown, f"resources_per_trial.{unknown[0]}" if unknown else "",
-           "unknown key; use cpu and gpu")
-    cpu, gpu = spec.get("cpu", 1), spec.get("gpu", 0)
-    _check(_is_number(cpu) and cpu > 0, "resources_per_trial.cpu", f"got {cpu!r}; expected a number > 0")
-    _check(_is_number(gpu) and gpu >= 0, "resources_per_trial.gpu", f"got {gpu!r}; expected a number >= 0")
-    return cpu, gpu
-
-
-def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: bool) -> ChainSpec:
+def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: bool,
+                 forced_samples: Optional[int] = None) -> ChainSpec:
     _check(isinstance(data, dict), path, "expected a mapping {name, maskers}")
-    unknown = sorted(set(data) - {"name", "maskers", "searcher", "num_samples"})
+    unknown = sorted(set(data) - {"name", "maskers", "searcher", "num_samples",
+                                  "resources_per_trial"})
     _check(not unknown, f"{path}.{unknown[0]}" if unknown else "",
-           "unknown chain key; a chain takes name, maskers, searcher, num_samples")
+           "unknown chain key; a chain takes name, maskers, searcher, num_samples, "
+           "resources_per_trial")
+    resources = data.get("resources_per_trial")
+    _check(resources is None or isinstance(resources, dict), f"{path}.resources_per_trial",
+           "expected {cpu: N, gpu: G, custom_resources: {name: amount}} (over the study's)")
     name = data.get("name")
-    _check(isinstance(name, str) and bool(_NAME.match(name)), f"{path}.name",
-           f"got {name!r}; use letters, digits, '_', '-', '.' (it names output files)")
+    check_name(name, f"{path}.name", "it names output files")
     searcher = data.get("searcher", searcher)
-    _check(searcher in SEARCHERS, f"{path}.searcher", f"got {searcher!r}; use one of {', '.join(SEARCHERS)}")
+    _check(searcher in SEARCHERS, f"{path}.searcher", f"got {short_repr(searcher)}; use one of {', '.join(SEARCHERS)}")
     samples = data.get("num_samples", num_samples)
-    _check(_is_int(samples) and samples >= 1, f"{path}.num_samples", f"got {samples!r}; expected an int >= 1")
+    _check(_is_int(samples) and samples >= 1, f"{path}.num_samples", f"got {short_repr(samples)}; expected an int >= 1")
+    if forced_samples is not None:
+        samples = forced_samples
     items = data.get("maskers")
     _check(isinstance(items, list), f"{path}.maskers", "expected a list of maskers ({type: ..., field: value})")
     maskers = [_parse_masker(m, f"{path}.maskers[{j}]") for j, m in enumerate(items)]
@@ -326,7 +368,7 @@ def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: b
         raise ConfigError(f"{path}.maskers: {exc}") from None
     has_domains = any(m.domains for m in maskers)
     if not has_domains:  # nothing to search: one trial
-        return ChainSpec(name, maskers, "grid", 1, path)
+        return ChainSpec(name, maskers, "grid", 1, path, resources=resources)
     for m in maskers:
         for d in m.domains.values():
             if searcher == "grid":
@@ -337,8 +379,9 @@ def _parse_chain(data: Any, path: str, searcher: str, num_samples: int, multi: b
                 _check(d.kind != "grid", d.path, "the optuna searcher cannot run a grid; use "
                        "choice, or searcher grid or random")
     if multi and searcher != "optuna":
-        raise ConfigError(f"{path}.searcher: multi_objective needs the optuna searcher, got {searcher!r}")
-    return ChainSpec(name, maskers, searcher, 1 if searcher == "grid" else samples, path)
+        raise ConfigError(f"{path}.searcher: multi_objective needs the optuna searcher, got {short_repr(searcher)}")
+    return ChainSpec(name, maskers, searcher, 1 if searcher == "grid" else samples, path,
+                     resources=resources)
 
 
 def _parse_masker(data: Any, path: str) -> MaskerSpec:
@@ -354,7 +397,7 @@ def _parse_masker(data: Any, path: str) -> MaskerSpec:
         if key == "type":
             continue
         _check(key in fields, f"{path}.{key}",
-               f"{type_name} has no field {key!r}; its fields are {', '.join(sorted(fields))}")
+               f"{type_name} has no field {short_repr(key)}; its fields are {', '.join(sorted(fields))}")
         if isinstance(value, dict) and "search" in value:
             domains[key] = Domain.parse(value, f"{path}.{key}")
         else:

@@ -5,7 +5,11 @@ The recording goes to the object store once (``tune.with_parameters``) wrapped i
 out of band and a worker maps them without copying, so handing the recording to a trial
 costs milliseconds instead of a full deserialisation. Layer contexts (logits, dense
 outputs...) are cached per worker process (:data:`sah.evaluate.PROCESS_CACHE`) and,
-with ``reuse_actors=True``, shared by every trial the worker runs.
+with ``reuse_actors=True``, shared by every trial the worker runs. Fitted (or given)
+HashAttention weights travel the same way, in the :class:`TrialTask`
+(:class:`~sah.tuning.artefacts.SharedWeights`), never as a path into the driver's run
+folder. Every report carries ``node_id``, the Ray node the trial ran on, and a trial
+computes on the device Ray gave it (:func:`sah.tuning.cluster.trial_device`).
 
 A trial that raises is marked failed by Ray (status ERROR, its message kept); it never
 reports a finite penalty score.
@@ -16,8 +20,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +30,8 @@ from sah.attention import ResearchAttention
 from sah.evaluate import PROCESS_CACHE, iter_evaluation
 from sah.objectives import get_objective
 from sah.recording.format import LayerRecording, Recording
+from sah.tuning.artefacts import SharedWeights, with_weights
+from sah.tuning.cluster import trial_device
 from sah.tuning.study import ChainSpec
 
 CHAIN_KEY = "chain"  # the constant trial parameter that names the chain
@@ -79,6 +85,12 @@ class TrialTask:
     layers_per_report: Optional[int]
     cpus_per_trial: float
     gpus_per_trial: float
+    weights: Dict[str, SharedWeights] = field(default_factory=dict)  # hat_weight_file -> tensors
+    per_chain: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # chain -> (cpu, gpu)
+
+    def resources(self, chain: str) -> Tuple[float, float]:
+        """``(cpus, gpus)`` of one trial of ``chain`` (its own resources_per_trial, if any)."""
+        return self.per_chain.get(chain, (self.cpus_per_trial, self.gpus_per_trial))
 
 
 def trial_params(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -86,8 +98,9 @@ def trial_params(config: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in config.items() if k != CHAIN_KEY}
 
 
-def _device(task: TrialTask) -> Optional[str]:
-    return "cuda" if task.gpus_per_trial > 0 and torch.cuda.is_available() else None
+def _node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id()
 
 
 def evaluate_params(chain: ChainSpec, params: Dict[str, Any], rec: Recording,
@@ -96,11 +109,12 @@ def evaluate_params(chain: ChainSpec, params: Dict[str, Any], rec: Recording,
     failure (including non-finite figures). ``eval_seconds`` is the time spent inside chain
     evaluation (building the chain, masks, estimator, figures), not in the caller."""
     start = time.perf_counter()
-    attention_config = chain.build(params)
+    attention_config = with_weights(chain.build(params), task.weights)
     objective = get_objective(task.objective)
     eval_seconds = time.perf_counter() - start
+    device = trial_device(task.resources(chain.name)[1])
     partials = iter_evaluation(attention_config, rec, task.layers, task.layers_per_report,
-                               PROCESS_CACHE, _device(task))
+                               PROCESS_CACHE, None if device == "cpu" else device)
     while True:
         began = time.perf_counter()
         partial = next(partials, None)
@@ -136,12 +150,13 @@ def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
     assert recording is not None and task is not None
     if BATCH_KEY in config:
         return run_batch(config, recording, task)
-    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
     chain = task.chains[config[CHAIN_KEY]]
+    torch.set_num_threads(max(1, int(task.resources(chain.name)[0])))
+    node_id = _node_id()
     for metrics in evaluate_params(chain, trial_params(config), recording.recording, task):
         if "per_layer" in metrics:
             metrics["per_layer"] = json.dumps(metrics["per_layer"])
-        tune.report(metrics)
+        tune.report({**metrics, "node_id": node_id})
 
 
 def _one_line(exc: BaseException) -> str:
@@ -160,9 +175,9 @@ def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
     from sah.tuning.batching import BATCH_KEY
 
     assert recording is not None and task is not None
-    torch.set_num_threads(max(1, int(task.cpus_per_trial)))
     batch = config[BATCH_KEY]
     chain = task.chains[batch["chain"]]
+    torch.set_num_threads(max(1, int(task.resources(chain.name)[0])))
     results: List[Dict[str, Any]] = []
     for params in batch["params"]:
         last: Dict[str, Any] = {}
@@ -174,6 +189,7 @@ def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
             results.append({"error_message": _one_line(exc)})
     scores = [r["score"] for r in results if "score" in r]
     tune.report({"complete": True, "batch_index": batch["index"], "batch_size": len(results),
+                 "node_id": _node_id(),
                  "failed": len(results) - len(scores),
                  "score": min(scores) if scores else float("nan"),
                  "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in results),

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
 from sah.tuning.outputs.pareto import pareto_json, plot_pareto
@@ -34,16 +34,17 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "best_row", "collect_rows"
 
 
 def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], recording: Any,
-                  final: bool, wall_seconds: float) -> None:
-    """trials.csv always; the rest once every chain has finished (``final``)."""
+                  final: bool, wall_seconds: float, artefacts: Optional[Any] = None) -> None:
+    """trials.csv always; the rest once every chain has finished (``final``). ``artefacts``:
+    the run's :class:`~sah.tuning.artefacts.RunArtefacts` (weight files of its configs)."""
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / "trials.csv", rows_to_csv(study, rows))
     if not final:
         return
     from sah.evaluate import recording_key
     meta = {"recording_hash": recording_key(recording), "wall_seconds": wall_seconds}
-    write_tuned(run_dir, study, rows)
+    write_tuned(run_dir, study, rows, artefacts)
     atomic_write_bytes(run_dir / "pareto.png", plot_pareto(study, rows))
-    write_resources(run_dir, study, rows, recording)
+    write_resources(run_dir, study, rows, recording, artefacts)
     atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
     atomic_write_text(run_dir / "pareto.json", pareto_json(study, rows))

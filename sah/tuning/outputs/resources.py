@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from sah.evaluate import ContextCache, layer_indices
 from sah.tuning.outputs.files import atomic_write_text
@@ -33,13 +33,18 @@ def chain_mask_2d(config: Any, recording: Any, layers: Any) -> Any:
     return (mask.active() & ctx.allowed_full)[0, 0], recording.layers[index].layer
 
 
-def write_resources(run_dir: Path, study: Study, rows: List[Dict[str, Any]], recording: Any) -> None:
+def write_resources(run_dir: Path, study: Study, rows: List[Dict[str, Any]], recording: Any,
+                    artefacts: Optional[Any] = None) -> None:
+    """``artefacts``: the run's :class:`~sah.tuning.artefacts.RunArtefacts` (weights in memory)."""
     from sah.resources import analyse_mask
     for chain in study.chains:
         best = best_row(rows, chain.name)
         if best is None:
             continue
-        mask, layer = chain_mask_2d(row_config(chain, best), recording, study.layers)
+        config = row_config(chain, best)
+        if artefacts is not None:
+            config = artefacts.resolved(config)
+        mask, layer = chain_mask_2d(config, recording, study.layers)
         source = {"chain": chain.name, "trial": best["trial"], "layer": layer, "batch": 0,
                   "head": 0, "shape": list(mask.shape), "active": int(mask.sum())}
         analysis = analyse_mask(mask.cpu().numpy(), NUM_MULTIPLICATIONS, READ_LIMIT,

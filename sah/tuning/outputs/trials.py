@@ -1,7 +1,9 @@
 """``trials.csv``: the source of truth of a run.
 
 One row per scored configuration (chain, trial index, the Ray trial id and, for batched
-chains, the configuration's slot in its Ray trial's batch; status, every parameter,
+chains, the configuration's slot in its Ray trial's batch; ``node_id``, the Ray node the
+trial ran on (a batch's node for each of its rows; empty for a trial that failed before it
+reported); status, every parameter,
 output_error, density, score, aux bits, layers evaluated, seconds, seconds inside chain
 evaluation, error message). Best configs, Pareto fronts and the density-target picks are
 computed from its rows (:mod:`sah.tuning.outputs.picks`), and a config is rebuilt from a
@@ -22,6 +24,7 @@ from typing import Any, Dict, List, Tuple
 import yaml
 
 from sah.attention import ResearchAttentionConfig
+from sah.tuning.run_folder import read_run_yaml
 from sah.tuning.space import Domain, plain_value
 from sah.tuning.study import ChainSpec, Study, parse_study
 
@@ -79,7 +82,8 @@ def collect_rows(study: Study, grids: Dict[str, Any], interrupted: bool = False
             config = result.config or {}
             metrics = result.metrics or {}
             row: Dict[str, Any] = {"chain": chain.name, "trial": index,
-                                   "trial_id": _trial_id(result)}
+                                   "trial_id": _trial_id(result),
+                                   "node_id": metrics.get("node_id", "")}
             if result.error is not None:
                 status = FAILED
             elif metrics.get("complete"):
@@ -111,7 +115,8 @@ def _batch_rows(chain: ChainSpec, grid: Any) -> List[Dict[str, Any]]:
         figures = json.loads(metrics["batch_results"]) if "batch_results" in metrics else None
         for slot, params in enumerate(batch.get("params", [])):
             row: Dict[str, Any] = {"chain": chain.name, "trial": batch["first"] + slot,
-                                   "trial_id": _trial_id(result), "batch_slot": slot}
+                                   "trial_id": _trial_id(result), "batch_slot": slot,
+                                   "node_id": metrics.get("node_id", "")}
             found = figures[slot] if figures is not None and slot < len(figures) else None
             if result.error is not None:
                 status, message = FAILED, _error_message(result.error)
@@ -135,7 +140,7 @@ def csv_columns(study: Study) -> List[str]:
     params: List[str] = []
     for chain in study.chains:
         params += [p for p in chain.param_names if p not in params]
-    return ["chain", "trial", "trial_id", "batch_slot", "status", *params, *FIGURES,
+    return ["chain", "trial", "trial_id", "batch_slot", "node_id", "status", *params, *FIGURES,
             "error_message"]
 
 
@@ -170,7 +175,8 @@ def read_trials(run_dir: Path, study: Study) -> List[Dict[str, Any]]:
         for raw in csv.DictReader(fh):
             chain = study.chain(raw["chain"])
             row: Dict[str, Any] = {"chain": raw["chain"], "trial": int(raw["trial"]),
-                                   "trial_id": raw["trial_id"], "status": raw["status"]}
+                                   "trial_id": raw["trial_id"], "node_id": raw.get("node_id", ""),
+                                   "status": raw["status"]}
             for name, domain in chain.domains.items():
                 row[name] = coerce(domain, raw[name]) if raw.get(name, "") != "" else None
             for name in FIGURES:
@@ -185,8 +191,9 @@ def load_run(run_dir: Path) -> Tuple[Study, List[Dict[str, Any]], Dict[str, Any]
     run_dir = Path(run_dir)
     run_yaml = run_dir / "run.yaml"
     if not run_yaml.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a sah run folder (no run.yaml)")
-    meta = yaml.safe_load(run_yaml.read_text())
+        raise FileNotFoundError(f"{run_dir}: not a sah run folder (no run.yaml); pass a folder "
+                                f"made by sah tune (results/<run>)")
+    meta = read_run_yaml(run_dir, "pass a run folder made by sah tune (results/<run>)")
     study = parse_study(meta["study"], str(run_yaml))
     return study, read_trials(run_dir, study), meta
 

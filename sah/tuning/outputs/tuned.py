@@ -1,10 +1,15 @@
 """``tuned/``: the best config of every chain and the best at each density target
-(loadable with ``ResearchAttentionConfig.from_file``), plus the prior hub's JSON layout."""
+(loadable with ``ResearchAttentionConfig.from_file``), plus the prior hub's JSON layout.
+
+A config that needs a weight file (HashAttention) names it relative to itself and the file
+is written next to it (``tuned/hash_attention.safetensors``), so ``tuned/`` loads from
+anywhere: copied, moved, or on another machine. ``artefacts`` is the run's
+:class:`~sah.tuning.artefacts.RunArtefacts` (``portable``, ``write_beside``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.outputs.picks import best_row, target_row
@@ -18,12 +23,23 @@ def config_header(run: str, chain: str, row: Dict[str, Any], why: str) -> str:
             f"{row['density']!r}, score {row['score']!r}\n")
 
 
-def write_tuned(run_dir: Path, study: Study, rows: List[Dict[str, Any]]) -> None:
+def _config(chain: Any, row: Dict[str, Any], folder: Path, artefacts: Optional[Any]) -> Any:
+    """The row's config as written in ``folder`` (its weights written next to it)."""
+    cfg = row_config(chain, row)
+    if artefacts is None:
+        return cfg
+    artefacts.write_beside(cfg, folder)
+    return artefacts.portable(cfg)
+
+
+def write_tuned(run_dir: Path, study: Study, rows: List[Dict[str, Any]],
+                artefacts: Optional[Any] = None) -> None:
+    folder = run_dir / "tuned"
     for chain in study.chains:
         best = best_row(rows, chain.name)
         if best is None:
             continue
-        cfg = row_config(chain, best)
+        cfg = _config(chain, best, folder, artefacts)
         atomic_write_text(run_dir / "tuned" / f"{chain.name}.yaml",
                           config_header(study.name, chain.name, best, f"best {study.objective}")
                           + cfg.to_yaml())
@@ -35,4 +51,4 @@ def write_tuned(run_dir: Path, study: Study, rows: List[Dict[str, Any]]) -> None
             atomic_write_text(run_dir / "tuned" / f"{chain.name}.density_{target:g}.yaml",
                               config_header(study.name, chain.name, row,
                                             f"lowest error at density <= {target:g}")
-                              + row_config(chain, row).to_yaml())
+                              + _config(chain, row, folder, artefacts).to_yaml())
