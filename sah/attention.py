@@ -250,7 +250,7 @@ class ResearchAttention:
                                query_positions=query_positions, attention_mask=attention_mask)
         d = ctx.dims
         step = max(1, CHUNK_ELEMENTS // (d.batch_size * d.num_heads * d.seq_len_keys))
-        if d.seq_len_queries <= step or not self.rows_independent():
+        if d.seq_len_queries <= step or not self.rows_independent(layer_idx):
             mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
             result = sparse_attention(ctx, mask, return_weights=return_weights)
             weights = result.weights.to(queries.dtype) if return_weights else None
@@ -272,10 +272,10 @@ class ResearchAttention:
                 weights.append(result.weights.to(queries.dtype))
         return torch.cat(outputs, dim=2), torch.cat(weights, dim=2) if return_weights else None
 
-    def rows_independent(self) -> bool:
-        """True when every masker of the chain adds positions row by row (see
+    def rows_independent(self, layer_idx: Optional[int] = None) -> bool:
+        """True when every masker layer ``layer_idx`` runs adds positions row by row (see
         :attr:`ResearchMasker.rows_independent`): a call may be split into query chunks."""
-        return all(m.rows_independent for m in self.maskers)
+        return all(m.rows_independent for m in self.maskers_for(layer_idx))
 
     def evaluate(self, ctx: AttentionContext, layer_idx: Optional[int] = None,
                  **kwargs: Any) -> Tuple[Evaluation, Mask]:
