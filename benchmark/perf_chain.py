@@ -171,8 +171,8 @@ def limits_case(kv_heads, args, device, dtype):
     variants = [
         ("one pass over the keys (sum)", lambda: k.sum()),
         ("Quest page min + max (page 16)", lambda: page_bounds(k, 16)),
-        ("logits of every key (q K^T)", lambda: torch.matmul(
-            q.view(1, kv_heads, g, args.head_dim), k.transpose(-1, -2))),
+        ("logits of every key (K q^T, as the chain computes them)", lambda: torch.matmul(
+            k, q.view(1, kv_heads, g, args.head_dim).transpose(-1, -2))),
         ("MagicPig: project every key on 64 hyperplanes", lambda: k @ planes),
         ("top-k 5% over every key (torch.topk)", lambda: logits.topk(args.keys // 20, dim=-1)),
     ]
