@@ -230,11 +230,13 @@ class ResearchAttention:
                          layer_idx: Optional[int] = None,
                          query_positions: Optional[torch.Tensor] = None,
                          return_weights: bool = False,
-                         **kwargs: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                         return_mask: bool = False,
+                         **kwargs: Any) -> Tuple[Any, ...]:
         """Sparse attention for one call. Returns ``(output (b, h, q, dv), weights)`` in the
         queries' dtype; ``weights`` is None unless ``return_weights=True`` asks for the
         estimator's normalised ``(b, h, q, n)`` weights (transformers' attention interface
-        accepts None, and the dense weights cost a full pass over every key).
+        accepts None, and the dense weights cost a full pass over every key). With
+        ``return_mask=True`` the chain's :class:`Mask` of the call comes third.
 
         Only what the chain needs is computed: a chain that never reads the true scores
         (sink, local, sampling, Quest, MagicPig with kept codes) computes dot products for
@@ -250,11 +252,12 @@ class ResearchAttention:
                                query_positions=query_positions, attention_mask=attention_mask)
         d = ctx.dims
         step = max(1, CHUNK_ELEMENTS // (d.batch_size * d.num_heads * d.seq_len_keys))
-        if d.seq_len_queries <= step or not self.rows_independent(layer_idx):
+        if d.seq_len_queries <= step or return_mask or not self.rows_independent(layer_idx):
             mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
             result = sparse_attention(ctx, mask, return_weights=return_weights)
             weights = result.weights.to(queries.dtype) if return_weights else None
-            return result.output.to(queries.dtype), weights
+            output = result.output.to(queries.dtype)
+            return (output, weights, mask) if return_mask else (output, weights)
         # Many queries, a chain that works row by row: the same result, computed for a
         # chunk of queries at a time (temporaries small enough to be recycled, not
         # page-faulted in). Kept per-layer state (Quest's page bounds) serves every chunk.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,9 @@ import torch
 from sah.attention import ResearchAttention, ResearchAttentionConfig
 from sah.context import AttentionContext
 from sah.recording.format import Recording
+
+#: What :func:`evaluate_config` / :func:`iter_evaluation` take as a recording.
+RecordingLike = Union[Recording, str, "os.PathLike[str]"]
 
 
 @dataclass
@@ -143,6 +147,20 @@ PROCESS_CACHE = ContextCache()
 
 
 # ---------------------------------------------------------------------- evaluation
+def as_recording(recording: RecordingLike, where: str = "recording") -> Recording:
+    """A loaded :class:`Recording` as is; a file path or an embedded recording name
+    (``default``, ``docs``, ``docs-8192``...) loaded (embedded ones made if needed).
+    Anything else raises ``TypeError`` naming ``where`` and the type."""
+    if isinstance(recording, Recording):
+        return recording
+    if isinstance(recording, (str, os.PathLike)):
+        from sah.recording.embedded import resolve_recording
+        from sah.recording.format import load_recording
+        return load_recording(resolve_recording(os.fspath(recording), where))
+    raise TypeError(f"{where}: got {type(recording).__name__}; give a Recording, a recording "
+                    f"file path or an embedded recording name (default, docs, docs-8192...)")
+
+
 def layer_indices(recording: Recording, layers: Optional[Sequence[int]] = None) -> List[int]:
     """Indices into ``recording.layers`` of the model layer ids ``layers`` (all if None)."""
     if layers is None:
@@ -181,7 +199,7 @@ def evaluate_layer(attention: ResearchAttention, ctx: AttentionContext, layer: i
                         per_head_density=list(evaluation.per_head_density))
 
 
-def iter_evaluation(config: ResearchAttentionConfig, recording: Recording,
+def iter_evaluation(config: ResearchAttentionConfig, recording: RecordingLike,
                     layers: Optional[Sequence[int]] = None, group_size: Optional[int] = None,
                     cache: Optional[ContextCache] = None,
                     device: Union[str, torch.device, None] = None) -> Iterator[PartialEvaluation]:
@@ -190,8 +208,10 @@ def iter_evaluation(config: ResearchAttentionConfig, recording: Recording,
     ``layers``: model layer ids (default all recorded layers). ``group_size``: layers per
     yield (default: about four yields). ``cache``: where layer contexts live (default a
     fresh cache, so nothing is shared). ``device``: where to compute (default the
-    recording's device).
+    recording's device). ``recording``: a :class:`Recording`, a file path or an embedded
+    recording name (loaded once here).
     """
+    recording = as_recording(recording, "iter_evaluation: recording")
     indices = layer_indices(recording, layers)
     if not indices:
         raise ValueError("no layers to evaluate: the recording or the layer subset is empty")
@@ -206,12 +226,16 @@ def iter_evaluation(config: ResearchAttentionConfig, recording: Recording,
         yield PartialEvaluation(list(done), len(indices))
 
 
-def evaluate_config(config: ResearchAttentionConfig, recording: Recording,
+def evaluate_config(config: ResearchAttentionConfig, recording: RecordingLike,
                     layers: Optional[Sequence[int]] = None,
                     cache: Optional[ContextCache] = None,
                     device: Union[str, torch.device, None] = None) -> ChainEvaluation:
-    """Mean ``output_error`` and ``density`` of ``config`` over the recording's layers."""
+    """Mean ``output_error`` and ``density`` of ``config`` over the recording's layers.
+
+    ``recording``: a :class:`Recording`, a recording file path or an embedded recording
+    name (``default``, ``docs``, ``docs-8192``...; made on first use)."""
     start = time.perf_counter()
+    recording = as_recording(recording, "evaluate_config: recording")
     last: Optional[PartialEvaluation] = None
     for last in iter_evaluation(config, recording, layers, None, cache, device):
         pass

@@ -53,13 +53,16 @@ def test_round_trip_exact(saved):
     assert m["model_id"] == "synthetic" and m["dtype"] == "float16" and m["layers"] == [0, 1]
     assert m["query_positions"] == rec.query_positions.tolist()
     assert m["generator"]["seed"] == 3
-    # the stored hash is sha256 over name|dtype|shape|bytes in name order (recomputed here)
+    # the stored hash is sha256 over name|dtype|shape|bytes in name order, then (format 2)
+    # the canonical JSON of the hashed metadata present (recomputed here)
+    assert m["format_version"] == 2
     digest = hashlib.sha256()
     tensors, _ = parts(path)
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(b"metadata|" + json.dumps({"scaling": m["scaling"]}).encode())
     assert m["content_hash"] == "sha256:" + digest.hexdigest()
     # the float32 context of a loaded layer equals that of the original
     assert torch.allclose(back.context(1).dense_output, rec.context(1).dense_output)

@@ -99,6 +99,8 @@ def test_record_cli_local_model_dir(tiny_model_dir, tmp_path):
     assert rec.layer_ids == [0, 2] and rec.num_keys == 100 and rec.num_queries == 5
     assert (rec.num_heads, rec.num_kv_heads, rec.head_dim) == (4, 2, 16)
     assert rec.text_source.endswith("words.txt")
+    assert rec.metadata["text_name"] == str(text)
+    assert (rec.metadata["token_start"], rec.metadata["token_end"]) == (0, 100)
     # the recording reproduces the model's own (eager) attention output at those positions
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
@@ -117,16 +119,55 @@ def test_record_cli_local_model_dir(tiny_model_dir, tmp_path):
         assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
+def test_record_cli_text_specs_and_inspect(tiny_model_dir, tmp_path, capsys):
+    """--text FILE@START and a named text: the window starts at START, and the recording
+    (and `sah inspect`) says which text, its sha256 and which token span it holds."""
+    from transformers import AutoTokenizer
+
+    from sah.recording.texts import load_text
+
+    model_dir, text = tiny_model_dir
+    base = ["record", "--model", str(model_dir), "--tokens", "60", "--queries", "4",
+            "--layers", "1", "--dtype", "float32", "--no-progress"]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok(text.read_text(), add_special_tokens=False)["input_ids"]
+    records = {}
+    for start in (0, 40):
+        out = tmp_path / f"r{start}.safetensors"
+        assert main(base + ["--text", f"{text}@{start}", "--out", str(out)]) == 0
+        records[start] = rec = load_recording(out)
+        assert (rec.metadata["token_start"], rec.metadata["token_end"]) == (start, start + 60)
+        assert rec.metadata["text_sha256"] == load_text(str(text)).sha256
+        assert rec.metadata["input_ids_sha256"] == __import__("hashlib").sha256(
+            torch.tensor([ids[start:start + 60]]).numpy().tobytes()).hexdigest()
+    assert not torch.equal(records[0].layers[0].keys, records[40].layers[0].keys)
+    out = tmp_path / "prose.safetensors"
+    assert main(base + ["--text", "prose@50", "--out", str(out)]) == 0
+    rec = load_recording(out)
+    assert rec.metadata["text_name"] == "prose" and rec.text_source.startswith("Python ")
+    assert rec.metadata["text_sha256"] == load_text("prose").sha256
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "prose tokens [50, 110) (60 tokens)" in shown
+    assert load_text("prose").sha256 in shown and "LICENSE.txt" in shown
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["--text", "/nonexistent.txt"], "--text: no such file /nonexistent.txt"),
+    (["--text", "/nonexistent.txt"], "--text: /nonexistent.txt is neither a text name"),
+    (["--text", "prose@x"], "'x' after '@' is not a token offset"),
     (["--tokens", "10", "--queries", "20"], "--queries (20) cannot exceed --tokens (10)"),
-    (["--tokens", "5000"], "has only"),
+    (["--tokens", "400"], "has 300 tokens; 400 tokens from token 0 need 400"),
+    (["--tokens", "100", "--text", "{text}@250"], "has 300 tokens; 100 tokens from token 250 "
+                                                  "need 350"),
+    (["--tokens", "600"], "--tokens: 600 is past the model's context of 512 tokens"),
     (["--tokens", "100", "--layers", "0,9"], "--layers: [9] outside the model's layers 0..2"),
+    (["--chunk-size", "0"], "--chunk-size: got 0"),
 ])
 def test_record_cli_errors(tiny_model_dir, tmp_path, capsys, argv, message):
     model_dir, text = tiny_model_dir
     base = ["record", "--model", str(model_dir), "--text", str(text), "--out",
             str(tmp_path / "x.safetensors"), "--no-progress"]
-    assert main(base + argv) == 2
+    assert main(base + [a.replace("{text}", str(text)) for a in argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()

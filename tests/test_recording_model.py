@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from sah.recording.corpus import default_corpus_text, tokenize
 from sah.recording.default_model import DEFAULT_MODEL_SHAPE, load_default_model
 from sah.recording.format import load_recording, save_recording
 from sah.recording.recorder import record_attention
+from sah.recording.texts import load_text, token_window
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +16,7 @@ pytestmark = pytest.mark.slow
 def model_and_ids():
     model, tok = load_default_model(attn_implementation="eager")
     _TOKENIZER.append(tok)
-    text, _ = default_corpus_text()
-    return model, tokenize(tok, text, 96)
+    return model, token_window(tok, load_text("docs"), 0, 96)
 
 
 def attention_outputs_by_hooks(model, ids, layers):
@@ -34,11 +33,19 @@ def attention_outputs_by_hooks(model, ids, layers):
     return seen
 
 
-@pytest.mark.parametrize("dtype,tolerance", [("float32", 2e-5), ("float16", 5e-3)])
-def test_recording_reproduces_model_attention(model_and_ids, tmp_path, dtype, tolerance):
+@pytest.mark.parametrize("dtype,tolerance,chunk_size", [
+    ("float32", 2e-5, None), ("float16", 5e-3, None),
+    ("float32", 2e-5, 40),  # chunked prefill: 3 chunks (40, 40, 16 tokens) with a KV cache
+])
+def test_recording_reproduces_model_attention(model_and_ids, tmp_path, dtype, tolerance,
+                                              chunk_size):
+    """The dense output computed from the recording equals the model's own eager attention
+    output of ONE unchunked forward, also when the recording was made chunked."""
     model, ids = model_and_ids
     layers = [0, 7, 29]
-    rec = record_attention(model, ids, layers=layers, num_queries=12, dtype=dtype, progress=False)
+    rec = record_attention(model, ids, layers=layers, num_queries=12, dtype=dtype, progress=False,
+                           chunk_size=chunk_size)
+    assert rec.metadata["prefill_chunks"] == (1 if chunk_size is None else 3)
     assert model.config._attn_implementation == "eager"  # restored after recording
     path = save_recording(rec, tmp_path / "m.safetensors")
     rec = load_recording(path)
@@ -59,6 +66,35 @@ def test_recording_reproduces_model_attention(model_and_ids, tmp_path, dtype, to
         # and the recording is not trivially right: another position's output differs
         print(f"{dtype} layer {layer}: max |recorded - model| / max |model| = {err:.2e}")
         assert float((ours - reference[layer][0, pos - 1]).abs().max()) / scale > 0.1
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_chunked_prefill_equals_one_pass(model_and_ids, attn):
+    """Chunks whose borders fall between, on and next to query positions record the same
+    queries, keys and values as one pass (float32; only kernel rounding differs)."""
+    model, ids = model_and_ids
+    model.set_attn_implementation(attn)
+    try:
+        positions = torch.tensor([5, 31, 32, 33, 63, 64, 80])  # chunks of 32: borders 32, 64
+        one = record_attention(model, ids, layers=[1, 4], query_positions=positions,
+                               dtype="float32", progress=False)
+        assert one.num_keys == 81  # tokens after the last query are not run
+        for chunk in (32, 17):
+            rec = record_attention(model, ids, layers=[1, 4], query_positions=positions,
+                                   dtype="float32", progress=False, chunk_size=chunk)
+            assert rec.metadata["prefill_chunks"] == -(-81 // chunk)
+            assert torch.equal(rec.query_positions, one.query_positions)
+            for a, b in zip(one.layers, rec.layers):
+                for name in ("queries", "keys", "values"):
+                    x, y = getattr(a, name), getattr(b, name)
+                    assert x.shape == y.shape
+                    err = float((x - y).abs().max()) / float(x.abs().max())
+                    assert err < 1e-5, f"{attn} chunk {chunk} layer {a.layer} {name}: {err:.1e}"
+        # and not trivially: the queries are distinct rows of the text
+        assert float((one.layers[0].queries[..., 1:, :] - one.layers[0].queries[..., :-1, :])
+                     .abs().max()) > 0.1
+    finally:
+        model.set_attn_implementation("eager")
 
 
 def test_keys_are_post_rope(model_and_ids):

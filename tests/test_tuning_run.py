@@ -64,7 +64,8 @@ def test_small_study_end_to_end(ray_session, rec_path, tmp_path, capsys):
     assert (run_dir / "ray" / "_batched" / "tuner.pkl").is_file()  # one experiment: all batches
     recording = load_recording(rec_path)
     meta = yaml.safe_load((run_dir / "run.yaml").read_text())
-    assert meta["recording"]["hash"] == recording.metadata["content_hash"]
+    assert meta["recordings"][0]["hash"] == recording.metadata["content_hash"]
+    assert meta["fit_recordings"] == []  # nothing fitted
     assert meta["study"]["chains"][0]["name"] == "sink_local" and "ray" in meta["versions"]
 
     rows = read_csv(run_dir / "trials.csv")

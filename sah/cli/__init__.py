@@ -23,6 +23,8 @@ SUBCOMMANDS = {
     "tune": ("sah.cli.tune", "run a Ray Tune study (same as benchmark/run_optimize_configs.py)"),
     "compare": ("sah.cli.compare", "compare the best configs of several runs"),
     "export": ("sah.cli.export", "export a tuned config from a run"),
+    "transfer": ("sah.cli.transfer", "re-score a run's tuned configs on other recordings"),
+    "validate": ("sah.cli.validate", "run chain configs inside the model against dense attention"),
 }
 
 

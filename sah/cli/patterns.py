@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Order of non-zero elements in the mask (default: row_first)")
     parser.add_argument("--skip_pattern_print", action="store_true", help="Skip printing non-zero elements of the mask")
     parser.add_argument("--output_dir", default="generated/patterns", help="Folder for PNGs (default: generated/patterns)")
-    parser.add_argument("--recording", metavar="FILE", help="draw a chain's masks on this recording instead")
+    parser.add_argument("--recording", metavar="RECORDING",
+                        help="draw a chain's masks on this recording (a file or an embedded "
+                             "recording name: default, docs, code, prose, docs-8192...) instead")
     parser.add_argument("--config", metavar="FILE", help="chain config (YAML/JSON) for --recording")
     parser.add_argument("--layer", type=int, help="recorded layer id for --recording")
     parser.add_argument("--heads", default="0", help="comma-separated heads or 'all' (default: 0)")
@@ -118,11 +120,12 @@ def run_chain(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     from sah.attention import ResearchAttention, ResearchAttentionConfig
     from sah.plotting import chain_contributions, masker_names, plot_chain_masks
     from sah.recording import load_recording
+    from sah.recording.embedded import resolve_recording
     from sah.cli.resources import parse_heads
     from sah.validation import ConfigError
     if not args.config or args.layer is None:
         raise ConfigError("--recording needs --config FILE and --layer ID")
-    recording = load_recording(args.recording)
+    recording = load_recording(resolve_recording(args.recording, "--recording"))
     if args.layer not in recording.layer_ids:
         raise ConfigError(f"--layer: got {args.layer}; the recording holds layers {recording.layer_ids}")
     attention = ResearchAttention.create_from_config(ResearchAttentionConfig.from_file(args.config))

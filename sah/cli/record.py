@@ -8,13 +8,18 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sah.recording.recorder import DEFAULT_CHUNK_TOKENS
+
     parser.add_argument("--model", default="default",
                         help="'default' (embedded SmolLM2-135M-Instruct), a local Hugging Face "
                              "model directory, or a .gguf file")
-    parser.add_argument("--text", default=None,
-                        help="UTF-8 text file to record on (default: the default corpus, "
-                             "pydoc_data.topics)")
-    parser.add_argument("--tokens", type=int, default=2048, help="tokens of text (keys), default 2048")
+    parser.add_argument("--text", default="docs", metavar="NAME_OR_FILE[@START]",
+                        help="text to record on: a named text (docs = the Python docs topics, "
+                             "code = standard-library source, prose = Python's licence and "
+                             "IDLE's README/HISTORY/NEWS) or a UTF-8 file, optionally with "
+                             "@START, a token offset (e.g. prose@4096); default docs")
+    parser.add_argument("--tokens", type=int, default=2048,
+                        help="tokens of text (keys), default 2048; at most the model's context")
     parser.add_argument("--queries", type=int, default=32,
                         help="decode-style queries kept per layer, spread over the final part "
                              "of the text (default 32)")
@@ -29,7 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device for the model (default: cuda if available, else cpu)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
                         help="attention the recorder delegates to (default sdpa)")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_TOKENS,
+                        help=f"prefill chunk in tokens: longer texts run through the model in "
+                             f"chunks with a KV cache, so memory stays bounded (default "
+                             f"{DEFAULT_CHUNK_TOKENS})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def model_context(model) -> int:
+    """The model's context length in tokens (its position embeddings), 0 if unknown."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    return int(getattr(cfg, "max_position_embeddings", 0) or 0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,32 +52,50 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sah.recording.corpus import read_text, text_sha256, tokenize
     from sah.recording.default_model import load_model
+    from sah.recording.embedded import MAX_TOKENS
     from sah.recording.format import save_recording
     from sah.recording.recorder import record_attention
+    from sah.recording.texts import load_text, parse_text_spec, token_window
 
     if args.tokens < 1 or args.queries < 1:
         raise ValueError(f"--tokens ({args.tokens}) and --queries ({args.queries}) must be >= 1")
     if args.queries > args.tokens:
         raise ValueError(f"--queries ({args.queries}) cannot exceed --tokens ({args.tokens})")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--out: directory {out_dir} does not exist")
-    text, source = read_text(args.text)  # read before the slow model load, to fail fast
+    if args.chunk_size < 1:
+        raise ValueError(f"--chunk-size: got {args.chunk_size}; give a token count >= 1")
+    if args.model == "default" and args.tokens > MAX_TOKENS:
+        raise ValueError(f"--tokens: {args.tokens} is past the default model's context of "
+                         f"{MAX_TOKENS} tokens; give at most {MAX_TOKENS}")
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise ValueError(f"--out: {args.out} is a directory; give a file name "
+                         f"(e.g. {os.path.join(args.out, 'rec.safetensors')})")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise FileNotFoundError(f"--out: directory {os.path.dirname(out)} does not exist")
+    spec = parse_text_spec(args.text, "--text")
+    text = load_text(spec.text, "--text")  # read before the slow model load, to fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, device=device, attn_implementation=args.attn)
     loaded = time.perf_counter()
-    ids = tokenize(tokenizer, text, args.tokens, f"--text {source}")
+    context = model_context(model)
+    if context and args.tokens > context:
+        raise ValueError(f"--tokens: {args.tokens} is past the model's context of {context} "
+                         f"tokens (max_position_embeddings); give at most {context}")
+    ids = token_window(tokenizer, text, spec.start, args.tokens, f"--text {spec}")
     rec = record_attention(model, ids, layers=args.layers, num_queries=args.queries,
                            query_fraction=args.query_fraction, dtype=args.dtype,
-                           progress=not args.no_progress,
-                           metadata={"text_source": source, "text_sha256": text_sha256(text)})
+                           progress=not args.no_progress, chunk_size=args.chunk_size,
+                           metadata={"text_name": text.name, "text_source": text.source,
+                                     "text_sha256": text.sha256, "token_start": spec.start,
+                                     "token_end": spec.start + args.tokens})
     path = save_recording(rec, args.out)
     size_mib = os.path.getsize(path) / 2 ** 20
+    chunks = rec.metadata["prefill_chunks"]
     print(f"wrote {path}: {len(rec.layers)} layers, {rec.num_heads} heads ({rec.num_kv_heads} KV), "
-          f"{rec.num_keys} keys, {rec.num_queries} queries, {args.dtype}, {size_mib:.1f} MiB "
-          f"(model load {loaded - start:.1f} s, recording {time.perf_counter() - loaded:.1f} s "
-          f"on {device})", file=sys.stderr)
+          f"{rec.num_keys} keys ({text.name} tokens [{spec.start}, {spec.start + args.tokens})), "
+          f"{rec.num_queries} queries, {args.dtype}, {size_mib:.1f} MiB (model load "
+          f"{loaded - start:.1f} s, recording {time.perf_counter() - loaded:.1f} s on {device}"
+          f"{f', {chunks} prefill chunks' if chunks > 1 else ''})", file=sys.stderr)
     return 0

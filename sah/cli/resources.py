@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--pattern", choices=PATTERN_NAMES, help="a structured pattern")
     src.add_argument("--mask", metavar="FILE", help="a saved mask: .npy array or .safetensors tensor")
-    src.add_argument("--recording", metavar="FILE", help="a recording (with --config and --layer)")
+    src.add_argument("--recording", metavar="RECORDING",
+                     help="a recording file or embedded recording name (default, docs, code, "
+                          "prose, docs-8192, prose@4096...), with --config and --layer")
     parser.add_argument("--mask_size", type=int, default=1024, help="pattern side (default: 1024)")
     parser.add_argument("--window_size", type=int, default=32, help="pattern window (default: 32)")
     parser.add_argument("--stride", type=int, default=32, help="strided pattern stride (default: 32)")
@@ -131,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.config or args.layer is None:
             raise ConfigError("--recording needs --config FILE and --layer ID")
         from sah.recording import load_recording
-        recording = load_recording(args.recording)
+        from sah.recording.embedded import resolve_recording
+        recording = load_recording(resolve_recording(args.recording, "--recording"))
         config = ResearchAttentionConfig.from_file(args.config)
         heads = parse_heads(args.heads, recording.num_heads)
         analyses = analyse_chain_on_recording(recording, config, args.layer, heads,

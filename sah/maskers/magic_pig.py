@@ -67,7 +67,7 @@ def mips_parts(queries: torch.Tensor, keys: torch.Tensor, center: bool):
     if center:
         mean = k.mean(dim=2, keepdim=True)  # (b, hk, 1, d)
         k = k - mean
-        q = (q.view(b, hk, h // hk, nq, d) - mean.unsqueeze(2)).view(b, h, nq, d)
+        q = (q.reshape(b, hk, h // hk, nq, d) - mean.unsqueeze(2)).reshape(b, h, nq, d)
     key_norm = torch.linalg.vector_norm(k, dim=-1, keepdim=True)
     big = key_norm.amax(dim=2, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     extra = (big * big - key_norm * key_norm).clamp_min(0).sqrt()

@@ -9,7 +9,10 @@ recording file is asked for:
 ``default`` = ``docs``), ``TOKENS`` the number of tokens (keys; default 2048, at most the
 model's 8192 positions) and ``START`` the token offset where the window starts (default 0).
 Every embedded recording holds all 30 layers of SmolLM2-135M-Instruct, 32 decode-style
-queries spread over the last 25% of its tokens, in float16. ``default`` is the default
+queries spread over the last 25% of its tokens, in float16; one longer than 2048 tokens is
+recorded as a chunked prefill of 2048-token chunks (:mod:`sah.recording.recorder`), so
+``docs-8192`` is made with bounded memory. Each stores its text's name, sha256 and source
+and its token span ``[START, START + TOKENS)``. ``default`` is the default
 recording (``docs``: the first 2048 tokens of the Python documentation topics).
 
 :func:`ensure_recordings` returns the cached files, making the missing ones (one model
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from sah.recording.format import RecordingError, load_recording, save_recording
+from sah.recording.format import FORMAT_VERSION, RecordingError, load_recording, save_recording
 from sah.recording.texts import ALIASES, TEXT_NAMES, load_text
 
 SPEC_VERSION = 2
@@ -59,7 +62,12 @@ class EmbeddedRecording:
     def spec(self) -> Dict[str, Any]:
         """What the recording is; its cache file name is derived from this."""
         from sah.recording.default_model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHAPE
+        from sah.recording.recorder import DEFAULT_CHUNK_TOKENS
 
+        # a recording longer than one prefill chunk is made chunked: the chunk size is part
+        # of what it is (shorter ones keep the spec, and so the cache file, they had before)
+        chunked = ({"prefill_chunk_tokens": DEFAULT_CHUNK_TOKENS}
+                   if self.num_tokens > DEFAULT_CHUNK_TOKENS else {})
         return {
             "spec_version": SPEC_VERSION,
             "model": DEFAULT_MODEL_ID,
@@ -72,6 +80,7 @@ class EmbeddedRecording:
             "layers": list(range(DEFAULT_MODEL_SHAPE["num_layers"])),
             "dtype": "float16",
             "attn_implementation": "sdpa",
+            **chunked,
         }
 
     def path(self, cache: Union[str, Path, None] = None) -> Path:
@@ -146,6 +155,7 @@ class _Maker:
         rec = record_attention(model, ids, layers=spec["layers"], num_queries=spec["num_queries"],
                                query_fraction=spec["query_fraction"], dtype=spec["dtype"],
                                progress=self.progress,
+                               chunk_size=spec.get("prefill_chunk_tokens", item.num_tokens),
                                metadata={"text_source": text.source, "text_name": text.name,
                                          "text_sha256": text.sha256,
                                          "token_start": item.start,
@@ -167,6 +177,10 @@ def _cached(path: Path, spec: Dict[str, Any]) -> Tuple[bool, str]:
         return False, str(exc)
     if rec.metadata.get("embedded_spec") != spec:
         return False, "it was made to another spec"
+    if rec.metadata.get("format_version") != FORMAT_VERSION:
+        # one content hash per embedded recording: older formats hash other fields
+        return False, (f"it has format version {rec.metadata.get('format_version')}, this sah "
+                       f"writes {FORMAT_VERSION}")
     return True, ""
 
 

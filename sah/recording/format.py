@@ -9,8 +9,17 @@ attention sees them), and ``query_positions`` ``(q,)`` int64 absolute key positi
 ``format`` ("sah-recording"), ``format_version``, ``sah_version``, ``model_id``, ``layers``,
 ``batch_size``, ``num_heads``, ``num_kv_heads``, ``head_dim``, ``num_keys``, ``num_queries``,
 ``scaling``, ``dtype``, ``query_positions``, ``num_tokens``, ``text_source`` and
-``content_hash`` ("sha256:<hex>" over every tensor's name, dtype, shape and bytes, in name
-order), plus any extra keys the maker adds (for example ``generator`` for synthetic data).
+``content_hash``, plus any extra keys the maker adds (for example ``generator`` for synthetic
+data; recordings of a text add ``text_name``, ``text_sha256``, ``token_start`` and
+``token_end``, the token span ``[token_start, token_end)`` of the text they hold).
+
+``content_hash`` is ``"sha256:<hex>"`` over every tensor's name, dtype, shape and bytes, in
+name order (the layer ids and query positions are tensor names and a tensor), then, from
+format version 2, over the metadata fields in :data:`HASHED_METADATA` that are present:
+``scaling`` (the only metadata that enters a figure) and the text's identity and span (what
+studies compare to keep fit and scored recordings apart). Version-1 files (hash over the
+tensors only) still load, verified with their own definition; re-make them to have
+``scaling`` covered (embedded recordings are re-made automatically).
 
 Tensors are stored in float16, bfloat16 or float32 (one dtype for the file); the
 :meth:`Recording.context` view computes in float32. :func:`save_recording` writes a temporary
@@ -36,7 +45,11 @@ import torch
 from sah.context import AttentionContext
 
 FORMAT_NAME = "sah-recording"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions :func:`load_recording` reads (each verified with its own hash definition).
+READABLE_VERSIONS = (1, 2)
+#: Metadata covered by the content hash (format version >= 2), when present.
+HASHED_METADATA = ("scaling", "text_sha256", "token_start", "token_end")
 METADATA_KEY = "sah"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 REQUIRED_METADATA = (
@@ -142,7 +155,14 @@ def validate_recording(rec: Recording, source: str = "recording") -> None:
              f"{tuple(first.queries.shape)} and {tuple(first.keys.shape)}")
     b, h, q, d = first.queries.shape
     hk, n = first.keys.shape[1], first.keys.shape[2]
-    if hk == 0 or h % hk != 0:
+    sizes = (("batch size", b), ("query heads", h), ("queries", q), ("head dim", d),
+             ("key/value heads", hk), ("keys", n))
+    empty = [name for name, size in sizes if size < 1]
+    if empty:
+        fail(f"layer {first.layer} has {' and '.join(f'0 {e}' for e in empty)} (queries "
+             f"{tuple(first.queries.shape)}, keys {tuple(first.keys.shape)}); a recording needs "
+             f"at least one of each, re-make it")
+    if h % hk != 0:
         fail(f"query heads ({h}) must be a multiple of key/value heads ({hk}) (grouped-query "
              f"attention)")
     dtype = first.keys.dtype
@@ -165,7 +185,7 @@ def validate_recording(rec: Recording, source: str = "recording") -> None:
         fail("query_positions must be a 1-D int64 tensor")
     if pos.numel() != q:
         fail(f"query_positions has {pos.numel()} entries but queries have {q}")
-    if q and (int(pos.min()) < 0 or int(pos.max()) >= n):
+    if int(pos.min()) < 0 or int(pos.max()) >= n:
         fail(f"query positions must lie inside the keys [0, {n - 1}]; got "
              f"[{int(pos.min())}, {int(pos.max())}]")
     if q > 1 and not bool((pos[1:] > pos[:-1]).all()):
@@ -174,14 +194,21 @@ def validate_recording(rec: Recording, source: str = "recording") -> None:
         fail(f"scaling must be a finite positive number; got {rec.scaling!r}")
 
 
-def content_hash(tensors: Dict[str, torch.Tensor]) -> str:
-    """``sha256:<hex>`` over each tensor's name, dtype, shape and raw bytes, in name order."""
+def content_hash(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, Any]] = None,
+                 version: int = FORMAT_VERSION) -> str:
+    """``sha256:<hex>`` over each tensor's name, dtype, shape and raw bytes, in name order;
+    from ``version`` 2 also over the :data:`HASHED_METADATA` fields of ``metadata`` that are
+    present (as canonical JSON), so editing ``scaling`` or a text span in a header is caught."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{str(t.dtype)}|{list(t.shape)}|".encode())
         if t.numel():
             digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    if version >= 2:
+        meta = metadata or {}
+        covered = {k: meta[k] for k in HASHED_METADATA if k in meta}
+        digest.update(b"metadata|" + json.dumps(covered, sort_keys=True).encode())
     return "sha256:" + digest.hexdigest()
 
 
@@ -202,7 +229,9 @@ def write_raw_recording(tensors: Dict[str, torch.Tensor], metadata: Dict[str, An
     """
     path = Path(path)
     meta = dict(metadata)
-    meta["content_hash"] = content_hash(tensors)
+    version = meta.get("format_version", FORMAT_VERSION)
+    meta["content_hash"] = content_hash(tensors, meta, version if isinstance(version, int)
+                                        else FORMAT_VERSION)
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +285,38 @@ def save_recording(recording: Recording, path: Union[str, Path],
 
 
 # ---------------------------------------------------------------------------- load
+def _check_tensor_entry(path: Path, name: str, info: Any, data_len: int) -> None:
+    """One tensor's header entry: ``{"dtype": str, "shape": [int >= 0...], "data_offsets":
+    [begin, end]}`` with ``0 <= begin <= end <= data_len``."""
+    def bad(what: str) -> RecordingError:
+        return RecordingError(f"recording {path} has a corrupt header: tensor {name!r} {what}; "
+                              f"re-make it")
+
+    if not isinstance(info, dict):
+        raise bad(f"entry is {type(info).__name__} {_short(info)}, not an object")
+    if not isinstance(info.get("dtype"), str):
+        raise bad(f"dtype is {_short(info.get('dtype'))}, not a string")
+    shape = info.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(x) and x >= 0 for x in shape):
+        raise bad(f"shape is {_short(shape)}, not a list of ints >= 0")
+    offsets = info.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(x) for x in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise bad(f"data_offsets is {_short(offsets)}, not [begin, end] with 0 <= begin <= end")
+    if offsets[1] > data_len:
+        raise RecordingError(f"recording {path} is truncated: tensor data needs {offsets[1]} "
+                             f"bytes but only {data_len} are present; re-make it")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _read_header(path: Path) -> Dict[str, Any]:
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -272,25 +333,31 @@ def _read_header(path: Path) -> Dict[str, Any]:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RecordingError(f"recording {path} has a corrupt header ({exc}); re-make it") from None
     data_len = size - 8 - header_len
-    ends = [info.get("data_offsets", [0, 0])[1] for name, info in header.items()
-            if name != "__metadata__" and isinstance(info, dict)]
-    if ends and max(ends) > data_len:
-        raise RecordingError(f"recording {path} is truncated: tensor data needs {max(ends)} bytes "
-                             f"but only {data_len} are present; re-make it")
+    for name, info in header.items():
+        if name != "__metadata__":
+            _check_tensor_entry(path, name, info, data_len)
     return header
 
 
 def _metadata_of(path: Path, header: Dict[str, Any]) -> Dict[str, Any]:
-    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    block = header.get("__metadata__")
+    if block is not None and not isinstance(block, dict):
+        raise RecordingError(f"recording {path} has a corrupt header: __metadata__ is "
+                             f"{type(block).__name__} {_short(block)}, not an object of strings; "
+                             f"re-make it")
+    raw = (block or {}).get(METADATA_KEY)
     if raw is None:
         raise RecordingError(f"{path} has no '{METADATA_KEY}' metadata: it is not a sah recording "
                              f"(make one with `sah record` or save_recording)")
+    if not isinstance(raw, str):
+        raise RecordingError(f"recording {path} metadata '{METADATA_KEY}' is "
+                             f"{type(raw).__name__}, not a JSON string; re-make it")
     try:
         meta = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RecordingError(f"recording {path} has corrupt metadata JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise RecordingError(f"recording {path} metadata is not a JSON object")
@@ -298,10 +365,18 @@ def _metadata_of(path: Path, header: Dict[str, Any]) -> Dict[str, Any]:
     if missing:
         raise RecordingError(f"recording {path} metadata lacks {', '.join(missing)}; re-make it "
                              f"with save_recording")
-    if meta["format"] != FORMAT_NAME or meta["format_version"] != FORMAT_VERSION:
-        raise RecordingError(f"recording {path} has format {meta['format']!r} version "
-                             f"{meta['format_version']!r}; this sah reads {FORMAT_NAME!r} "
-                             f"version {FORMAT_VERSION}")
+    if meta["format"] != FORMAT_NAME or meta["format_version"] not in READABLE_VERSIONS \
+            or isinstance(meta["format_version"], bool):
+        raise RecordingError(f"recording {path} has format {_short(meta['format'])} version "
+                             f"{_short(meta['format_version'])}; this sah reads {FORMAT_NAME!r} "
+                             f"versions {', '.join(map(str, READABLE_VERSIONS))} (re-make it with "
+                             f"this sah, or use the sah that made it)")
+    if not isinstance(meta["layers"], list) or not all(_is_int(i) for i in meta["layers"]):
+        raise RecordingError(f"recording {path} metadata 'layers' is not a list of integers: "
+                             f"{_short(meta['layers'])}; re-make it")
+    if not isinstance(meta["content_hash"], str):
+        raise RecordingError(f"recording {path} metadata 'content_hash' is "
+                             f"{_short(meta['content_hash'])}, not a string; re-make it")
     return meta
 
 
@@ -309,6 +384,10 @@ def load_recording(path: Union[str, Path], device: Union[str, torch.device] = "c
                    verify_hash: bool = True) -> Recording:
     """Load and check a recording (see the module docstring); raises :class:`RecordingError`."""
     path = Path(path)
+    if path.is_dir():
+        raise RecordingError(f"recording {path} is a directory, not a recording file; give a "
+                             f".safetensors recording (or an embedded recording name where a "
+                             f"command accepts one)")
     if not path.is_file():
         raise RecordingError(f"recording file not found: {path}; make one with `sah record` "
                              f"(or use the default recording)")
@@ -322,11 +401,7 @@ def load_recording(path: Union[str, Path], device: Union[str, torch.device] = "c
         tensors = load_bytes(path.read_bytes())
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise RecordingError(f"recording {path} is corrupt ({exc}); re-make it") from None
-    try:
-        layers = [int(i) for i in meta["layers"]]
-    except (TypeError, ValueError):
-        raise RecordingError(f"recording {path} metadata 'layers' is not a list of integers: "
-                             f"{meta['layers']!r}") from None
+    layers = [int(i) for i in meta["layers"]]
     expected = {"query_positions"} | {f"layer.{i}.{n}" for i in layers
                                       for n in ("queries", "keys", "values")}
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -334,7 +409,7 @@ def load_recording(path: Union[str, Path], device: Union[str, torch.device] = "c
         raise RecordingError(f"recording {path} tensors do not match its layer list {layers}: "
                              f"missing {missing}, unexpected {extra}")
     if verify_hash:
-        actual = content_hash(tensors)
+        actual = content_hash(tensors, meta, meta["format_version"])
         if actual != meta["content_hash"]:
             raise RecordingError(f"recording {path} content hash mismatch: stored "
                                  f"{meta['content_hash']}, computed {actual}; the file was "

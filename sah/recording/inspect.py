@@ -57,6 +57,10 @@ def summarize(recording: Union[str, Path, Recording], edge_keys: int = 128,
         "path": str(path) if path else None,
         "size_bytes": os.path.getsize(path) if path else None,
         "model": rec.model_id, "text": rec.text_source,
+        "text_name": meta.get("text_name"), "text_sha256": meta.get("text_sha256"),
+        "token_start": meta.get("token_start"), "token_end": meta.get("token_end"),
+        "num_tokens": meta.get("num_tokens"), "format_version": meta.get("format_version"),
+        "prefill_chunks": meta.get("prefill_chunks"),
         "layers": rec.layer_ids, "num_heads": rec.num_heads, "num_kv_heads": rec.num_kv_heads,
         "head_dim": rec.head_dim, "num_keys": rec.num_keys, "num_queries": rec.num_queries,
         "query_positions": rec.query_positions.tolist(), "dtype": str(rec.dtype).replace("torch.", ""),
@@ -75,6 +79,22 @@ def _size(num_bytes: Any) -> str:
     return f"{num_bytes / 2 ** 20:.1f} MiB ({num_bytes} bytes)"
 
 
+def _text_line(s: Dict[str, Any]) -> str:
+    """``docs tokens [0, 2048)``, or what is known of a recording that predates spans."""
+    start, end = s.get("token_start"), s.get("token_end")
+    name = s.get("text_name")
+    if isinstance(start, int) and isinstance(end, int):
+        return f"{name or 'text'} tokens [{start}, {end}) ({end - start} tokens)"
+    return f"{name or 'unknown'} (no token span stored; {s.get('num_tokens')} tokens)"
+
+
+def _format_line(s: Dict[str, Any]) -> str:
+    version = s.get("format_version")
+    if version == 1:
+        return "version 1 (its content hash does not cover scaling; re-make it to have it covered)"
+    return f"version {version}"
+
+
 def format_summary(info: Dict[str, Any]) -> str:
     """A plain-text report: the summary table, then one row of statistics per layer."""
     s = info["summary"]
@@ -83,13 +103,16 @@ def format_summary(info: Dict[str, Any]) -> str:
         range(layers[0], layers[-1] + 1)) and len(layers) > 3 else ", ".join(map(str, layers)))
     pos = s["query_positions"]
     rows = [("file", s["path"] or "-"), ("size on disk", _size(s["size_bytes"])),
-            ("model", s["model"]), ("text", s["text"]), ("layers", layer_text),
+            ("model", s["model"]), ("text", _text_line(s)), ("text source", s["text"]),
+            ("text sha256", str(s["text_sha256"] or "-")), ("layers", layer_text),
             ("heads", f"{s['num_heads']} query, {s['num_kv_heads']} KV "
                       f"(group {s['num_heads'] // s['num_kv_heads']})"),
-            ("head dim", str(s["head_dim"])), ("keys", str(s["num_keys"])),
+            ("head dim", str(s["head_dim"])), ("keys", str(s["num_keys"]) + (f" (recorded as a prefill in {s['prefill_chunks']} chunks)"
+                                    if (s.get("prefill_chunks") or 1) > 1 else "")),
             ("queries", f"{s['num_queries']} at positions {pos[0]}..{pos[-1]}"),
             ("dtype", s["dtype"]), ("scaling", f"{s['scaling']:.6g}"),
-            ("content hash", str(s["content_hash"])[:23] + "...")]
+            ("content hash", str(s["content_hash"])[:23] + "..."),
+            ("format", _format_line(s))]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     e, t = info["edge_keys"], info["top_fraction"]

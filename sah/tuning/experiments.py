@@ -126,10 +126,13 @@ def run_experiment(name: str, members: Members, study: Study, trainable: Any, ra
         num_samples = chain.num_samples
         if chain.batched:  # the batches are a grid of their own; nothing to optimise
             metric, mode, num_samples = None, None, 1
+        scheduler = _scheduler(study, num_groups)
+        if scheduler is not None:  # ASHA holds metric and mode; Ray refuses them twice
+            metric, mode = None, None
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
-                search_alg=search_alg, scheduler=_scheduler(study, num_groups),
+                search_alg=search_alg, scheduler=scheduler,
                 metric=metric, mode=mode, num_samples=num_samples, reuse_actors=True,
                 max_concurrent_trials=study.max_concurrent_trials,
                 trial_dirname_creator=_trial_dirname),

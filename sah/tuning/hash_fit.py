@@ -4,9 +4,13 @@
 fit_hash_attention: {bits: 32, steps: 300}   # any fit_hash_attention() keyword; bits = hat_bits
 ```
 
-Before any trial, the hash functions are fitted on the run's recording
-(:func:`sah.maskers.hash_attention_fit.fit_hash_attention`) and saved in the run folder
-(``hash_attention/weights.safetensors`` plus ``report.json``). Every
+Before any trial, the hash functions are fitted on the study's ``fit_recordings`` (each
+layer on all of their contexts; without ``fit_recordings``, on the scored recordings, which
+makes HashAttention's figures optimistic) with
+:func:`sah.maskers.hash_attention_fit.fit_hash_attention`, showing a progress bar over the
+layers, and saved in the run folder (``hash_attention/weights.safetensors`` plus
+``report.json``: the options and, for every fit and every scored recording, the top-k
+recall of the hashes before and after fitting, mean over layers and per layer). Every
 ``HashAttentionTopKMaskerConfig`` of the study gets the fitted sizes (``hat_bits``,
 ``hat_mlp_*``) as fixed fields and ``hat_weight_file: hash_attention.safetensors``, a
 portable name, never a driver-side path: trials receive the weights through Ray's object
@@ -17,9 +21,13 @@ store and tuned configs and exports find the file next to them
 from __future__ import annotations
 
 import json
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, Optional, Sequence
 
+from sah.tuning.fit_options import fit_keywords
 from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
 from sah.tuning.study import Study
 from sah.validation import ConfigError
@@ -32,10 +40,7 @@ FIT_DEFAULTS = {"hat_bits": 32, "hat_mlp_layers": 3, "hat_mlp_hidden_size": 128,
 
 
 def fit_options(study: Study) -> Dict[str, Any]:
-    opts = dict(study.fit_hash_attention or {})
-    if "bits" in opts:
-        opts["hat_bits"] = opts.pop("bits")
-    return opts
+    return fit_keywords(study.fit_hash_attention)
 
 
 def weights_path(run_dir: Path) -> Path:
@@ -48,15 +53,7 @@ def attach_weights(study: Study, run_dir: Path) -> None:
     portable name :data:`FITTED_NAME`; ``run_dir`` is not part of the study)."""
     if not study.fit_hash_attention:
         return
-    import inspect
-
-    from sah.maskers.hash_attention_fit import fit_hash_attention
-    opts = fit_options(study)
-    known = set(inspect.signature(fit_hash_attention).parameters) - {"source", "heldout"}
-    unknown = sorted(set(opts) - known)
-    if unknown:
-        raise ConfigError(f"{study.source}: fit_hash_attention.{unknown[0]}: unknown option; "
-                          f"options: bits, {', '.join(sorted(known))}")
+    opts = fit_options(study)  # checked with the study (sah.tuning.fit_options)
     sizes = {k: opts.get(k, FIT_DEFAULTS[k]) for k in SIZE_FIELDS}
     found = False
     for i, chain in enumerate(study.chains):
@@ -76,10 +73,10 @@ def attach_weights(study: Study, run_dir: Path) -> None:
                           f"option or add a HashAttention chain")
 
 
-def _cache_folder(recording: Any, opts: Dict[str, Any]) -> Path:
-    """Where fitted weights of this recording and these options are kept between runs. The
-    key covers the recording's content, the options, the fitting code and torch's version,
-    so a change to any of them fits again."""
+def _cache_folder(recordings: Sequence[Any], opts: Dict[str, Any]) -> Path:
+    """Where fitted weights of these recordings and options are kept between runs. The key
+    covers the recordings' content, the options, the fitting code and torch's version, so a
+    change to any of them fits again."""
     import hashlib
 
     import torch
@@ -88,44 +85,168 @@ def _cache_folder(recording: Any, opts: Dict[str, Any]) -> Path:
     import sah.maskers.hash_attention_fit as fit
     from sah.evaluate import recording_key
     from sah.recording.default import cache_dir
-    digest = hashlib.sha256(json.dumps({"recording": recording_key(recording), "options": opts,
-                                        "torch": torch.__version__}, sort_keys=True).encode())
+    keys = [recording_key(r) for r in recordings]
+    digest = hashlib.sha256(json.dumps({"recording": keys[0] if len(keys) == 1 else keys,
+                                        "options": opts, "torch": torch.__version__},
+                                       sort_keys=True).encode())
     for module in (fit, hat):
         digest.update(Path(module.__file__).read_bytes())
     return cache_dir() / "hash_attention" / digest.hexdigest()[:16]
 
 
-def prepare_hash_attention(study: Study, recording: Any, run_dir: Path) -> Path:
-    """Fit and save the weights unless the run already holds them. The fit is
-    deterministic (seeded), so weights fitted by an earlier run on the same recording with
-    the same options are copied from the cache (``$SAH_CACHE_DIR/hash_attention``) instead
-    of fitted again (about 35 s for the default study on 2 CPU cores)."""
+def _labelled(recordings: Any) -> Dict[str, Any]:
+    """A recording, a list of them or ``{label: recording}`` -> ``{label: recording}``."""
+    if isinstance(recordings, dict):
+        return dict(recordings)
+    if isinstance(recordings, (list, tuple)):
+        return {str(i): r for i, r in enumerate(recordings)}
+    return {"recording": recordings}
+
+
+def prepare_hash_attention(study: Study, fit_recordings: Any, run_dir: Path,
+                           scored: Optional[Dict[str, Any]] = None,
+                           progress: bool = False) -> Path:
+    """Fit and save the weights unless the run already holds them. ``fit_recordings``: a
+    recording, a list or ``{label: recording}`` (each layer is fitted on all of them);
+    ``scored``: ``{label: recording}`` the run scores, whose recall the report gives too.
+    The fit is deterministic (seeded), so weights fitted by an earlier run on the same
+    recordings with the same options are copied from the cache
+    (``$SAH_CACHE_DIR/hash_attention``) instead of fitted again. A line says what is
+    fitted, a bar (``progress``) follows the layers, and a last line gives the recall."""
     path = weights_path(run_dir)
     if path.is_file():
         return path
+    with _torch_threads(FIT_THREADS):
+        return _prepare(study, fit_recordings, run_dir, scored, progress, path)
+
+
+#: torch threads while fitting: its operations are small (one layer's heads x queries x
+#: keys), and two threads on a busy 2-core machine were about 9x slower than one
+#: (benchmark/RESULTS.md, section 5)
+FIT_THREADS = 1
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, count)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _prepare(study: Study, fit_recordings: Any, run_dir: Path, scored: Optional[Dict[str, Any]],
+             progress: bool, path: Path) -> Path:
     from sah.maskers.hash_attention import save_hat_weights
     from sah.maskers.hash_attention_fit import fit_hash_attention
+    fit = _labelled(fit_recordings)
     opts = fit_options(study)
     if study.layers and "layers" not in opts:
         opts["layers"] = list(study.layers)
-    cached = _cache_folder(recording, opts)
+    cached = _cache_folder(list(fit.values()), opts)
+    started = time.perf_counter()
     if (cached / "weights.safetensors").is_file() and (cached / "report.json").is_file():
-        atomic_write_bytes(path.parent / "report.json", (cached / "report.json").read_bytes())
-        atomic_write_bytes(path, (cached / "weights.safetensors").read_bytes())
-        return path
-    weights, report = fit_hash_attention(recording, **opts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".weights.tmp.safetensors")
-    save_hat_weights(weights, tmp)
-    tmp.replace(path)
-    doc = {"options": opts, "recall_k": report.recall_k, "steps": report.steps,
-           "seconds": report.seconds,
-           "recall_before": {str(k): v for k, v in report.recall_before.items()},
-           "recall_after": {str(k): v for k, v in report.recall_after.items()}}
+        weights_bytes = (cached / "weights.safetensors").read_bytes()
+        doc = json.loads((cached / "report.json").read_text())
+        _say(f"HashAttention weights fitted on {', '.join(fit)} found in the cache {cached}")
+    else:
+        layers = opts.get("layers") or next(iter(fit.values())).layer_ids
+        _say(f"fitting HashAttention hash functions on {', '.join(fit)}: {len(layers)} layers, "
+             f"{opts.get('steps', _default('steps'))} steps each")
+        bar = _bar(len(layers), progress)
+
+        def on_layer(layer: int, done: int, total: int, seconds: float) -> None:
+            if bar is not None:
+                bar.set_postfix(layer=layer, seconds=f"{seconds:.2f}", refresh=False)
+                bar.update(1)
+
+        try:
+            weights, report = fit_hash_attention(list(fit.values()), on_layer=on_layer, **opts)
+        finally:
+            if bar is not None:
+                bar.close()
+        tmp = path.with_name(".weights.tmp.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_hat_weights(weights, tmp)
+        weights_bytes = tmp.read_bytes()
+        tmp.unlink()
+        doc = {"options": opts, "recall_k": report.recall_k, "steps": report.steps,
+               "seconds": report.seconds,
+               "recall_before": {str(k): v for k, v in report.recall_before.items()},
+               "recall_after": {str(k): v for k, v in report.recall_after.items()}}
+        try:  # keep a copy for later runs; a cache that cannot be written only costs time
+            atomic_write_bytes(cached / "weights.safetensors", weights_bytes)
+            atomic_write_text(cached / "report.json", json.dumps(doc, indent=2) + "\n")
+        except OSError:
+            pass
+    from sah.maskers.hash_attention import load_hat_weights
+    atomic_write_bytes(path, weights_bytes)
+    weights = load_hat_weights(path)
+    doc["fit_recordings"] = {label: recall_figures(weights, rec, opts) for label, rec in fit.items()}
+    doc["scored_recordings"] = {label: recall_figures(weights, rec, opts)
+                                for label, rec in (scored or {}).items()}
+    doc["fitted_on_scored"] = bool(scored) and all(
+        any(r is s for s in scored.values()) for r in fit.values())
     atomic_write_text(path.parent / "report.json", json.dumps(doc, indent=2) + "\n")
-    try:  # keep a copy for later runs; a cache that cannot be written only costs time
-        atomic_write_bytes(cached / "weights.safetensors", path.read_bytes())
-        atomic_write_bytes(cached / "report.json", (path.parent / "report.json").read_bytes())
-    except OSError:
-        pass
+    _say(f"HashAttention ready in {time.perf_counter() - started:.1f} s; " + recall_line(doc))
     return path
+
+
+def _default(name: str) -> Any:
+    import inspect
+
+    from sah.maskers.hash_attention_fit import fit_hash_attention
+    return inspect.signature(fit_hash_attention).parameters[name].default
+
+
+def recall_figures(weights: Dict[int, Any], recording: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
+    """Top-k recall of the random initial and the fitted hashes on each fitted layer of
+    ``recording``: ``{k, recall_before, recall_after (means over layers), per_layer}``."""
+    from sah.maskers.hash_attention import random_hat_weights
+    from sah.maskers.hash_attention_fit import hash_top_k_recall
+    from sah.validation import resolve_size
+    size = {name: opts.get(name, _default(name)) for name in
+            ("hat_bits", "hat_mlp_layers", "hat_mlp_hidden_size", "hat_mlp_activation",
+             "recall_size", "seed")}
+    per_layer: Dict[str, Dict[str, float]] = {}
+    k = 0
+    for index, lr in enumerate(recording.layers):
+        if lr.layer not in weights:
+            continue
+        ctx = recording.context(index)
+        d = ctx.dims
+        k = max(1, resolve_size(size["recall_size"], d.seq_len_keys))
+        init = random_hat_weights(d.num_heads, d.num_kv_heads, d.head_dim, size["hat_bits"],
+                                  size["hat_mlp_layers"], size["hat_mlp_hidden_size"],
+                                  size["seed"] + lr.layer)
+        per_layer[str(lr.layer)] = {
+            "before": hash_top_k_recall(init, ctx, k, size["hat_mlp_activation"]),
+            "after": hash_top_k_recall(weights[lr.layer], ctx, k, size["hat_mlp_activation"])}
+    n = max(1, len(per_layer))
+    return {"k": k, "recall_before": sum(v["before"] for v in per_layer.values()) / n,
+            "recall_after": sum(v["after"] for v in per_layer.values()) / n,
+            "per_layer": per_layer}
+
+
+def recall_line(doc: Dict[str, Any]) -> str:
+    """One line: mean top-k recall after (before) fitting on each fit and scored recording."""
+    def part(role: str) -> str:
+        items = doc.get(role) or {}
+        return ", ".join(f"{label} {f['recall_after']:.3f} ({f['recall_before']:.3f})"
+                         for label, f in items.items()) or "-"
+    return (f"top-k recall after (before) fitting: fit {part('fit_recordings')}; "
+            f"scored {part('scored_recordings')}")
+
+
+def _say(message: str) -> None:
+    print(f"sah: {message}", file=sys.stderr, flush=True)
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="HashAttention fit", unit="layer", file=sys.stderr,
+                dynamic_ncols=True, leave=False)

@@ -4,8 +4,10 @@ per other chain, then the outputs.
 Order of work, so that bad input writes nothing: load and validate the study, check the
 run folder (an existing folder is only ever continued with ``resume``), join the cluster
 (``--address``) and check that one of its nodes can hold a trial's resources (a local run
-checks this machine without starting Ray), find and load the recording, check the layer
-subset, load the weight files the study names; only then create the run folder, write
+checks this machine without starting Ray), find, make and load the scored and fit
+recordings and check them (:mod:`~sah.tuning.recordings`: no fit span overlapping a scored
+one, one model shape, the layers; on ``resume`` the content hashes ``run.yaml`` stored),
+load the weight files the study names; only then create the run folder, write
 ``run.yaml``, fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched`` (or under ``storage_path``); an Optuna or ASHA chain's experiment
@@ -35,7 +37,6 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from sah.recording.format import Recording, RecordingError
 from sah.tuning.artefacts import RunArtefacts
 from sah.tuning.cluster import check_trial_resources, trial_request, tune_resources
 from sah.tuning.experiments import experiment_root, experiments, run_experiment, storage_location
@@ -45,7 +46,8 @@ from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_
                                   versions)
 from sah.tuning.run_folder import Progress, _comparable, check_results_dir, check_run_folder
 from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
-from sah.tuning.study import Study, load_study
+from sah.tuning.recordings import check_resume_hashes, load_recording_sets
+from sah.tuning.study import load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
 from sah.validation import ConfigError
 
@@ -86,21 +88,6 @@ class RunOptions:
         return out
 
 
-# ---------------------------------------------------------------------- checks
-def resolve_recording(study: Study) -> Path:
-    """The recording file of the study (the default one is made if missing)."""
-    from sah.recording.embedded import resolve_recording as resolve
-    try:
-        return resolve(study.recording, f"{study.source}: recording")
-    except (FileNotFoundError, ValueError) as exc:
-        raise RecordingError(str(exc)) from None
-
-
-def load_study_recording(path: Path) -> Recording:
-    from sah.recording.format import load_recording
-    return load_recording(path)
-
-
 # ---------------------------------------------------------------------- the run
 def run_study(options: RunOptions) -> Path:
     """Validate, run every chain, write the outputs. Returns the run folder. ``.pkl``
@@ -136,14 +123,12 @@ def _run_study(options: RunOptions) -> Path:
             except ConfigError as exc:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
-        recording_path = resolve_recording(study)
-        recording = load_study_recording(recording_path)
-        if study.layers:
-            missing = [x for x in study.layers if x not in recording.layer_ids]
-            if missing:
-                raise ConfigError(f"{study.source}: layers: layer {missing[0]} is not in the "
-                                  f"recording {recording_path} (recorded layers: "
-                                  f"{recording.layer_ids})")
+        sets = load_recording_sets(study)
+        described = sets.describe(fitting=bool(study.fit_hash_attention))
+        if options.resume and (run_dir / "run.yaml").is_file():
+            check_resume_hashes(run_dir, yaml.safe_load((run_dir / "run.yaml").read_text()),
+                                described)
+        recording = sets.scored[0].recording
         artefacts = RunArtefacts.of_run(study, run_dir)
         artefacts.load(fitted=False)  # weight files given in the study: read and checked now
     except BaseException:
@@ -155,15 +140,9 @@ def _run_study(options: RunOptions) -> Path:
     from sah.evaluate import default_group_size, layer_groups
     group = study.layers_per_report or default_group_size(num_layers)
     num_groups = len(layer_groups(list(range(num_layers)), group))
-    from sah.evaluate import recording_key
-    rec_hash = recording_key(recording)
 
     run_yaml = yaml.safe_dump({
-        "study": _comparable(study), "study_file": str(study.source),
-        "recording": {"path": str(Path(recording_path).resolve()), "hash": rec_hash,
-                      "layers": recording.layer_ids, "num_keys": recording.num_keys,
-                      "num_queries": recording.num_queries,
-                      "model": (recording.metadata or {}).get("model_id")},
+        "study": _comparable(study), "study_file": str(study.source), **described,
         "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **({"ray_storage": storage_location(study.storage_path, study.name, uuid.uuid4().hex[:8])}
            if study.storage_path else {})}, sort_keys=False)
@@ -184,22 +163,27 @@ def _run_study(options: RunOptions) -> Path:
     if study.fit_hash_attention:
         from sah.tuning.hash_fit import prepare_hash_attention
         fit_started = time.time()
-        prepare_hash_attention(study, recording, run_dir)
+        prepare_hash_attention(study, {r.label: r.recording for r in sets.fit_or_scored},
+                               run_dir, {r.label: r.recording for r in sets.scored},
+                               progress=options.progress)
         log.info("phase hash_fit: %.2f s", time.time() - fit_started)
     artefacts.load(fitted=True)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress bars, not Ray's tables
     from ray import tune
     if not options.address:
-        started_ray = start_local_ray(sum(t.numel() * t.element_size() for lr in recording.layers
-                                          for t in (lr.queries, lr.keys, lr.values)))
+        started_ray = start_local_ray(sum(
+            t.numel() * t.element_size() for r in sets.scored for lr in r.recording.layers
+            for t in (lr.queries, lr.keys, lr.values)))
     previous_term = forward_sigterm()
     forget_hook = at_forced_exit(progress.save)  # a second Ctrl-C exits at once: keep the time
     task = TrialTask({c.name: c for c in study.chains}, study.objective, study.layers,
                      group, study.cpus_per_trial, study.gpus_per_trial, artefacts.loaded,
-                     {name: (cpu, gpu) for name, (cpu, gpu, _) in per_chain.items()})
+                     {name: (cpu, gpu) for name, (cpu, gpu, _) in per_chain.items()},
+                     recording_labels=[r.label for r in sets.scored])
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, recording=SharedRecording(recording), task=task),
+        tune.with_parameters(run_trial, recordings=[SharedRecording(r.recording)
+                                                    for r in sets.scored], task=task),
         tune_resources(per_chain))
     ray_dir = experiment_root(run_dir, stored)
     grids: Dict[str, Any] = {}
@@ -230,7 +214,7 @@ def _run_study(options: RunOptions) -> Path:
     rows = collect_rows(study, grids, interrupted)
     with signals_deferred():  # a Ctrl-C / SIGTERM now waits until every output is written
         now = time.time()  # summary.md's total and progress.json's parts agree
-        write_outputs(run_dir, study, rows, recording, final=not interrupted,
+        write_outputs(run_dir, study, rows, sets, final=not interrupted,
                       wall_seconds=progress.wall_seconds(now), artefacts=artefacts)
         progress.save(outputs_written=not interrupted, now=now)
     log.info("phase outputs: %.2f s", time.time() - out_started)

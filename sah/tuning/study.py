@@ -2,7 +2,8 @@
 
 ```yaml
 name: my_study                 # run name (default: the file's stem)
-recording: default             # 'default' (made on first use) or a recording file
+recordings: [docs, code]       # scored recordings: embedded names (made on first use) or files
+fit_recordings: [prose]        # learned maskers (HashAttention) are fitted on these
 objective: sparsity_10         # 'default' or 'sparsity_T' (T in percent)
 density_targets: [0.05, 0.10]  # best config exported at each density
 searcher: optuna               # grid | random | optuna (TPE)
@@ -17,6 +18,7 @@ layers: null                   # optional subset of the recorded layer ids
 layers_per_report: null        # layers per report (default: about 4 reports per trial)
 configs_per_trial: 8           # configurations one Ray trial scores (grid/random; see below)
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
+                               # (on fit_recordings; :mod:`sah.tuning.fit_options`)
 max_configurations: 100000     # refuse studies that expand to more configurations
 chains:
   - name: sink_local_oracle_top_k
@@ -28,6 +30,13 @@ chains:
       - type: OracleTopKConfig
         heavy_size: {search: loguniform, low: 0.005, high: 0.2}
 ```
+
+``recordings``: every configuration is scored on each; its ``output_error`` and ``density``
+are the means over these recordings of each recording's mean over layers. ``recording: X``
+is the one-element ``recordings: [X]`` (give one or the other). ``fit_recordings``: what
+``fit_hash_attention`` fits on (default: the scored recordings, which makes HashAttention's
+figures optimistic; the run says so). :mod:`sah.tuning.recordings` loads both sets and
+refuses a fit recording whose text span overlaps a scored one's.
 
 ``configs_per_trial``: configurations one Ray trial of a grid or random chain scores
 (:mod:`sah.tuning.batching`); 1 for Optuna chains (the searcher learns from each result)
@@ -56,13 +65,15 @@ from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.objectives import get_objective
 from sah.safe_yaml import MAX_STUDY_NODES, load_yaml_file
 from sah.tuning.cluster import parse_trial_resources
+from sah.tuning.fit_options import parse_fit_options
+from sah.tuning.recordings import parse_recording_lists
 from sah.tuning.space import Domain, plain_value
 from sah.tuning.study_checks import check_chain_names, check_name, check_total
 from sah.validation import ConfigError, short_repr
 
 SEARCHERS = ("grid", "random", "optuna")
-TOP_KEYS = ("name", "recording", "objective", "density_targets", "searcher", "multi_objective",
-            "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
+TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets",
+            "searcher", "multi_objective", "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
             "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial",
             "storage_path", "max_configurations", "chains")
 DEFAULT_CONFIGS_PER_TRIAL = 8
@@ -155,7 +166,7 @@ class ChainSpec:
 @dataclass
 class Study:
     name: str
-    recording: str
+    recordings: List[str]      # scored recordings (embedded names or files), as written
     objective: str
     density_targets: List[float]
     searcher: str
@@ -175,6 +186,13 @@ class Study:
     custom_resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources
     storage_path: Optional[str] = None  # where Ray Tune keeps experiment state (None: the run folder)
     max_configurations: int = DEFAULT_MAX_CONFIGURATIONS
+    fit_recordings: List[str] = field(default_factory=list)  # empty: fit on the scored ones
+    recordings_key: str = "recordings"  # the key the file used ("recording" for one)
+
+    @property
+    def recording(self) -> str:
+        """The first scored recording (studies used to name exactly one)."""
+        return self.recordings[0]
 
     def trial_resources(self, chain: ChainSpec) -> tuple:
         """``(cpu, gpu, custom_resources)`` of one trial of ``chain``: the study's
@@ -196,7 +214,8 @@ class Study:
         if self.custom_resources:
             resources["custom_resources"] = dict(self.custom_resources)
         out = {
-            "name": self.name, "recording": self.recording, "objective": self.objective,
+            "name": self.name, "recordings": list(self.recordings),
+            "fit_recordings": list(self.fit_recordings), "objective": self.objective,
             "density_targets": list(self.density_targets), "searcher": self.searcher,
             "multi_objective": self.multi_objective, "num_samples": self.num_samples,
             "seed": self.seed, "scheduler": copy.deepcopy(self.scheduler),
@@ -249,9 +268,7 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                                                       f"{', '.join(TOP_KEYS)}")
     name = data.get("name", default_name)
     check_name(name, "name", "it names the run folder")
-    recording = data.get("recording", "default")
-    _check(isinstance(recording, str) and recording != "", "recording",
-           "expected 'default' or the path of a recording file")
+    recordings, fit_recordings = parse_recording_lists(data)
     objective = data.get("objective", "sparsity_10")
     _check(isinstance(objective, str), "objective", f"got {short_repr(objective)}; expected a name")
     get_objective(objective)
@@ -288,9 +305,10 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
     per_report = data.get("layers_per_report")
     _check(per_report is None or (_is_int(per_report) and per_report >= 1), "layers_per_report",
            f"got {short_repr(per_report)}; expected an int >= 1 or null")
-    fit = data.get("fit_hash_attention")
-    _check(fit is None or isinstance(fit, dict), "fit_hash_attention",
-           f"got {short_repr(fit)}; expected a mapping of fitting options or null")
+    fit = parse_fit_options(data.get("fit_hash_attention"))
+    _check(fit is not None or not fit_recordings, "fit_recordings",
+           "nothing is fitted in this study (no fit_hash_attention); remove fit_recordings or "
+           "add fit_hash_attention")
     per_trial = data.get("configs_per_trial", DEFAULT_CONFIGS_PER_TRIAL)
     _check(_is_int(per_trial) and per_trial >= 1, "configs_per_trial",
            f"got {short_repr(per_trial)}; expected an int >= 1 (configurations per Ray trial)")
@@ -314,10 +332,11 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                 raise ConfigError(f"chains[{i}].{exc}") from None
         batchable = c.searcher in ("grid", "random") and scheduler is None
         c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
-    return Study(name, recording, objective, [float(t) for t in targets], searcher, multi,
+    return Study(name, recordings, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
-                 per_trial, custom, storage, limit)
+                 per_trial, custom, storage, limit, fit_recordings,
+                 "recordings" if "recordings" in data else "recording")
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:

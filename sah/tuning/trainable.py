@@ -1,15 +1,23 @@
-"""The Ray Tune trainable: score one chain config on the recording, reporting per layer group.
+"""The Ray Tune trainable: score one chain config on the study's scored recordings,
+reporting per layer group.
 
-The recording goes to the object store once (``tune.with_parameters``) wrapped in a
-:class:`SharedRecording`, which pickles its tensors as numpy arrays: Ray stores those
-out of band and a worker maps them without copying, so handing the recording to a trial
+The scored recordings go to the object store once (``tune.with_parameters``), each wrapped
+in a :class:`SharedRecording`, which pickles its tensors as numpy arrays: Ray stores those
+out of band and a worker maps them without copying, so handing the recordings to a trial
 costs milliseconds instead of a full deserialisation. Layer contexts (logits, dense
-outputs...) are cached per worker process (:data:`sah.evaluate.PROCESS_CACHE`) and,
-with ``reuse_actors=True``, shared by every trial the worker runs. Fitted (or given)
-HashAttention weights travel the same way, in the :class:`TrialTask`
-(:class:`~sah.tuning.artefacts.SharedWeights`), never as a path into the driver's run
-folder. Every report carries ``node_id``, the Ray node the trial ran on, and a trial
-computes on the device Ray gave it (:func:`sah.tuning.cluster.trial_device`).
+outputs...) are cached per worker process (:data:`sah.evaluate.PROCESS_CACHE`, sized to
+hold every scored recording) and, with ``reuse_actors=True``, shared by every trial the
+worker runs. Fitted (or given) HashAttention weights travel the same way, in the
+:class:`TrialTask` (:class:`~sah.tuning.artefacts.SharedWeights`), never as a path into the
+driver's run folder. Every report carries ``node_id``, the Ray node the trial ran on, and a
+trial computes on the device Ray gave it (:func:`sah.tuning.cluster.trial_device`).
+
+Several scored recordings: a configuration's ``output_error`` and ``density`` are the means
+over the recordings of each recording's mean over the evaluated layers. The recordings are
+scored in lockstep, one group of layers at a time: report ``g`` holds, for every recording,
+the mean over the first ``g`` groups of layers, averaged over the recordings. Every trial's
+report ``g`` thus covers the same layers of the same recordings, so ASHA compares like with
+like; the last report is the full figure.
 
 A trial that raises is marked failed by Ray (status ERROR, its message kept); it never
 reports a finite penalty score.
@@ -21,7 +29,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -87,6 +95,7 @@ class TrialTask:
     gpus_per_trial: float
     weights: Dict[str, SharedWeights] = field(default_factory=dict)  # hat_weight_file -> tensors
     per_chain: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # chain -> (cpu, gpu)
+    recording_labels: List[str] = field(default_factory=list)  # one per scored recording
 
     def resources(self, chain: str) -> Tuple[float, float]:
         """``(cpus, gpus)`` of one trial of ``chain`` (its own resources_per_trial, if any)."""
@@ -103,43 +112,60 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def evaluate_params(chain: ChainSpec, params: Dict[str, Any], rec: Recording,
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def evaluate_params(chain: ChainSpec, params: Dict[str, Any], recordings: Sequence[Recording],
                     task: TrialTask) -> Iterator[Dict[str, Any]]:
-    """Score one configuration; yield the metrics after each group of layers. Raises on a
+    """Score one configuration on every scored recording; yield the metrics after each
+    group of layers (scored on all recordings, see the module docstring). Raises on a
     failure (including non-finite figures). ``eval_seconds`` is the time spent inside chain
-    evaluation (building the chain, masks, estimator, figures), not in the caller."""
+    evaluation (building the chain, masks, estimator, figures), not in the caller. The last
+    metrics hold ``per_recording`` (label -> output_error, density) and ``per_layer``."""
     start = time.perf_counter()
     attention_config = with_weights(chain.build(params), task.weights)
     objective = get_objective(task.objective)
+    labels = task.recording_labels or [str(i) for i in range(len(recordings))]
+    PROCESS_CACHE.max_recordings = max(PROCESS_CACHE.max_recordings, len(recordings))
     eval_seconds = time.perf_counter() - start
     device = trial_device(task.resources(chain.name)[1])
-    partials = iter_evaluation(attention_config, rec, task.layers, task.layers_per_report,
+    streams = [iter_evaluation(attention_config, rec, task.layers, task.layers_per_report,
                                PROCESS_CACHE, None if device == "cpu" else device)
+               for rec in recordings]
     while True:
         began = time.perf_counter()
-        partial = next(partials, None)
-        if partial is None:
+        partials = [next(stream, None) for stream in streams]
+        if partials[0] is None:
             return
-        error, density = partial.output_error, partial.density
-        if not (np.isfinite(error) and np.isfinite(density)):
-            raise FloatingPointError(f"non-finite figures after layer {partial.layers[-1].layer}: "
-                                     f"output_error={error}, density={density}")
+        for label, partial in zip(labels, partials):
+            if not (np.isfinite(partial.output_error) and np.isfinite(partial.density)):
+                raise FloatingPointError(
+                    f"non-finite figures on {label} after layer {partial.layers[-1].layer}: "
+                    f"output_error={partial.output_error}, density={partial.density}")
+        error = _mean([p.output_error for p in partials])
+        density = _mean([p.density for p in partials])
+        complete = all(p.complete for p in partials)
         metrics: Dict[str, Any] = {
             "output_error": error, "density": density, "score": objective(error, density),
-            "layers_done": len(partial.layers), "complete": partial.complete,
+            "layers_done": len(partials[0].layers), "complete": complete,
         }
-        if partial.complete:
+        if complete:
             metrics["aux_bits_per_token"] = ResearchAttention.create_from_config(
-                attention_config).aux_bits_per_token(rec.head_dim)
-            metrics["per_layer"] = [{"layer": lf.layer, "output_error": lf.output_error,
-                                     "density": lf.density} for lf in partial.layers]
+                attention_config).aux_bits_per_token(recordings[0].head_dim)
+            metrics["per_recording"] = {label: {"output_error": p.output_error,
+                                                "density": p.density}
+                                        for label, p in zip(labels, partials)}
+            metrics["per_layer"] = [{"recording": label, "layer": lf.layer,
+                                     "output_error": lf.output_error, "density": lf.density}
+                                    for label, p in zip(labels, partials) for lf in p.layers]
         eval_seconds += time.perf_counter() - began
         metrics["seconds"] = time.perf_counter() - start
         metrics["eval_seconds"] = eval_seconds
         yield metrics
 
 
-def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = None,
+def run_trial(config: Dict[str, Any], recordings: Optional[List[SharedRecording]] = None,
               task: Optional[TrialTask] = None) -> None:
     """Ray Tune function trainable: one chain config, reports after each group of layers
     (a config holding a batch of configurations goes to :func:`run_batch`)."""
@@ -147,15 +173,17 @@ def run_trial(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
 
     from sah.tuning.batching import BATCH_KEY
 
-    assert recording is not None and task is not None
+    assert recordings and task is not None
     if BATCH_KEY in config:
-        return run_batch(config, recording, task)
+        return run_batch(config, recordings, task)
     chain = task.chains[config[CHAIN_KEY]]
     torch.set_num_threads(max(1, int(task.resources(chain.name)[0])))
     node_id = _node_id()
-    for metrics in evaluate_params(chain, trial_params(config), recording.recording, task):
-        if "per_layer" in metrics:
-            metrics["per_layer"] = json.dumps(metrics["per_layer"])
+    for metrics in evaluate_params(chain, trial_params(config),
+                                   [r.recording for r in recordings], task):
+        for key in ("per_layer", "per_recording"):  # JSON text: Ray flattens nested metrics
+            if key in metrics:
+                metrics[key] = json.dumps(metrics[key])
         tune.report({**metrics, "node_id": node_id})
 
 
@@ -164,7 +192,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
 
-def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = None,
+def run_batch(config: Dict[str, Any], recordings: Optional[List[SharedRecording]] = None,
               task: Optional[TrialTask] = None) -> None:
     """Ray Tune function trainable for a batch (:mod:`sah.tuning.batching`): scores every
     configuration of ``config["batch"]`` in turn and reports once, at the end, a JSON list
@@ -174,7 +202,8 @@ def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
 
     from sah.tuning.batching import BATCH_KEY
 
-    assert recording is not None and task is not None
+    assert recordings and task is not None
+    scored = [r.recording for r in recordings]
     batch = config[BATCH_KEY]
     chain = task.chains[batch["chain"]]
     torch.set_num_threads(max(1, int(task.resources(chain.name)[0])))
@@ -182,7 +211,7 @@ def run_batch(config: Dict[str, Any], recording: Optional[SharedRecording] = Non
     for params in batch["params"]:
         last: Dict[str, Any] = {}
         try:
-            for last in evaluate_params(chain, params, recording.recording, task):
+            for last in evaluate_params(chain, params, scored, task):
                 pass
             results.append(last)
         except Exception as exc:  # recorded per configuration; the batch goes on

@@ -1,6 +1,7 @@
 """The files of a run, one module per artefact (every file is written atomically):
 
 - :mod:`~sah.tuning.outputs.trials`: ``trials.csv`` (the source of truth) and reading a run back;
+- :mod:`~sah.tuning.outputs.per_layer`: ``per_layer.csv`` (every configuration, recording, layer);
 - :mod:`~sah.tuning.outputs.picks`: best rows, Pareto fronts, density-target picks;
 - :mod:`~sah.tuning.outputs.tuned`: ``tuned/<chain>.yaml``, ``.density_<t>.yaml``, ``.hub.json``;
 - :mod:`~sah.tuning.outputs.summary`: ``summary.md``;
@@ -18,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
 from sah.tuning.outputs.pareto import pareto_json, plot_pareto
+from sah.tuning.outputs.per_layer import per_layer_csv
 from sah.tuning.outputs.picks import best_row, completed, front_rows, target_row
 from sah.tuning.outputs.resources import write_resources
 from sah.tuning.outputs.summary import summary_markdown
@@ -33,18 +35,28 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "best_row", "collect_rows"
            "STOPPED", "UNFINISHED"]
 
 
-def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], recording: Any,
+def write_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]], sets: Any,
                   final: bool, wall_seconds: float, artefacts: Optional[Any] = None) -> None:
-    """trials.csv always; the rest once every chain has finished (``final``). ``artefacts``:
-    the run's :class:`~sah.tuning.artefacts.RunArtefacts` (weight files of its configs)."""
+    """trials.csv and per_layer.csv always; the rest once every chain has finished
+    (``final``). ``sets``: the study's :class:`~sah.tuning.recordings.RecordingSets`;
+    ``artefacts``: the run's :class:`~sah.tuning.artefacts.RunArtefacts` (weight files of
+    its configs)."""
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / "trials.csv", rows_to_csv(study, rows))
+    atomic_write_text(run_dir / "per_layer.csv", per_layer_csv(rows))
     if not final:
         return
-    from sah.evaluate import recording_key
-    meta = {"recording_hash": recording_key(recording), "wall_seconds": wall_seconds}
+    meta = {"recordings": sets.describe(fitting=bool(study.fit_hash_attention)),
+            "fitted_on_scored": bool(study.fit_hash_attention) and sets.fit_is_scored,
+            "hash_fit_report": _hash_fit_report(run_dir), "wall_seconds": wall_seconds}
     write_tuned(run_dir, study, rows, artefacts)
     atomic_write_bytes(run_dir / "pareto.png", plot_pareto(study, rows))
-    write_resources(run_dir, study, rows, recording, artefacts)
+    write_resources(run_dir, study, rows, sets.scored[0].recording, artefacts)
     atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
     atomic_write_text(run_dir / "pareto.json", pareto_json(study, rows))
+
+
+def _hash_fit_report(run_dir: Path) -> Any:
+    import json
+    path = Path(run_dir) / "hash_attention" / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None

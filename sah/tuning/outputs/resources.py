@@ -1,7 +1,7 @@
 """``resources/<chain>.json``: the resource analysis of each tuned chain's mask.
 
-The mask analysed is the best config's mask on the first evaluated layer of the
-recording, batch 0, query head 0, within the causally allowed positions: a 2-D
+The mask analysed is the best config's mask on the first evaluated layer of the first
+scored recording, batch 0, query head 0, within the causally allowed positions: a 2-D
 ``(queries x keys)`` boolean mask. It goes to
 :func:`sah.resources.analyse_mask` with the seed calculator's defaults (64 simultaneous
 multiplications, read limit 1000, row-first order).

@@ -3,9 +3,12 @@
 One row per scored configuration (chain, trial index, the Ray trial id and, for batched
 chains, the configuration's slot in its Ray trial's batch; ``node_id``, the Ray node the
 trial ran on (a batch's node for each of its rows; empty for a trial that failed before it
-reported); status, every parameter,
-output_error, density, score, aux bits, layers evaluated, seconds, seconds inside chain
-evaluation, error message). Best configs, Pareto fronts and the density-target picks are
+reported); status, every parameter, output_error, density (means over the scored
+recordings), score, aux bits, layers evaluated, seconds, seconds inside chain evaluation,
+each scored recording's own figures ``output_error[<recording>]`` and
+``density[<recording>]`` (means over its layers), error message). Rows held in memory also
+carry ``per_layer`` (written to ``per_layer.csv``). Best configs, Pareto fronts and the
+density-target picks are
 computed from its rows (:mod:`sah.tuning.outputs.picks`), and a config is rebuilt from a
 row with the study's chain spec (:func:`row_config`), so what is exported is exactly what
 was scored.
@@ -27,10 +30,30 @@ from sah.attention import ResearchAttentionConfig
 from sah.tuning.run_folder import read_run_yaml
 from sah.tuning.space import Domain, plain_value
 from sah.tuning.study import ChainSpec, Study, parse_study
+from sah.tuning.recordings import recording_labels
 
 FIGURES = ("output_error", "density", "score", "aux_bits_per_token", "layers_done", "seconds",
            "eval_seconds")
 COMPLETED, FAILED, STOPPED, UNFINISHED = "completed", "failed", "stopped", "unfinished"
+PER_RECORDING = ("output_error", "density")  # figures trials.csv keeps for each recording
+
+
+def recording_columns(study: Study) -> List[str]:
+    """``output_error[<label>]``, ``density[<label>]`` for each scored recording."""
+    return [f"{figure}[{label}]" for label in recording_labels(study.recordings)
+            for figure in PER_RECORDING]
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _add_recording_figures(row: Dict[str, Any], metrics: Dict[str, Any]) -> None:
+    """The per-recording figures and the per-layer table of a completed configuration."""
+    for label, figures in (_json(metrics.get("per_recording")) or {}).items():
+        for figure in PER_RECORDING:
+            row[f"{figure}[{label}]"] = figures.get(figure)
+    row["per_layer"] = _json(metrics.get("per_layer")) or []
 
 
 def _error_message(error: Any) -> str:
@@ -97,6 +120,8 @@ def collect_rows(study: Study, grids: Dict[str, Any], interrupted: bool = False
                 row[name] = plain_value(config.get(name))
             for name in FIGURES:
                 row[name] = plain_value(metrics.get(name)) if status != FAILED else None
+            if status == COMPLETED:
+                _add_recording_figures(row, metrics)
             row["error_message"] = _error_message(result.error) if result.error is not None else ""
             rows.append(row)
     return rows
@@ -131,6 +156,8 @@ def _batch_rows(chain: ChainSpec, grid: Any) -> List[Dict[str, Any]]:
                 row[name] = plain_value(params.get(name))
             for name in FIGURES:
                 row[name] = plain_value(found.get(name)) if status == COMPLETED else None
+            if status == COMPLETED:
+                _add_recording_figures(row, found)
             row["error_message"] = message
             rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
@@ -141,15 +168,16 @@ def csv_columns(study: Study) -> List[str]:
     for chain in study.chains:
         params += [p for p in chain.param_names if p not in params]
     return ["chain", "trial", "trial_id", "batch_slot", "node_id", "status", *params, *FIGURES,
-            "error_message"]
+            *recording_columns(study), "error_message"]
 
 
 def rows_to_csv(study: Study, rows: List[Dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=csv_columns(study), lineterminator="\n")
+    columns = csv_columns(study)
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns if k in row})
     return out.getvalue()
 
 
@@ -179,7 +207,7 @@ def read_trials(run_dir: Path, study: Study) -> List[Dict[str, Any]]:
                                    "status": raw["status"]}
             for name, domain in chain.domains.items():
                 row[name] = coerce(domain, raw[name]) if raw.get(name, "") != "" else None
-            for name in FIGURES:
+            for name in (*FIGURES, *recording_columns(study)):
                 row[name] = float(raw[name]) if raw.get(name, "") != "" else None
             row["error_message"] = raw.get("error_message", "")
             rows.append(row)
