@@ -1,12 +1,22 @@
-"""Benchmark 1: chain latency on the long-context decode case.
+"""Benchmark 1: the whole ``ResearchAttention.custom_attention`` call against dense attention.
 
-batch 1, 32 query heads (and a GQA variant with 8 KV heads), 1 query, 32768 keys, head dim
-128. For each chain: mask time (the chain's maskers, logits included), estimator time
-(the sparse output), total, and the ratio of the total to one dense attention call
-(torch ``scaled_dot_product_attention``) on the same tensors, timed side by side in the
-same run. Figures are medians over ``--repeats`` runs after a warm-up.
+What a model calls is ``custom_attention`` (mask, estimator and everything around them), so
+that is what is timed, interleaved with dense ``scaled_dot_product_attention`` on the same
+tensors in one loop (chain A, chain B, ..., dense, chain A, chain B, ..., dense, ...), so a
+busy machine slows both sides alike. Figures are medians over ``--repeats`` rounds after
+one warm-up round; a ratio is the chain's median over the dense median of the same loop.
+
+Cases (defaults): batch 1, 32 query heads, 1 query, 32768 keys, head dim 128, with 32 and
+with 8 KV heads; and the many-query case: 256 queries at the end of 8192 keys (query ``i``
+at position ``8192 - 256 + i``), 8 KV heads, against causal SDPA (lower-right aligned).
+MagicPig (and Quest) are timed cold (a new ``sparse_meta_data`` per call: every key is
+hashed, every page bounded), with their codes (page bounds) kept (the same
+``sparse_meta_data`` passed again with the same keys), and growing (the same dict while the
+keys grow by one per call, as a decoding loop: one new key hashed per call; the keys are
+then slices of a longer preallocated cache, as a static KV cache passes them).
 
     python benchmark/perf_chain.py                       # CPU, fp32, 2 threads
+    python benchmark/perf_chain.py --limits              # the building blocks' costs
     python benchmark/perf_chain.py --device cuda --dtype bfloat16
 """
 
@@ -21,23 +31,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch.nn.attention.bias import causal_lower_right  # noqa: E402
 
-from sah import AttentionContext, ResearchAttention, ResearchAttentionConfig  # noqa: E402
-from sah.estimator import sparse_attention  # noqa: E402
+from sah import ResearchAttention, ResearchAttentionConfig  # noqa: E402
 
 SINK_LOCAL = [{"type": "SinkMaskerConfig", "sink_size": 128},
               {"type": "LocalMaskerConfig", "window_size": 128}]
-CHAINS = {
-    "sink+local": SINK_LOCAL,
-    "+oracle_top_k(0.05)": SINK_LOCAL + [{"type": "OracleTopKConfig", "heavy_size": 0.05}],
-    "+oracle_top_p(0.9)": SINK_LOCAL + [{"type": "OracleTopPMaskerConfig", "top_p": 0.9}],
-    "+top_k+adaptive": SINK_LOCAL + [
-        {"type": "OracleTopKConfig", "heavy_size": 0.05},
-        {"type": "AdaptiveSamplingMaskerConfig", "base_rate_sampling": 0.05, "epsilon": 0.25,
-         "delta": 0.25, "init_offset": 128, "local_offset": 128}],
-    "+magic_pig(8,8)": SINK_LOCAL + [{"type": "MagicPigConfig", "lsh_l": 8, "lsh_k": 8}],
-    "quest(0.05,16)": [{"type": "QuestTopKMaskerConfig", "heavy_size": 0.05, "page_size": 16}],
-}
+TOP_K = {"type": "OracleTopKConfig", "heavy_size": 0.05}
+MAGIC_PIG = SINK_LOCAL + [{"type": "MagicPigConfig", "lsh_l": 8, "lsh_k": 8}]
+QUEST = [{"type": "QuestTopKMaskerConfig", "heavy_size": 0.05, "page_size": 16}]
+#: (row label, chain, how sparse_meta_data is passed: "fresh", "kept" or "growing")
+CHAINS = [
+    ("sink128+local128", SINK_LOCAL, "fresh"),
+    ("+oracle top-k 0.05", SINK_LOCAL + [TOP_K], "fresh"),
+    ("+oracle top-p 0.9", SINK_LOCAL + [{"type": "OracleTopPMaskerConfig", "top_p": 0.9}], "fresh"),
+    ("+random 0.1", SINK_LOCAL + [{"type": "RandomSamplingMaskerConfig", "sampling_rate": 0.1}],
+     "fresh"),
+    ("+oracle top-k 0.05 + adaptive (0.05, 0.25, 0.25, 128, 128)", SINK_LOCAL + [
+        TOP_K, {"type": "AdaptiveSamplingMaskerConfig", "base_rate_sampling": 0.05,
+                "epsilon": 0.25, "delta": 0.25, "init_offset": 128, "local_offset": 128}],
+     "fresh"),
+    ("+MagicPig (8, 8), cold", MAGIC_PIG, "fresh"),
+    ("+MagicPig (8, 8), codes kept", MAGIC_PIG, "kept"),
+    ("+MagicPig (8, 8), codes kept, +1 key per call", MAGIC_PIG, "growing"),
+    ("Quest (0.05, page 16) alone", QUEST, "fresh"),
+    ("Quest (0.05, page 16) alone, bounds kept", QUEST, "kept"),
+    ("Quest (0.05, page 16) alone, bounds kept, +1 key per call", QUEST, "growing"),
+]
+MANY_QUERY_CHAIN = SINK_LOCAL + [TOP_K]
 
 
 def sync(device: torch.device) -> None:
@@ -45,62 +66,120 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device):
+def timed(fn, device) -> float:
     sync(device)
     start = time.perf_counter()
-    out = fn()
+    fn()
     sync(device)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start
 
 
-def median_ms(values):
-    return 1000.0 * statistics.median(values)
-
-
-def make_tensors(heads, kv_heads, keys, head_dim, dtype, device, seed=0):
+def make_tensors(heads, kv_heads, num_queries, keys, head_dim, dtype, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
-    q = torch.randn(1, heads, 1, head_dim, generator=g)
+    q = torch.randn(1, heads, num_queries, head_dim, generator=g)
     k = torch.randn(1, kv_heads, keys, head_dim, generator=g)
     v = torch.randn(1, kv_heads, keys, head_dim, generator=g)
     # a few attention sinks and heavy hitters so top-k has something to find
-    k[:, :, :4] += 2.0 * q.view(1, -1, head_dim)[:, :kv_heads].unsqueeze(2) / head_dim ** 0.5
-    return (t.to(device=device, dtype=dtype) for t in (q, k, v))
+    lead = q[:, :, -1].reshape(1, kv_heads, heads // kv_heads, head_dim)[:, :, 0]
+    k[:, :, :4] += 2.0 * lead.unsqueeze(2) / head_dim ** 0.5
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v)]
 
 
-def bench_case(heads, kv_heads, args, device, dtype):
-    q, k, v = make_tensors(heads, kv_heads, args.keys, args.head_dim, dtype, device)
+def chain_call(chain, mode, q, k, v, grow_k=None, grow_v=None):
+    """A no-argument function running ``custom_attention`` once, per the meta-data ``mode``."""
+    attn = ResearchAttention.create_from_config(ResearchAttentionConfig.from_dict(chain))
+    kept = {}
+    steps = [0]
+
+    def call():
+        if mode == "fresh":
+            return attn.custom_attention(None, q, k, v, None, None, 0.0, {}, layer_idx=0)
+        if mode == "kept":
+            return attn.custom_attention(None, q, k, v, None, None, 0.0, kept, layer_idx=0)
+        n = k.shape[2] + steps[0]  # growing: one more key than the call before
+        steps[0] += 1
+        return attn.custom_attention(None, q, grow_k[:, :, :n], grow_v[:, :, :n], None, None,
+                                     0.0, kept, layer_idx=0)
+    return call
+
+
+def run_loop(variants, dense, repeats, device):
+    """Interleaved rounds: every variant once, then dense once. Medians in ms; a variant
+    that raises is reported with its error (and left out of later rounds)."""
+    failed = {}
+    for name, fn in variants:  # warm-up round (fills kept codes)
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 (reported in the table)
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+    dense()
+    times = {name: [] for name, _ in variants if name not in failed}
+    dense_times = []
+    for _ in range(repeats):
+        for name, fn in variants:
+            if name not in failed:
+                times[name].append(timed(fn, device))
+        dense_times.append(timed(dense, device))
+    dense_ms = 1000.0 * statistics.median(dense_times)
+    result = {name: 1000.0 * statistics.median(t) for name, t in times.items()}
+    result.update(failed)
+    return dense_ms, result
+
+
+def selected(name, args):
+    return not args.only or any(part in name for part in args.only)
+
+
+def decode_case(kv_heads, args, device, dtype):
+    grow = args.repeats + 2
+    q, k_big, v_big = make_tensors(args.heads, kv_heads, 1, args.keys + grow, args.head_dim,
+                                   dtype, device)
+    k = k_big[:, :, :args.keys].contiguous()
+    v = v_big[:, :, :args.keys].contiguous()
 
     def dense():
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != heads)
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, enable_gqa=kv_heads != args.heads)
 
-    for _ in range(2):
-        dense()
-    dense_times = [timed(dense, device)[0] for _ in range(args.repeats)]
-    dense_ms = median_ms(dense_times)
-    rows = []
-    for name, chain in CHAINS.items():
-        try:
-            attn = ResearchAttention.create_from_config(ResearchAttentionConfig.from_dict(chain))
-        except ValueError as exc:
-            rows.append((name, None, None, None, None, f"not available ({exc})"))
-            continue
+    variants = [(name, chain_call(chain, mode, q, k, v, k_big, v_big))
+                for name, chain, mode in CHAINS if selected(name, args)]
+    return run_loop(variants, dense, args.repeats, device)
 
-        def mask_only():
-            ctx = AttentionContext(q, k, v)
-            return ctx, attn.compute_mask(ctx, layer_idx=0)
 
-        def run_once():
-            t_mask, (ctx, mask) = timed(mask_only, device)
-            t_est, _ = timed(lambda: sparse_attention(ctx, mask), device)
-            return t_mask, t_est, mask.density(ctx.allowed)
+def many_query_case(args, device, dtype):
+    q, k, v = make_tensors(args.heads, args.gqa_kv_heads, args.many_queries, args.many_keys,
+                           args.head_dim, dtype, device, seed=1)
+    causal = causal_lower_right(args.many_queries, args.many_keys)
 
-        run_once()
-        samples = [run_once() for _ in range(args.repeats)]
-        mask_ms = median_ms([s[0] for s in samples])
-        est_ms = median_ms([s[1] for s in samples])
-        total_ms = median_ms([s[0] + s[1] for s in samples])
-        rows.append((name, mask_ms, est_ms, total_ms, total_ms / dense_ms, f"density {samples[-1][2]:.4f}"))
-    return dense_ms, rows
+    def dense():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal,
+                                                                enable_gqa=True)
+
+    variants = [("many", chain_call(MANY_QUERY_CHAIN, "fresh", q, k, v))] if selected("many", args) else []
+    return run_loop(variants, dense, args.repeats, device)
+
+
+def limits_case(kv_heads, args, device, dtype):
+    """The building blocks that bound the chains, on the same tensors: one streaming pass
+    over the keys, Quest's page min and max, the logits of every key, MagicPig's hashing
+    of every key (L*K = 64 hyperplanes) and a top-k selection over every key."""
+    from sah.maskers.quest import page_bounds
+    q, k, v = make_tensors(args.heads, kv_heads, 1, args.keys, args.head_dim, dtype, device)
+    g = args.heads // kv_heads
+    planes = torch.randn(args.head_dim, 64, device=device, dtype=dtype)
+    logits = torch.randn(1, args.heads, 1, args.keys, device=device)
+    variants = [
+        ("one pass over the keys (sum)", lambda: k.sum()),
+        ("Quest page min + max (page 16)", lambda: page_bounds(k, 16)),
+        ("logits of every key (K q^T, as the chain computes them)", lambda: torch.matmul(
+            k, q.view(1, kv_heads, g, args.head_dim).transpose(-1, -2))),
+        ("MagicPig: project every key on 64 hyperplanes", lambda: k @ planes),
+        ("top-k 5% over every key (torch.topk)", lambda: logits.topk(args.keys // 20, dim=-1)),
+    ]
+
+    def dense():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != args.heads)
+    return run_loop(variants, dense, args.repeats, device)
 
 
 def main() -> None:
@@ -109,28 +188,53 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--gqa-kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--many-queries", type=int, default=256)
+    parser.add_argument("--many-keys", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="rows whose name contains one of these strings ('many': the many-query row)")
+    parser.add_argument("--limits", action="store_true",
+                        help="time the building blocks that bound the chains instead")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    print(f"# chain latency: 1 query, {args.keys} keys, head dim {args.head_dim}, {dtype}, "
-          f"{device}{f', {args.threads} threads' if device.type == 'cpu' else ''}, "
-          f"median of {args.repeats}")
+    where = f"{device}{f', {args.threads} threads' if device.type == 'cpu' else ''}"
+    print(f"# custom_attention vs dense SDPA: {args.heads} query heads, 1 query, {args.keys} keys, "
+          f"head dim {args.head_dim}, {dtype}, {where}, median of {args.repeats} interleaved rounds")
+    if args.limits:
+        print("\n| building block | " + " | ".join(f"{h} KV heads" for h in (args.heads, args.gqa_kv_heads)) + " |")
+        print("|---|---|---|")
+        found = {h: limits_case(h, args, device, dtype) for h in (args.heads, args.gqa_kv_heads)}
+        for name in found[args.heads][1]:
+            cells = [f"{found[h][1][name] / found[h][0]:.2f}x ({found[h][1][name]:.1f} ms)" for h in found]
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
+        print("| dense SDPA | " + " | ".join(f"1.00x ({found[h][0]:.1f} ms)" for h in found) + " |")
+        return
+    results = {}
+    dense_ms = {}
     for kv_heads in (args.heads, args.gqa_kv_heads):
-        dense_ms, rows = bench_case(args.heads, kv_heads, args, device, dtype)
-        print(f"\n## {args.heads} heads, {kv_heads} KV heads: dense SDPA {dense_ms:.2f} ms")
-        print("| chain | mask ms | estimator ms | total ms | total / dense | note |")
-        print("|---|---|---|---|---|---|")
-        for name, mask_ms, est_ms, total_ms, ratio, note in rows:
-            if mask_ms is None:
-                print(f"| {name} | - | - | - | - | {note} |")
-            else:
-                print(f"| {name} | {mask_ms:.2f} | {est_ms:.2f} | {total_ms:.2f} | {ratio:.2f}x | {note} |")
+        dense_ms[kv_heads], results[kv_heads] = decode_case(kv_heads, args, device, dtype)
+    many_dense, many = many_query_case(args, device, dtype)
+    a, b = args.heads, args.gqa_kv_heads
+    print(f"\ndense SDPA: {dense_ms[a]:.2f} ms ({a} KV heads), {dense_ms[b]:.2f} ms ({b} KV heads); "
+          f"causal SDPA, {args.many_queries} queries x {args.many_keys} keys, {b} KV heads: "
+          f"{many_dense:.1f} ms\n")
+    print(f"| chain | {a} KV heads | {b} KV heads |")
+    print("|---|---|---|")
+    def cell(value, dense):
+        return value if isinstance(value, str) else f"{value / dense:.2f}x ({value:.1f} ms)"
+
+    for name, _, _ in CHAINS:
+        if selected(name, args):
+            print(f"| {name} | {cell(results[a][name], dense_ms[a])} | {cell(results[b][name], dense_ms[b])} |")
+    if "many" in many:
+        print(f"| many queries: {args.many_queries} queries at the end of {args.many_keys} keys, {b} KV "
+              f"heads, sink+local+top-k 0.05 (vs causal SDPA) | - | {cell(many['many'], many_dense)} |")
 
 
 if __name__ == "__main__":

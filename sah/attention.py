@@ -166,6 +166,19 @@ class ResearchAttentionConfig:
         return ResearchAttentionConfig(maskers, layer_overrides=overrides)
 
 
+#: custom_attention splits a call whose (b, h, q, n) tensors would exceed this many
+#: entries into chunks of queries, when every masker works row by row (no sampler).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _query_rows(attention_mask: Optional[torch.Tensor], part: slice,
+                num_queries: int) -> Optional[torch.Tensor]:
+    """The rows of a user attention mask for a chunk of queries (broadcast rows as they are)."""
+    if attention_mask is None or attention_mask.dim() < 2 or attention_mask.shape[-2] != num_queries:
+        return attention_mask
+    return attention_mask[..., part, :]
+
+
 class ResearchAttention:
     """Runs a chain of maskers and the sparse attention estimator."""
 
@@ -216,22 +229,56 @@ class ResearchAttention:
                          sparse_meta_data: Optional[Dict[Any, Any]] = None,
                          layer_idx: Optional[int] = None,
                          query_positions: Optional[torch.Tensor] = None,
+                         return_weights: bool = False,
                          return_mask: bool = False,
-                         **kwargs: Any) -> Tuple[torch.Tensor, ...]:
-        """Sparse attention for one call. Returns ``(output (b, h, q, d), weights (b, h, q, n))``
-        in the queries' dtype; ``weights`` are the estimator's normalised weights. With
+                         **kwargs: Any) -> Tuple[Any, ...]:
+        """Sparse attention for one call. Returns ``(output (b, h, q, dv), weights)`` in the
+        queries' dtype; ``weights`` is None unless ``return_weights=True`` asks for the
+        estimator's normalised ``(b, h, q, n)`` weights (transformers' attention interface
+        accepts None, and the dense weights cost a full pass over every key). With
         ``return_mask=True`` the chain's :class:`Mask` of the call comes third.
 
-        ``dropout`` is accepted for signature compatibility and not applied (sah evaluates,
-        it does not train). ``attention_mask`` is boolean (True = allowed) or additive
-        (0 = allowed); causality comes from ``query_positions`` (default ``n - q + i``).
+        Only what the chain needs is computed: a chain that never reads the true scores
+        (sink, local, sampling, Quest, MagicPig with kept codes) computes dot products for
+        its active keys only. ``dropout`` is accepted for signature compatibility and not
+        applied (sah evaluates, it does not train). ``attention_mask`` is boolean (True =
+        allowed) or additive (0 = allowed); causality comes from ``query_positions``
+        (default ``n - q + i``). Inputs may be non-contiguous views; values may have a head
+        dim ``dv`` other than the keys'. Bad inputs (non-float tensors, no keys, more
+        queries than keys without positions, negative or non-integer positions) raise
+        ``ValueError``.
         """
         ctx = AttentionContext(queries, keys, values, scaling=scaling,
                                query_positions=query_positions, attention_mask=attention_mask)
-        mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
-        result = sparse_attention(ctx, mask, return_weights=True)
-        output, weights = result.output.to(queries.dtype), result.weights.to(queries.dtype)
-        return (output, weights, mask) if return_mask else (output, weights)
+        d = ctx.dims
+        step = max(1, CHUNK_ELEMENTS // (d.batch_size * d.num_heads * d.seq_len_keys))
+        if d.seq_len_queries <= step or return_mask or not self.rows_independent(layer_idx):
+            mask = self.compute_mask(ctx, sparse_meta_data, layer_idx, **kwargs)
+            result = sparse_attention(ctx, mask, return_weights=return_weights)
+            weights = result.weights.to(queries.dtype) if return_weights else None
+            output = result.output.to(queries.dtype)
+            return (output, weights, mask) if return_mask else (output, weights)
+        # Many queries, a chain that works row by row: the same result, computed for a
+        # chunk of queries at a time (temporaries small enough to be recycled, not
+        # page-faulted in). Kept per-layer state (Quest's page bounds) serves every chunk.
+        meta = sparse_meta_data if sparse_meta_data is not None else {}
+        outputs, weights = [], []
+        for start in range(0, d.seq_len_queries, step):
+            part = slice(start, min(start + step, d.seq_len_queries))
+            sub = AttentionContext(queries[:, :, part], keys, values, scaling=ctx.scaling,
+                                   query_positions=ctx.query_positions[..., part],
+                                   attention_mask=_query_rows(attention_mask, part, d.seq_len_queries))
+            result = sparse_attention(sub, self.compute_mask(sub, meta, layer_idx, **kwargs),
+                                      return_weights=return_weights)
+            outputs.append(result.output.to(queries.dtype))
+            if return_weights:
+                weights.append(result.weights.to(queries.dtype))
+        return torch.cat(outputs, dim=2), torch.cat(weights, dim=2) if return_weights else None
+
+    def rows_independent(self, layer_idx: Optional[int] = None) -> bool:
+        """True when every masker layer ``layer_idx`` runs adds positions row by row (see
+        :attr:`ResearchMasker.rows_independent`): a call may be split into query chunks."""
+        return all(m.rows_independent for m in self.maskers_for(layer_idx))
 
     def evaluate(self, ctx: AttentionContext, layer_idx: Optional[int] = None,
                  **kwargs: Any) -> Tuple[Evaluation, Mask]:

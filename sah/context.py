@@ -14,6 +14,7 @@ and may see keys ``j <= query_positions[i]``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional, Tuple
@@ -41,6 +42,9 @@ class AttentionTensorDimensions:
 
 def tensor_dimensions(keys: torch.Tensor, queries: torch.Tensor) -> AttentionTensorDimensions:
     """Check the shapes of an attention call and return its dimensions."""
+    if not isinstance(queries, torch.Tensor) or not isinstance(keys, torch.Tensor):
+        raise ValueError(f"queries and keys must be torch tensors; got {type(queries).__name__} "
+                         f"and {type(keys).__name__}")
     if queries.dim() != 4 or keys.dim() != 4:
         raise ValueError(
             f"queries must be (b, h, q, d) and keys (b, hk, n, d); got {tuple(queries.shape)} "
@@ -58,11 +62,112 @@ def tensor_dimensions(keys: torch.Tensor, queries: torch.Tensor) -> AttentionTen
     return AttentionTensorDimensions(b, h, hk, q, n, d)
 
 
+def check_attention_inputs(queries: torch.Tensor, keys: torch.Tensor,
+                           values: torch.Tensor) -> AttentionTensorDimensions:
+    """Check an attention call's tensors: shapes (via :func:`tensor_dimensions`), values
+    ``(b, hk, n, dv)`` (``dv`` may differ from the keys' head dim), floating-point dtypes
+    and no empty dimension. Raises ``ValueError`` naming the tensor, its shape or dtype and
+    the fix."""
+    dims = tensor_dimensions(keys, queries)
+    if not isinstance(values, torch.Tensor) or values.dim() != 4:
+        raise ValueError(f"values must be a (b, hk, n, dv) tensor; got "
+                         f"{tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__}")
+    if tuple(values.shape[:3]) != tuple(keys.shape[:3]):
+        raise ValueError(f"values {tuple(values.shape)} do not match keys {tuple(keys.shape)} in "
+                         f"(batch, KV heads, keys)")
+    for name, t in (("queries", queries), ("keys", keys), ("values", values)):
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: dtype {t.dtype} is not a floating-point type; attention "
+                             f"needs float16, bfloat16, float32 or float64 tensors (convert with .float())")
+        if t.numel() == 0:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} has a zero-size dimension; attention "
+                             f"needs at least one batch entry, head, query, key and channel")
+    return dims
+
+
 def default_query_positions(num_queries: int, num_keys: int,
                             device: Optional[torch.device] = None) -> torch.Tensor:
     """Decode-style positions of a plain call: query ``i`` sits at ``n - q + i``."""
     return torch.arange(num_keys - num_queries, num_keys, device=device)
 
+
+def check_query_positions(query_positions, dims: AttentionTensorDimensions,
+                          device: torch.device) -> torch.Tensor:
+    """The call's query positions as an int64 tensor ``(q,)`` or ``(b|1, q)``: the default
+    decode-style ``n - q + i`` when None; refused (``ValueError``) when not integers, of the
+    wrong shape, negative or beyond the last key."""
+    q, n = dims.seq_len_queries, dims.seq_len_keys
+    if query_positions is None:
+        if q > n:
+            raise ValueError(
+                f"more queries ({q}) than keys ({n}): with the default positions (query i at "
+                f"n - q + i) the first {q - n} queries would sit before the first key; pass "
+                f"query_positions (one key index per query) or at least as many keys as queries")
+        return default_query_positions(q, n, device)
+    pos = torch.as_tensor(query_positions, device=device)
+    if pos.dtype == torch.bool or pos.is_floating_point() or pos.is_complex():
+        raise ValueError(f"query_positions: got dtype {pos.dtype}; positions are integer key "
+                         f"indices (e.g. torch.long); convert them explicitly, nothing is rounded")
+    if pos.dim() not in (1, 2) or pos.shape[-1] != q or (
+            pos.dim() == 2 and pos.shape[0] not in (1, dims.batch_size)):
+        raise ValueError(
+            f"query_positions has shape {tuple(pos.shape)}; expected ({q},) or "
+            f"({dims.batch_size}, {q}): one key index per query")
+    pos = pos.long()
+    if pos.numel():
+        low, high = int(pos.min()), int(pos.max())
+        if low < 0:
+            raise ValueError(f"query position {low} is negative; positions are key indices in "
+                             f"[0, {n - 1}]")
+        if high >= n:
+            raise ValueError(f"query position {high} lies beyond the last key ({n - 1})")
+    return pos
+
+
+def row_matrix(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keys or values ``(b, hk, n, c)`` as one matrix of rows ``(R, c)`` and the row of key 0
+    of each (batch, KV head), ``(b*hk,)``: key ``j`` of KV row ``r`` is ``matrix[start[r] + j]``.
+
+    No copy when each (batch, KV head) block is a row-contiguous ``(n, c)`` matrix, which
+    includes a slice of a larger preallocated KV cache; other layouts (a transposed view)
+    are copied once."""
+    b, hk, n, c = t.shape
+    s0, s1, s2, s3 = t.stride()
+    device = t.device
+    if s3 == 1 and s2 == c and s1 % c == 0 and s0 % c == 0 and s0 >= 0 and s1 >= 0:
+        rows = ((b - 1) * s0 + (hk - 1) * s1) // c + n
+        matrix = t.as_strided((rows, c), (c, 1))
+        start = (torch.arange(b, device=device).view(-1, 1) * (s0 // c)
+                 + torch.arange(hk, device=device).view(1, -1) * (s1 // c)).view(-1)
+        return matrix, start
+    return t.reshape(-1, c), torch.arange(b * hk, device=device) * n
+
+
+def csr_matrix(ptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A sparse CSR tensor without invariant checks or the "beta" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(ptr, columns, values, size=size, check_invariants=False)
+
+
+def sampled_dot_products(left: torch.Tensor, matrix: torch.Tensor, ptr: torch.Tensor,
+                         row_of: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
+    """``left[row_of[i]] . matrix[lin[i]]`` (float32, ``(nnz,)``) for ``left`` ``(rows, d)``
+    and a key matrix from :func:`row_matrix`; ``(ptr, lin)`` is the CSR structure of the
+    positions (``row_of``: the row of each). float32 keys: one sampled dense-dense product
+    (``nnz * d`` work, each key row read in place); other dtypes gather the rows and
+    convert them."""
+    rows = left.shape[0]
+    if matrix.dtype == torch.float32:
+        ones = torch.ones(lin.numel(), dtype=torch.float32, device=matrix.device)
+        pattern = csr_matrix(ptr, lin, ones, (rows, matrix.shape[0]))
+        return torch.sparse.sampled_addmm(pattern, left.float(), matrix.t(), beta=0.0).values()
+    return (left[row_of].float() * matrix.index_select(0, lin).float()).sum(-1)
+
+
+#: Up to this many query rows per KV head (group size x queries), the logits are computed
+#: as K q^T (one streaming pass over the keys); more rows use q K^T (a matrix product).
+FEW_QUERY_ROWS = 16
 
 #: Keys per block when converting half-precision keys/values to float32 on the fly.
 KEY_BLOCK = 8192
@@ -75,26 +180,14 @@ class AttentionContext:
                  scaling: Optional[float] = None,
                  query_positions: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None) -> None:
-        self.dims = tensor_dimensions(keys, queries)
-        if values.shape[:3] != keys.shape[:3]:
-            raise ValueError(f"values {tuple(values.shape)} do not match keys {tuple(keys.shape)}")
+        self.dims = check_attention_inputs(queries, keys, values)
         self.queries = queries
         self.keys = keys
         self.values = values
+        #: the values' head dim (may differ from the queries' and keys' ``dims.head_dim``)
+        self.value_dim = int(values.shape[-1])
         self.scaling = float(scaling) if scaling is not None else 1.0 / math.sqrt(self.dims.head_dim)
-        d = self.dims
-        if query_positions is None:
-            query_positions = default_query_positions(d.seq_len_queries, d.seq_len_keys, keys.device)
-        query_positions = torch.as_tensor(query_positions, device=keys.device).long()
-        if query_positions.shape[-1] != d.seq_len_queries:
-            raise ValueError(
-                f"query_positions has {query_positions.shape[-1]} entries; expected one per "
-                f"query ({d.seq_len_queries})")
-        if query_positions.numel() and int(query_positions.max()) >= d.seq_len_keys:
-            raise ValueError(
-                f"query position {int(query_positions.max())} lies beyond the last key "
-                f"({d.seq_len_keys - 1})")
-        self.query_positions = query_positions
+        self.query_positions = check_query_positions(query_positions, self.dims, keys.device)
         self.attention_mask = attention_mask
         #: True when this context serves many chains (a trial cache sets it): maskers may
         #: then build parameter-free precomputations that pay off only when reused.
@@ -161,23 +254,33 @@ class AttentionContext:
         # head, reading each key once (no expanded copy of K)
         q = self.queries.float().reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
                                          d.head_dim)
+        # few query rows per KV head (decoding): K q^T streams the keys once, where q K^T
+        # (a batched product with one or a few rows) runs several times slower
+        few_rows = q.shape[2] <= FEW_QUERY_ROWS
+
+        def product(block):
+            if few_rows:
+                return torch.matmul(block, q.transpose(-1, -2)).transpose(-1, -2)
+            return torch.matmul(q, block.transpose(-1, -2))
+
         if self.keys.dtype == torch.float32:
-            logits = torch.matmul(q, self.keys.transpose(-1, -2))
+            logits = product(self.keys).contiguous()
         else:  # convert keys block by block: no full float32 copy of K
             logits = torch.empty(q.shape[:-1] + (d.seq_len_keys,), dtype=torch.float32, device=self.device)
             for start in range(0, d.seq_len_keys, KEY_BLOCK):
-                block = self.keys[:, :, start:start + KEY_BLOCK].float()
-                logits[..., start:start + KEY_BLOCK] = torch.matmul(q, block.transpose(-1, -2))
+                logits[..., start:start + KEY_BLOCK] = product(self.keys[:, :, start:start + KEY_BLOCK].float())
         logits = logits.view(d.mask_shape)
         logits.mul_(self.scaling)
         return logits.masked_fill_(~self.allowed, float("-inf"))
 
     @cached_property
     def logits_sorted(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(values, indices)`` of each row's logits in descending order (stable: equal
-        logits keep key order). Shared by every oracle top-k / top-p trial on this call."""
-        values, indices = torch.sort(self.logits, dim=-1, descending=True, stable=True)
-        return values, indices
+        """``(values, indices)`` of each row's logits in descending order, equal logits from
+        the most recent key down (the tie rule of every top-k path). Shared by every
+        oracle top-k / top-p trial on this call."""
+        n = self.dims.seq_len_keys
+        values, flipped = torch.sort(self.logits.flip(-1), dim=-1, descending=True, stable=True)
+        return values, flipped.neg_().add_(n - 1)
 
     @cached_property
     def row_max(self) -> torch.Tensor:
@@ -212,7 +315,7 @@ class AttentionContext:
                 part = torch.matmul(w[..., start:start + KEY_BLOCK],
                                     self.values[:, :, start:start + KEY_BLOCK].float())
                 out = part if out is None else out.add_(part)
-        return out.view(d.batch_size, d.num_heads, d.seq_len_queries, d.head_dim)
+        return out.view(d.batch_size, d.num_heads, d.seq_len_queries, self.value_dim)
 
     @cached_property
     def dense_output(self) -> torch.Tensor:

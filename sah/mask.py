@@ -64,11 +64,17 @@ class Mask:
         return cls(shape, empty=True, device=device)
 
     @classmethod
-    def from_dense(cls, weights: torch.Tensor) -> "Mask":
-        """Wrap a dense ``(b, h, q, n)`` tensor of inclusion probabilities (values in [0, 1])."""
+    def from_dense(cls, weights: torch.Tensor, check: bool = True) -> "Mask":
+        """Wrap a dense ``(b, h, q, n)`` tensor of inclusion probabilities (values in [0, 1]).
+
+        Weights above 1, below 0 or NaN are refused (``ValueError`` naming the value and
+        where it is). ``check=False`` skips that pass over the tensor, for callers that
+        build the weights from probabilities themselves (the built-in samplers)."""
         if weights.dim() != 4:
             raise ValueError(f"Mask.from_dense: got a {weights.dim()}-d tensor; expected (b, h, q, n)")
         w = weights if weights.dtype == torch.float32 else weights.float()
+        if check:
+            _check_probabilities("Mask.from_dense", w, tuple(w.shape))
         return cls(tuple(w.shape), dense=w)
 
     @classmethod
@@ -104,11 +110,30 @@ class Mask:
         indices must be sorted and duplicate-free; zeros in ``values`` are dropped.
         """
         rows = shape[0] * shape[1] * shape[2]
+        n = int(shape[3])
         if indptr.numel() != rows + 1:
             raise ValueError(f"Mask.from_sparse: indptr has {indptr.numel()} entries; expected rows + 1 = {rows + 1}")
         if indices.numel() != values.numel():
             raise ValueError("Mask.from_sparse: indices and values differ in length")
+        if indices.is_floating_point() or indptr.is_floating_point():
+            raise ValueError("Mask.from_sparse: indices and indptr must be integer tensors")
+        indptr = indptr.long()
+        if int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel() or bool((indptr[1:] < indptr[:-1]).any()):
+            raise ValueError(f"Mask.from_sparse: indptr must start at 0, never decrease and end at "
+                             f"nnz = {indices.numel()}")
+        if indices.numel():
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= n:
+                bad = low if low < 0 else high
+                raise ValueError(f"Mask.from_sparse: column index {bad} is outside the {n} keys "
+                                 f"[0, {n - 1}] of shape {tuple(shape)}")
+            row_of = _row_ids(indptr, indices.numel())
+            same_row = row_of[1:] == row_of[:-1]
+            if bool((same_row & (indices[1:] <= indices[:-1])).any()):
+                raise ValueError("Mask.from_sparse: column indices must be sorted and duplicate-free "
+                                 "within each row")
         values = values.to(torch.float32)
+        _check_probabilities("Mask.from_sparse", values, None)
         keep = values > 0
         if not bool(keep.all()):
             row_of = _row_ids(indptr, indices.numel())
@@ -133,7 +158,7 @@ class Mask:
             return False
         if self._values is not None:
             return self._values.numel() == 0
-        return not bool(self.active().any())
+        return not bool(compact(self.active()).any())
 
     # seed-compatible names
     is_full_mask = is_full
@@ -172,12 +197,17 @@ class Mask:
         """CSR ``(indices, indptr, values)``; a full mask lists every position."""
         if self._indices is None:
             b, h, q, n = self.shape
+            if self._binary and self._dense is None and compact(self._active).numel() < self._active.numel():
+                self._indices, self._indptr = _broadcast_csr(self._active)
+                self._values = torch.ones(self._indices.numel(), dtype=torch.float32,
+                                          device=self._indices.device)
+                return self._indices, self._indptr, self._values
             row_of, col = self.active().reshape(b * h * q, n).nonzero(as_tuple=True)  # sorted per row
             self._indices = col
             if self._binary:
                 self._values = torch.ones(col.numel(), dtype=torch.float32, device=col.device)
             else:
-                self._values = self.to_dense().reshape(b * h * q, n)[row_of, col]
+                self._values = self.to_dense().reshape(-1).index_select(0, row_of * n + col)
             self._indptr = _indptr_from_rows(row_of, b * h * q)
         return self._indices, self._indptr, self._values
 
@@ -200,7 +230,10 @@ class Mask:
         if other._empty:
             return self
         if self._binary and other._binary:
-            return Mask(self.shape, binary=self._active | other._active)
+            # OR the un-broadcast forms: picks that are the same for every head (or query)
+            # stay one row, expanded as a view (no (b, h, q, n) tensor for sink + local)
+            merged = compact(self._active) | compact(other._active)
+            return Mask(self.shape, binary=merged.expand(self.shape))
         if self._binary or other._binary:  # a deterministic pick wins: weight 1 there
             picks, rest = (self, other) if self._binary else (other, self)
             return Mask(self.shape, dense=torch.where(picks._active, 1.0, rest.to_dense()))
@@ -284,7 +317,8 @@ class Mask:
             return 0
         if self._values is not None:
             return int(self._values.numel())
-        return int(torch.count_nonzero(self.active()))
+        base = compact(self.active())  # a broadcast mask: count its distinct rows once
+        return int(torch.count_nonzero(base)) * (self.numel() // base.numel())
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1] * self.shape[2] * self.shape[3]
@@ -293,6 +327,41 @@ class Mask:
         kind = "full" if self._full else "empty" if self._empty else (
             "dense" if self._dense is not None else "sparse")
         return f"Mask(shape={self.shape}, {kind}, device={self._device})"
+
+
+def row_counts(active: torch.Tensor) -> torch.Tensor:
+    """True entries per row (last dim) of a boolean tensor, ``(..., 1)`` int64 (a byte sum:
+    ``count_nonzero`` over a dimension runs several times slower)."""
+    return active.view(torch.uint8).sum(-1, keepdim=True, dtype=torch.int32).long()
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without its broadcast dimensions: every dimension with stride 0 (an
+    ``expand``-ed view) narrowed to size 1, so it still broadcasts to ``t.shape``."""
+    for dim in range(t.dim()):
+        if t.stride(dim) == 0 and t.shape[dim] > 1:
+            t = t.narrow(dim, 0, 1)
+    return t
+
+
+def _broadcast_csr(active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """CSR ``(indices, indptr)`` of a boolean ``(b, h, q, n)`` view that broadcasts over some
+    of b, h, q: the distinct rows are scanned once and their columns repeated per row."""
+    base = compact(active)
+    n = active.shape[-1]
+    base_rows = base.shape[0] * base.shape[1] * base.shape[2]
+    base_row, base_col = base.reshape(base_rows, n).nonzero(as_tuple=True)
+    base_ptr = _indptr_from_rows(base_row, base_rows)
+    # the distinct row each row of the full shape reads
+    source = torch.arange(base_rows, device=active.device).view(base.shape[:3])
+    source = source.expand(active.shape[:3]).reshape(-1)
+    counts = (base_ptr[1:] - base_ptr[:-1])[source]
+    indptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    total = int(indptr[-1])
+    row_of = torch.repeat_interleave(torch.arange(source.numel(), device=active.device), counts,
+                                     output_size=total)
+    slot = torch.arange(total, device=active.device) - indptr[row_of]
+    return base_col[base_ptr[source][row_of] + slot], indptr
 
 
 def _row_ids(indptr: torch.Tensor, nnz: int) -> torch.Tensor:
@@ -306,3 +375,32 @@ def _indptr_from_rows(row_of: torch.Tensor, rows: int) -> torch.Tensor:
     """CSR row pointer from the (sorted) row id of each entry."""
     boundaries = torch.arange(rows + 1, device=row_of.device, dtype=row_of.dtype)
     return torch.searchsorted(row_of, boundaries)
+
+
+def _check_probabilities(where: str, weights: torch.Tensor, shape) -> None:
+    """Raise ``ValueError`` if any weight is NaN, negative or above 1 (naming one)."""
+    if weights.numel() == 0:
+        return
+    low, high = torch.aminmax(weights)  # NaN propagates into both
+    if bool(torch.isnan(low)) or bool(torch.isnan(high)):
+        bad = torch.isnan(weights)
+        what = "NaN"
+    elif float(low) < 0.0:
+        bad = weights < 0
+        what = f"{float(low)!r}"
+    elif float(high) > 1.0:
+        bad = weights > 1
+        what = f"{float(high)!r}"
+    else:
+        return
+    flat = int(bad.reshape(-1).nonzero()[0])
+    if shape is not None:
+        at = []
+        for size in reversed(shape):
+            at.append(flat % size)
+            flat //= size
+        place = f"at {tuple(reversed(at))}"
+    else:
+        place = f"at entry {flat}"
+    raise ValueError(f"{where}: weight {what} {place}; weights are inclusion probabilities and "
+                     f"must lie in [0, 1] (0 = inactive)")

@@ -104,7 +104,8 @@ def test_seed_style_custom_masker_registers_and_runs():
     cfg = ResearchAttentionConfig([EveryOtherKeyConfig(offset=1)])
     attn = ResearchAttention.create_from_config(cfg)
     q, k, v = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4)
-    out, weights = attn.custom_attention(None, q, k, v, None, 0.5, 0.0, {}, layer_idx=0)
+    out, weights = attn.custom_attention(None, q, k, v, None, 0.5, 0.0, {}, layer_idx=0,
+                                         return_weights=True)
     assert out.shape == (1, 2, 1, 4)
     assert (weights[..., ::2] == 0).all() and (weights[..., 1::2] > 0).all()
     assert ResearchAttentionConfig.from_dict(cfg.to_dict()) == cfg

@@ -65,6 +65,8 @@ def test_full_mask_is_exactly_dense():
     # an empty chain is dense attention, and equals torch's causal SDPA
     attn = ResearchAttention.create_from_config(ResearchAttentionConfig([]))
     out, weights = attn.custom_attention(None, queries, keys, values, None, None)
+    assert weights is None  # weights only when asked for
+    out, weights = attn.custom_attention(None, queries, keys, values, None, None, return_weights=True)
     sdpa_mask = torch.arange(40).view(1, -1) <= torch.arange(34, 40).view(-1, 1)
     ref = torch.nn.functional.scaled_dot_product_attention(
         queries, keys.repeat_interleave(4, 1), values.repeat_interleave(4, 1), attn_mask=sdpa_mask)

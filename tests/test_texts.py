@@ -9,12 +9,22 @@ from sah.recording.texts import (TEXT_NAMES, load_text, parse_text_spec, spans_o
 
 def test_named_texts_are_real_and_distinct():
     texts = [load_text(n) for n in TEXT_NAMES]
-    assert [t.name for t in texts] == ["docs", "code", "prose"]
-    assert len({t.sha256 for t in texts}) == 3
-    assert all(len(t.content) > 60_000 for t in texts)
+    assert [t.name for t in texts] == ["docs", "code", "prose", "manual"]
+    assert len({t.sha256 for t in texts}) == 4
+    assert all(len(t.content) > 60_000 for t in texts[:3]) and len(texts[3].content) > 30_000
     assert "def " in load_text("code").content and "# Lib/argparse.py" in load_text("code").content
     assert "PYTHON SOFTWARE FOUNDATION LICENSE" in load_text("prose").content
     assert load_text("default") is load_text("docs")
+    manual = load_text("manual").content  # IDLE's help.html, tags stripped
+    assert "Integrated Development and Learning Environment" in manual
+    assert "<" + "div" not in manual and "&amp;" not in manual and "\n\n\n" not in manual
+
+
+def test_html_text_strips_tags_scripts_and_entities():
+    from sah.recording.texts import html_text
+    page = ("<html><head><style>p {x: 1}</style><script>var a = '<b>';</script></head>"
+            "<body><h1>Title</h1>\n\n\n\n  <p>a &amp; b&nbsp;c</p></body></html>")
+    assert html_text(page) == "Title\n\na & b\xa0c"
 
 
 def test_text_files_and_errors(tmp_path):

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "export": ("sah.cli.export", "export a tuned config from a run"),
     "transfer": ("sah.cli.transfer", "re-score a run's tuned configs on other recordings"),
     "validate": ("sah.cli.validate", "run chain configs inside the model against dense attention"),
+    "allocate": ("sah.cli.allocate", "spend one density across a run chain's layers or heads"),
 }
 
 

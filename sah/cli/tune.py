@@ -56,9 +56,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"sah tune: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except RunInterrupted as exc:
+        from sah.tuning.signals import install_interrupt_sentinel
+        install_interrupt_sentinel()  # a further Ctrl-C while Ray shuts down: exit 130 at once
         print(f"sah tune: {exc}", file=sys.stderr)
         return INTERRUPTED
     except KeyboardInterrupt:
+        # a Ctrl-C outside Ray Tune's graceful stop; another one while Ray shuts down (at
+        # exit) must not print a traceback either: it exits at once with the same status
+        from sah.tuning.signals import install_interrupt_sentinel
+        install_interrupt_sentinel()
         print("sah tune: interrupted (Ctrl-C); finished trials are kept; continue with --resume",
               file=sys.stderr)
         return INTERRUPTED

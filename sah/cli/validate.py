@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", required=True, metavar="FILE",
                         help="chain config (YAML or JSON, e.g. a tuned/<chain>.yaml); repeat for more")
     parser.add_argument("--text", action="append", required=True, metavar="NAME_OR_FILE",
-                        help="text to validate on: docs, code, prose (NAME@START starts at token "
+                        help="text to validate on: docs, code, prose, manual (NAME@START starts at token "
                              "START) or a UTF-8 file; repeat for more")
     parser.add_argument("--tokens", type=int, default=2048,
                         help="tokens of the window (keys of the sparse chunk), default 2048")

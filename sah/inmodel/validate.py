@@ -17,7 +17,7 @@ import torch
 from sah.attention import ResearchAttention, ResearchAttentionConfig
 from sah.inmodel.protocol import InModelValidator, check_protocol
 from sah.inmodel.results import DenseResult, PairResult, ValidationResults
-from sah.recording.texts import load_text, parse_text_spec
+from sah.recording.texts import TEXT_NAMES, load_text, parse_text_spec
 
 ModelArg = Union[None, str, Tuple[Any, Any]]
 
@@ -55,7 +55,7 @@ def validate_configs(configs: Mapping[str, ResearchAttentionConfig], texts: Sequ
     if not configs:
         raise ValueError("no config to validate; give at least one chain config")
     if not texts:
-        raise ValueError(f"{wx}: no text given; name one ({', '.join(('docs', 'code', 'prose'))}) "
+        raise ValueError(f"{wx}: no text given; name one ({', '.join(TEXT_NAMES)}) "
                          f"or give a UTF-8 text file")
     check_protocol(tokens, positions, _default_context(model), (wt, wp),
                    "the embedded model" if isinstance(model, (str, type(None))) else "the model")

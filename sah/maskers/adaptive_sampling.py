@@ -34,9 +34,9 @@ from typing import Any, Dict, Union
 
 import torch
 
-from sah.mask import Mask
+from sah.mask import Mask, row_counts
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
-from sah.maskers.random_sampling import sample_without_replacement
+from sah.maskers.random_sampling import sample_indices
 from sah.maskers.top_k import candidate_positions
 from sah.validation import check_float, check_int, check_size, resolve_size
 
@@ -102,7 +102,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, n)  # (b|1, 1, q, 1)
         index = ctx.key_index.view(1, 1, 1, -1)
         window = candidate_positions(ctx, previous_mask) & (index >= start) & (index < end)
-        count = torch.count_nonzero(window, dim=-1).unsqueeze(-1)  # N, (b, h, q, 1)
+        count = row_counts(window)  # N, (b, h, q, 1)
         sampled_rows = count >= 2
         if not bool(sampled_rows.any()):
             self._report(sparse_meta_data, torch.zeros_like(count.squeeze(-1)), sampled_rows, kwargs)
@@ -126,24 +126,29 @@ class AdaptiveSamplingMasker(SamplingMasker):
         else:
             base = torch.full_like(count, int(cfg.base_rate_sampling))
         base = torch.minimum(base.clamp_min(2), count)
-        in_base = sample_without_replacement(window, base, generator)
+        in_base, kept = sample_indices(window, base, generator, count)
         base_f = base.clamp_min(1).double()
-        # elementwise in float32, sums accumulated in float64
-        mean = torch.where(in_base, e, zero).sum(-1, keepdim=True, dtype=torch.float64) / base_f
-        deviation = torch.where(in_base, e - mean.float(), zero)
-        sq_dev = (deviation * deviation).sum(-1, keepdim=True, dtype=torch.float64)
+        # the base sample's e (gathered: base keys per row, not n); elementwise in float32,
+        # sums accumulated in float64
+        rows = in_base.shape[0]
+        sampled = torch.where(kept, e.reshape(rows, n).gather(1, in_base), zero)
+        mean = sampled.sum(-1, dtype=torch.float64).view(base_f.shape) / base_f
+        deviation = torch.where(kept, sampled - mean.float().view(rows, 1), zero)
+        sq_dev = (deviation * deviation).sum(-1, dtype=torch.float64).view(base_f.shape)
         std = (sq_dev / (base_f - 1).clamp_min(1)).sqrt()
 
         budget = adaptive_budget(static, mean, std, count, base, cfg.epsilon, cfg.delta)
         budget = torch.where(sampled_rows, budget, torch.zeros_like(budget))
-        picks = sample_without_replacement(window, budget, generator)
-        probability = budget.float() / count.clamp_min(1).float()
-        weights = torch.where(picks, probability, zero)
+        chosen, keep = sample_indices(window, budget, generator, count)
+        probability = (budget.float() / count.clamp_min(1).float()).view(rows, 1)
+        weights = torch.zeros(rows, n, device=ctx.device)
+        weights.scatter_add_(1, chosen, torch.where(keep, probability, zero))  # padding adds 0
+        weights = weights.view(ctx.mask_shape)
         self._report(sparse_meta_data, budget.squeeze(-1), sampled_rows, kwargs)
         if sparse_meta_data is not None:
             sparse_meta_data[BASE_MEAN_KEY] = mean.squeeze(-1).float()
             sparse_meta_data[BASE_STD_KEY] = std.squeeze(-1).float()
-        return previous_mask.merge(Mask.from_dense(weights))
+        return previous_mask.merge(Mask.from_dense(weights, check=False))
 
     @staticmethod
     def _report(meta: Dict[Any, Any], budget: torch.Tensor, sampled_rows: torch.Tensor,

@@ -161,6 +161,10 @@ class ResearchMasker(ABC):
     config_class: Type[MaskerConfig] = MaskerConfig
     #: True for maskers whose weights are inclusion probabilities below 1.
     is_sampling: bool = False
+    #: True when the positions added to a row depend only on that row (its query, its
+    #: position, the previous mask's row) and on the keys, never on the call's other
+    #: queries or on random draws: a call may then be computed in chunks of queries.
+    rows_independent: bool = False
 
     def __init__(self, config: MaskerConfig) -> None:
         self.config = config

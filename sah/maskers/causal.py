@@ -18,6 +18,8 @@ class CausalMaskerConfig(MaskerConfig):
 class CausalMasker(FixedMasker):
     """Returns the full mask: all allowed positions with weight 1."""
 
+    rows_independent = True
+
     def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
                  sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
         return Mask.create_full(previous_mask.shape, previous_mask.device)

@@ -5,8 +5,8 @@ signature agrees most with the query's are picked.
 hat_mlp_activation, hat_weights | hat_weight_file, hat_init_seed=0)``:
 
 - per head, an MLP of ``hat_mlp_layers`` linear layers (``d -> hidden -> ... -> hat_bits``),
-  ``hat_mlp_activation`` between them and none after the last, then ``sign()`` (0 maps to
-  +1): queries and keys get ``hat_bits``-bit signatures of +-1;
+  ``hat_mlp_activation`` between them and none after the last, then ``sign()`` (+1, -1,
+  and 0 for a zero feature): queries and keys get ``hat_bits``-entry signatures;
 - score = signature dot product; selection = top-k as OracleTopK (allowed, not-yet-active
   keys; ``heavy_size`` int count or float fraction of the keys).
 
@@ -124,8 +124,9 @@ def hash_features(x: torch.Tensor, matrices: List[torch.Tensor], biases: List[to
 
 
 def signatures(features: torch.Tensor) -> torch.Tensor:
-    """``sign()`` with 0 mapped to +1, as float32 +-1."""
-    return torch.where(features >= 0, 1.0, -1.0).to(torch.float32)
+    """``sign()`` as the spec states it, float32: +1, -1, and 0 for a zero feature (which
+    then adds nothing to any score)."""
+    return torch.sign(features).to(torch.float32)
 
 
 def signature_scores(query_sig: torch.Tensor, key_sig: torch.Tensor) -> torch.Tensor:
@@ -171,6 +172,10 @@ def _as_layer_weights(data: Any, where: str) -> LayerWeights:
         if isinstance(items, torch.Tensor):
             items = [items]
         out[name] = [torch.as_tensor(t, dtype=torch.float32) for t in items]
+        for i, t in enumerate(out[name]):
+            if not bool(torch.isfinite(t).all()):
+                raise ConfigError(f"{where}: {name}[{i}] contains NaN or infinite values; hash "
+                                  f"weights must be finite (refit or re-export them)")
     return out
 
 

@@ -25,6 +25,8 @@ class LocalMaskerConfig(MaskerConfig):
 class LocalMasker(FixedMasker):
     """For a query at position ``t``: keys ``[t - w + 1, t]``. Earlier picks are kept."""
 
+    rows_independent = True
+
     def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
                  sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
         if previous_mask.is_full():

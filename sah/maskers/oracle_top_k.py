@@ -23,6 +23,8 @@ class OracleTopKConfig(TopKMaskerConfig):
 class OracleTopK(TopKMasker):
     """Top-k by the true logits; never re-picks an active key."""
 
+    rows_independent = True
+
     def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
                **kwargs: Any) -> torch.Tensor:
         return ctx.logits

@@ -24,6 +24,8 @@ class OracleTopPMaskerConfig(TopPMaskerConfig):
 class OracleTopPMasker(TopPMasker):
     """Top-p by the true logits."""
 
+    rows_independent = True
+
     def scores(self, ctx: AttentionContext, sparse_meta_data: Dict[Any, Any],
                **kwargs: Any) -> torch.Tensor:
         return ctx.logits

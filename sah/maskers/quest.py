@@ -5,12 +5,15 @@
 - keys are cut into pages of ``page_size`` consecutive keys (the last page may be short);
   per page, KV head and channel ``c`` the bounds ``kmin_c`` and ``kmax_c`` over its keys;
   for the page holding the query's own position only the keys up to that position count
-  (a decoder has not seen the others yet);
+  (a decoder has not seen the others yet; with several queries per call each query
+  bounds its own page by its own keys: sah's stated choice, beyond the spec's wording);
 - page score ``sum_c max(q_c * kmin_c, q_c * kmax_c)`` (an upper bound of ``q . k`` on
   the page; a query head uses its KV head's bounds);
 - ``T = eff(heavy_size)`` keys (int count or float fraction of the ``n`` keys);
-  the ``min(P, max(3, floor(T / page_size)))`` best pages are chosen among the ``P`` pages
-  that still hold an allowed, not-yet-active key (all of them when fewer remain), and every
+  the ``min(P, max(3, floor(T / page_size)))`` best pages (3 when ``T`` resolves to 0
+  keys) are chosen among the pages that still hold an allowed, not-yet-active key (all of
+  them when fewer remain; pages with nothing left to add are skipped rather than spending
+  the page budget: sah's stated choice), ties going to the most recent page, and every
   allowed key of a chosen page gets weight 1.0;
 - ``label_bits < 16`` pseudo-quantises the bounds: per bound vector ``x`` (one page's
   ``kmin`` or ``kmax``), ``lo = min(x)``, ``hi = max(x)``, ``levels = 2^bits - 1``, each
@@ -18,18 +21,22 @@
   and mapped back; ``16`` keeps the bounds as they are (fp16 labels).
 
 Auxiliary memory: ``2 * d * label_bits / page_size`` bits per token (two ``d``-channel
-bound vectors per page).
+bound vectors per page). Like a decoder, Quest keeps each layer's page bounds in
+``sparse_meta_data`` (``quest_page_bounds``): a later call on the same sequence grown by
+some keys recomputes only the last, partial page and the new pages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
-from sah.mask import Mask
+from sah.context import FEW_QUERY_ROWS, AttentionContext
+from sah.mask import Mask, compact
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
+from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
 from sah.maskers.top_k import candidate_positions, top_k_positions
 from sah.validation import check_int, check_size, resolve_size
 
@@ -68,14 +75,13 @@ def page_bounds(keys: torch.Tensor, page_size: int):
     """Per page and channel ``(min, max)``, each ``(b, hk, P, d)`` float32 (the last page
     may be short)."""
     b, hk, n, d = keys.shape
-    k = keys.float()
     full = n // page_size
-    body = k[:, :, :full * page_size].view(b, hk, full, page_size, d)
-    lo, hi = body.amin(3), body.amax(3)
+    body = keys[:, :, :full * page_size].reshape(b, hk, full, page_size, d)
+    lo, hi = body.amin(3).float(), body.amax(3).float()  # min/max commute with the cast
     if full * page_size < n:
-        tail = k[:, :, full * page_size:]
-        lo = torch.cat([lo, tail.amin(2, keepdim=True)], dim=2)
-        hi = torch.cat([hi, tail.amax(2, keepdim=True)], dim=2)
+        tail = keys[:, :, full * page_size:]
+        lo = torch.cat([lo, tail.amin(2, keepdim=True).float()], dim=2)
+        hi = torch.cat([hi, tail.amax(2, keepdim=True).float()], dim=2)
     return lo, hi
 
 
@@ -87,7 +93,7 @@ def own_page_bounds(keys: torch.Tensor, positions: torch.Tensor, page_size: int)
     index = start.unsqueeze(-1) + torch.arange(page_size, device=keys.device)  # (b, q, page)
     valid = index <= positions.unsqueeze(-1)
     flat = index.clamp_max(n - 1).view(b, 1, -1, 1).expand(-1, hk, -1, d)
-    page = keys.float().gather(2, flat).view(b, hk, positions.shape[1], page_size, d)
+    page = keys.gather(2, flat).float().view(b, hk, positions.shape[1], page_size, d)
     valid = valid.view(b, 1, positions.shape[1], page_size, 1)
     inf = torch.full((), float("inf"), device=keys.device)
     return torch.where(valid, page, inf).amin(3), torch.where(valid, page, -inf).amax(3)
@@ -98,17 +104,69 @@ def bound_score(queries: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> to
     ``(..., P, d)`` -> ``(..., q, P)``, as two matrix products with no ``(q, P, d)``
     intermediate: ``max(a, b) = (a + b)/2 + |a - b|/2``, so the sum is
     ``q . (lo + hi)/2 + |q| . |hi - lo|/2``."""
+    if queries.shape[-2] <= FEW_QUERY_ROWS:
+        # few query rows (decoding): the bound is hi where q_c >= 0 and lo where q_c < 0,
+        # so the sum is hi . max(q, 0) + lo . min(q, 0): two products streaming the bounds
+        # once each (the same value up to float rounding)
+        upper = hi @ queries.clamp_min(0).transpose(-1, -2) + lo @ queries.clamp_max(0).transpose(-1, -2)
+        return upper.transpose(-1, -2).contiguous()
     mid = (lo + hi) * 0.5
     half_span = (hi - lo).abs() * 0.5
     return queries @ mid.transpose(-1, -2) + queries.abs() @ half_span.transpose(-1, -2)
+
+
+#: ``sparse_meta_data`` key under which Quest keeps each layer's page bounds.
+KEPT_BOUNDS_KEY = "quest_page_bounds"
+
+
+@dataclass
+class KeptBounds:
+    """One layer's page bounds (unquantised, ``(b, hk, capacity, d)`` each, the first
+    ``ceil(count / page_size)`` pages filled) and the probe of :mod:`sah.maskers.kept`."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    count: int
+    probe: torch.Tensor
 
 
 @MaskerRegistry.register(QuestTopKMaskerConfig)
 class QuestTopKMasker(FixedMasker):
     """Chooses whole pages by their query-aware upper bound."""
 
+    rows_independent = True
+
     def aux_bits_per_token(self, head_dim: int) -> float:
         return 2.0 * head_dim * self.config.label_bits / self.config.page_size
+
+    def kept_page_bounds(self, ctx: AttentionContext, sparse_meta_data: Optional[Dict[Any, Any]],
+                         layer: Any):
+        """Page bounds ``(lo, hi)`` of every key of the call, each ``(b, hk, P, d)``: kept in
+        ``sparse_meta_data`` (per layer and page size) as a decoder keeps them, so a call
+        on the same sequence grown by some keys recomputes only its last, partial page
+        and the new pages (the same values as computing every page again)."""
+        size = self.config.page_size
+        keys = ctx.keys
+        n = keys.shape[2]
+        pages = -(-n // size)
+        store = kept_store(sparse_meta_data, KEPT_BOUNDS_KEY, {})
+        slot = (layer, size)
+        kept = store.get(slot) if store is not None else None
+        if isinstance(kept, KeptBounds) and same_sequence(kept.probe, kept.count, keys):
+            if kept.count < n:
+                first = kept.count // size  # the last, partial page is redone
+                lo, hi = page_bounds(keys[:, :, first * size:], size)
+                kept.lo = with_capacity(kept.lo, first, pages, dim=2)
+                kept.hi = with_capacity(kept.hi, first, pages, dim=2)
+                kept.lo[:, :, first:pages] = lo
+                kept.hi[:, :, first:pages] = hi
+                kept.count = n
+                kept.probe = probe_keys(keys, n)
+            return kept.lo[:, :, :pages], kept.hi[:, :, :pages]
+        lo, hi = page_bounds(keys, size)
+        if store is not None:
+            store[slot] = KeptBounds(lo, hi, n, probe_keys(keys, n))
+        return lo, hi
 
     def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
                  sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
@@ -117,11 +175,9 @@ class QuestTopKMasker(FixedMasker):
         cfg = self.config
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
         d = ctx.dims
-        heavy = resolve_size(cfg.heavy_size, d.seq_len_keys)
-        if heavy == 0:
-            return previous_mask
+        heavy = resolve_size(cfg.heavy_size, d.seq_len_keys)  # 0 keys still means 3 pages
         size = cfg.page_size
-        lo, hi = page_bounds(ctx.keys, size)
+        lo, hi = self.kept_page_bounds(ctx, sparse_meta_data, kwargs.get("layer_idx"))
         pages = lo.shape[2]
         lo, hi = quantize_bounds(lo, cfg.label_bits), quantize_bounds(hi, cfg.label_bits)
 
@@ -141,10 +197,13 @@ class QuestTopKMasker(FixedMasker):
         own_page = own_page.expand(-1, d.num_heads, -1, -1)
         scores = scores.scatter(-1, own_page, own.reshape(d.batch_size, d.num_heads, -1, 1))
 
-        candidates = candidate_positions(ctx, previous_mask)
+        # pages still holding an allowed, not-yet-active key (on the un-broadcast form of
+        # the candidates: one row for every head when the previous picks are shared)
+        candidates = compact(candidate_positions(ctx, previous_mask))
         pad = pages * size - d.seq_len_keys
         padded = torch.nn.functional.pad(candidates, (0, pad), value=False)
-        open_pages = padded.view(*d.mask_shape[:3], pages, size).any(-1)
+        open_pages = padded.view(*candidates.shape[:3], pages, size).any(-1)
+        open_pages = open_pages.expand(*d.mask_shape[:3], pages)
         wanted = min(pages, max(3, heavy // size))
         chosen = top_k_positions(scores, open_pages, wanted)  # (b, h, q, P)
         chosen_keys = chosen.repeat_interleave(size, dim=-1)[..., :d.seq_len_keys]

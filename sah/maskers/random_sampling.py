@@ -12,11 +12,11 @@ uniform random permutation per row, from a generator seeded ``seed + layer_idx``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from sah.mask import Mask
+from sah.mask import Mask, row_counts
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.top_k import candidate_positions
 from sah.validation import check_float, check_int
@@ -27,37 +27,106 @@ def random_ranks(candidates: torch.Tensor, generator: torch.Generator) -> torch.
     (``0 .. N-1``); non-candidates get ranks ``>= N``. ``(b, h, q, n)`` int64.
 
     Keeping the candidates of rank ``< m`` is a uniform draw of ``m`` keys without
-    replacement; ``m`` may differ per row."""
+    replacement; ``m`` may differ per row. Equal noises (float32 draws can tie) rank by
+    key index."""
     noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
     noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
-    order = noise.argsort(dim=-1)
+    order = torch.sort(noise, dim=-1, stable=True).indices
     n = candidates.shape[-1]
     ranks = torch.empty(candidates.shape, dtype=torch.long, device=candidates.device)
     positions = torch.arange(n, device=candidates.device).expand(candidates.shape)
     return ranks.scatter_(-1, order, positions)
 
 
-def sample_without_replacement(candidates: torch.Tensor, budget: torch.Tensor,
-                               generator: torch.Generator) -> torch.Tensor:
-    """Boolean ``(b, h, q, n)``: per row, ``min(budget, N)`` candidates drawn uniformly without
-    replacement. ``budget`` broadcasts to ``(b, h, q, 1)``.
+def smallest_indices(noise: torch.Tensor, budget: torch.Tensor,
+                     count: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``noise`` (noise in [0, 1) on candidates, 2.0 elsewhere), the key indices
+    of the ``budget`` smallest noises, ``(rows, width)`` with a ``keep`` flag per entry
+    (``budget`` broadcasts to ``(..., 1)`` and is at most the row's candidate ``count``;
+    the first ``budget`` entries of a row are kept, the rest are padding). Ties go to the
+    lowest key index.
 
-    The same draw as keeping the candidates of :func:`random_ranks` below ``budget`` (the
-    ``budget`` smallest of one uniform noise per position), found with a partial
-    ``topk`` instead of a full sort when budgets are small."""
-    n = candidates.shape[-1]
+    Uniform noise puts a row's ``B`` smallest values below about ``B / N``: keys below a cut
+    with a safe margin are compacted and only those are sorted. A row where the cut holds
+    fewer than ``B`` keys (very unlikely) makes every row take the full sort; the set is
+    the same either way."""
+    shape = noise.shape
+    n = shape[-1]
+    flat = noise.reshape(-1, n)
+    rows = flat.shape[0]
+    wanted = budget.expand(*shape[:-1], 1).reshape(rows)
+    largest = int(wanted.max()) if rows else 0
+    if largest <= 0:
+        empty = torch.zeros((rows, 0), dtype=torch.long, device=noise.device)
+        return empty, empty.bool()
+    if count is None:
+        count = (flat <= 1.0).view(torch.uint8).sum(-1, dtype=torch.int32)
+    count = count.expand(*shape[:-1], 1).reshape(rows).double()
+    want = wanted.double()
+    # the B-th smallest of N uniforms is about B / N (sd below sqrt(B) / N); 1.5 keeps
+    # non-candidates (2.0) out
+    cut = ((want + 4.0 * want.sqrt() + 16.0) / count.clamp_min(1.0)).clamp_max(1.5)
+    below = flat < cut.to(flat.dtype).unsqueeze(1)
+    row_of, key = below.nonzero(as_tuple=True)
+    held = torch.bincount(row_of, minlength=rows)
+    width = int(held.max())
+    if bool((held >= wanted).all()) and width <= n // 4:
+        width = max(width, 1)
+        ptr = torch.nn.functional.pad(held.cumsum(0), (1, 0))
+        to = row_of * width + torch.arange(key.numel(), device=noise.device) - ptr[row_of]
+        padded = torch.full((rows * width,), 3.0, device=noise.device)
+        padded.index_copy_(0, to, flat.reshape(-1).index_select(0, row_of * n + key))
+        padded_key = torch.zeros(rows * width, dtype=torch.long, device=noise.device)
+        padded_key.index_copy_(0, to, key)
+        order = torch.sort(padded.view(rows, width), dim=-1, stable=True).indices[:, :largest]
+        chosen = padded_key.view(rows, width).gather(1, order)
+    else:
+        chosen = torch.sort(flat, dim=-1, stable=True).indices[:, :largest]
+    keep = torch.arange(chosen.shape[1], device=noise.device) < wanted.unsqueeze(1)
+    return chosen, keep
+
+
+def smallest_positions(noise: torch.Tensor, budget: torch.Tensor,
+                       count: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean, ``noise``'s shape: :func:`smallest_indices` as a mask."""
+    chosen, keep = smallest_indices(noise, budget, count)
+    picks = torch.zeros(chosen.shape[0], noise.shape[-1], dtype=torch.bool, device=noise.device)
+    return picks.scatter_(1, chosen, keep).view(noise.shape)
+
+
+def sample_indices(candidates: torch.Tensor, budget: torch.Tensor, generator: torch.Generator,
+                   count: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_without_replacement` as ``(chosen, keep)`` key indices per row (see
+    :func:`smallest_indices`); ``(rows, 0)`` when nothing is drawn (no generator draw)."""
     budget = torch.as_tensor(budget, device=candidates.device)
+    rows = candidates.numel() // candidates.shape[-1]
     largest = int(budget.max()) if budget.numel() else 0
     if largest <= 0:
-        return torch.zeros_like(candidates)
-    if largest > n // 4:
-        return candidates & (random_ranks(candidates, generator) < budget)
+        empty = torch.zeros((rows, 0), dtype=torch.long, device=candidates.device)
+        return empty, empty.bool()
     noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)
     noise = torch.where(candidates, noise, torch.full((), 2.0, device=candidates.device))
-    smallest = noise.topk(largest, dim=-1, largest=False, sorted=True).indices
-    keep = torch.arange(largest, device=candidates.device) < budget  # first `budget` per row
-    picks = torch.zeros_like(candidates).scatter_(-1, smallest, keep.expand(smallest.shape))
-    return picks & candidates
+    if count is None:
+        count = row_counts(candidates)
+    budget = torch.minimum(budget.expand(count.shape), count)
+    chosen, keep = smallest_indices(noise, budget, count)
+    return chosen, keep & candidates.reshape(rows, -1).gather(1, chosen)
+
+
+def sample_without_replacement(candidates: torch.Tensor, budget: torch.Tensor,
+                               generator: torch.Generator,
+                               count: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean ``(b, h, q, n)``: per row, ``min(budget, N)`` candidates drawn uniformly without
+    replacement. ``budget`` broadcasts to ``(b, h, q, 1)``; ``count`` (optional, same
+    shape) is each row's number of candidates ``N`` when the caller has it.
+
+    The same draw as keeping the candidates of :func:`random_ranks` below ``budget`` (the
+    ``budget`` smallest of one uniform noise per position, ties to the lowest key index),
+    found by :func:`smallest_indices` without a full sort."""
+    chosen, keep = sample_indices(candidates, budget, generator, count)
+    picks = torch.zeros(chosen.shape[0], candidates.shape[-1], dtype=torch.bool,
+                        device=candidates.device)
+    return picks.scatter_(1, chosen, keep).view(candidates.shape)
 
 
 @dataclass
@@ -88,10 +157,11 @@ class RandomSamplingMasker(SamplingMasker):
         if m == 0:
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
-        count = torch.count_nonzero(candidates, dim=-1).unsqueeze(-1)  # N per row
+        count = row_counts(candidates)  # N per row
         taken = count.clamp_max(m)
         generator = self.generator(kwargs, self.config.seed, ctx.device)
-        picks = sample_without_replacement(candidates, taken, generator)
-        probability = taken.float() / count.clamp_min(1).float()
-        weights = torch.where(picks, probability, torch.zeros((), device=ctx.device))
-        return previous_mask.merge(Mask.from_dense(weights))
+        chosen, keep = sample_indices(candidates, taken, generator, count)
+        probability = (taken.float() / count.clamp_min(1).float()).reshape(-1, 1)
+        weights = torch.zeros(chosen.shape[0], ctx.dims.seq_len_keys, device=ctx.device)
+        weights.scatter_add_(1, chosen, torch.where(keep, probability, 0.0))  # padding adds 0
+        return previous_mask.merge(Mask.from_dense(weights.view(ctx.mask_shape), check=False))

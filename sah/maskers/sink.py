@@ -25,6 +25,8 @@ class SinkMaskerConfig(MaskerConfig):
 class SinkMasker(FixedMasker):
     """Keys ``[0, sink_size)`` (intersected with the allowed keys) get weight 1."""
 
+    rows_independent = True
+
     def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
                  sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
         if previous_mask.is_full():

@@ -105,6 +105,8 @@ class DilatedSlidingWindowPatternConfig(PatternMaskerConfig):
 class PatternMasker(FixedMasker):
     """Adds the positions where the config's mask_mod holds (and the key is allowed)."""
 
+    rows_independent = True
+
     def add_mask(self, keys, queries, values, attention_mask, scaling, dropout,
                  sparse_meta_data, previous_mask: Mask, **kwargs: Any) -> Mask:
         if previous_mask.is_full():

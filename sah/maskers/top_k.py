@@ -7,7 +7,8 @@ are the same for all of them:
   active in the previous mask (``W > 0``); a selection never re-picks an active key;
 - top-k: the ``k`` candidates with the largest score per row (``k`` from ``heavy_size``:
   int count of keys or float fraction of the ``n`` keys); a row with fewer than ``k``
-  candidates takes all of them;
+  candidates takes all of them; among candidates tied at the cut the most recent key
+  (highest key index) wins, on every path;
 - top-p: among the candidates, the smallest set (by descending softmax weight of the
   score) whose share of the *remaining* softmax mass (the candidates' mass) reaches
   ``top_p``; every candidate tied with the last one needed is included; ``top_p = 1.0``
@@ -18,6 +19,7 @@ Picks carry weight 1.0. Everything is vectorised over batch, heads and queries.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Dict, Union
@@ -25,42 +27,153 @@ from typing import Any, Dict, Union
 import torch
 
 from sah.context import AttentionContext
-from sah.mask import Mask
+from sah.mask import Mask, compact, row_counts
 from sah.maskers.base import FixedMasker, MaskerConfig
 from sah.validation import check_float, check_size, resolve_size
 
 
 def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Tensor:
-    """Boolean ``(b, h, q, n)``: allowed positions not yet active in ``previous_mask``."""
+    """Boolean ``(b, h, q, n)``: allowed positions not yet active in ``previous_mask``.
+
+    A view that may broadcast (stride 0) over heads or queries when the allowed positions
+    and the previous picks do (sink + local): treat it as read-only."""
     if previous_mask.is_empty():
         return ctx.allowed_full
-    return ctx.allowed_full & ~previous_mask.active()
+    return (ctx.allowed & ~compact(previous_mask.active())).expand(ctx.mask_shape)
+
+
+def _ranked_scores(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """float32 scores with NaN and -inf mapped to the lowest finite float (so every
+    candidate ranks above every non-candidate) and -inf on non-candidates; a new tensor."""
+    low = torch.finfo(torch.float32).min
+    ranked = scores.float().nan_to_num(nan=low, neginf=low)
+    if ranked.data_ptr() == scores.data_ptr():
+        ranked = ranked.clone()
+    return ranked.masked_fill_(~candidates, float("-inf"))
 
 
 def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean ``(b, h, q, n)``: per row, the ``k`` candidates with the largest score (all
-    candidates when a row has fewer than ``k``). Ties are broken by ``torch.topk``."""
+    candidates when a row has fewer than ``k``). Ties at the cut go to the most recent
+    key (highest index), the rule of every path (the context's sorted logits included).
+
+    No sort: long rows keep the keys at or above a cut read off a strided sample of the
+    row (with a margin, so that the cut holds at least ``k`` keys) and select among those
+    only; other rows use one partial selection (``topk``) over the row. Rows where the
+    k-th score is tied with keys left out are redone with the recency rule."""
     shape = candidates.shape
-    k = min(int(k), shape[-1])
-    picks = torch.zeros(shape, dtype=torch.bool, device=candidates.device)
+    n = shape[-1]
+    k = min(int(k), n)
     if k <= 0:
-        return picks
+        return torch.zeros(shape, dtype=torch.bool, device=candidates.device)
+    if n >= PREFILTER_MIN_KEYS and k * 8 <= n:
+        picks, rest = _top_k_prefiltered(scores, candidates, k)
+        if rest.numel():  # rows the sampled cut did not settle
+            b, h, q = shape[:3]
+            index = (torch.div(rest, h * q, rounding_mode="floor"),
+                     torch.div(rest % (h * q), q, rounding_mode="floor"), rest % q)
+            sub = _ranked_scores(scores[index], candidates[index])
+            picks.index_copy_(0, rest, _top_k_rows(sub, k))
+        return picks.view(shape)
+    return _top_k_rows(_ranked_scores(scores, candidates).view(-1, n), k).view(shape)
+
+
+#: Rows of at least this many keys (and k at most an eighth of them) take the prefilter.
+PREFILTER_MIN_KEYS = 2048
+#: Keys per sampled key in the prefilter's strided sample.
+PREFILTER_STRIDE = 16
+
+
+def _top_k_rows(ranked: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k_positions` on ``(rows, n)`` ranked scores (-inf: not a candidate).
+
+    One ``topk`` of ``k + 1``: its smallest value is the (k+1)-th score, its second
+    smallest the k-th; they are equal exactly when the k-th score is tied with a key left
+    out (those rows are redone with the recency rule), and no full-row count is needed."""
+    rows, n = ranked.shape
+    if k >= n:
+        return ranked > float("-inf")
+    values, idx = ranked.topk(k + 1, dim=-1, sorted=False)
+    nxt, kth = values.topk(2, dim=-1, largest=False, sorted=True).values.unbind(-1)
+    nxt, kth = nxt.unsqueeze(1), kth.unsqueeze(1)
+    picks = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device)
+    picks.scatter_(-1, idx, values > nxt)  # all k+1 but the (k+1)-th when no tie
+    few = kth == float("-inf")  # fewer than k candidates: all of them
+    tied = (kth == nxt) & ~few
+    if bool(few.any()):
+        picks = torch.where(few, ranked > float("-inf"), picks)
+    if bool(tied.any()):
+        redo = tied.view(-1).nonzero().squeeze(1)
+        sub = ranked.index_select(0, redo)
+        picks.index_copy_(0, redo, _recent_ties_first(sub, kth.view(-1).index_select(0, redo), k))
+    return picks
+
+
+def _recent_ties_first(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row: every score above the k-th, then keys scoring exactly the k-th from the
+    highest key index down until k are picked."""
+    cut = kth.view(-1, 1)
+    above = ranked > cut
+    at_cut = ranked == cut
+    room = k - row_counts(above)
+    from_the_end = at_cut.flip(-1).cumsum(-1).flip(-1)
+    return above | (at_cut & (from_the_end <= room))
+
+
+def _top_k_prefiltered(scores: torch.Tensor, candidates: torch.Tensor, k: int):
+    """``(picks (rows, n), rest)``: the picks of the rows a sampled cut settles, and the
+    indices of the other rows (their picks are left empty).
+
+    Per row, the cut is the ``r``-th largest of every ``PREFILTER_STRIDE``-th candidate's
+    score, ``r`` the expected rank of the k-th key in that sample plus 4 standard
+    deviations: the candidates at or above it (about twice ``k``) hold the top k unless
+    the sample misleads, which the count checks. Works on the scores as given (no
+    ranked copy of a ``(b, h, q, n)`` tensor); NaN and -inf scores are never above a cut,
+    as they rank lowest."""
+    shape = candidates.shape
+    n = shape[-1]
+    rows = candidates.numel() // n
     low = torch.finfo(torch.float32).min
-    # Candidates keep a finite score so that they always rank above non-candidates (-inf).
-    ranked = torch.where(candidates, scores.float().nan_to_num(nan=low).clamp_min(low),
+    sample = torch.where(candidates[..., ::PREFILTER_STRIDE],
+                         scores[..., ::PREFILTER_STRIDE].float().nan_to_num(nan=low, neginf=low),
                          torch.full((), float("-inf"), device=scores.device))
-    idx = ranked.topk(k, dim=-1, sorted=False).indices
-    return picks.scatter_(-1, idx, candidates.gather(-1, idx))
+    expected = sample.shape[-1] * k / n
+    r = min(sample.shape[-1], int(math.ceil(expected + 4.0 * math.sqrt(expected) + 2.0)))
+    cut = sample.topk(r, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    keep = scores >= cut
+    keep &= candidates
+    row_of, key = keep.view(rows, n).nonzero(as_tuple=True)  # row-major: keys in order
+    held = torch.bincount(row_of, minlength=rows)  # (a per-row count of a bool tensor is slower)
+    good = (held >= k) & (held <= n // 4) & (cut.view(-1) > float("-inf"))
+    picks = torch.zeros((rows, n), dtype=torch.bool, device=candidates.device)
+    if not bool(good.any()):
+        return picks, torch.arange(rows, device=candidates.device)
+    if not bool(good.all()):
+        settled = good[row_of]
+        row_of, key = row_of[settled], key[settled]
+    counts = torch.where(good, held, 0)
+    width = int(counts.max())
+    ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    at = row_of * n + key  # flat positions in the rows, and in the compacted rows:
+    to = row_of * width + torch.arange(key.numel(), device=keep.device) - ptr[row_of]
+    values = torch.full((rows * width,), float("-inf"), device=keep.device)
+    values.index_copy_(0, to, scores.reshape(-1).index_select(0, at).float())
+    chosen = _top_k_rows(values.view(rows, width), k)  # same set, same tie rule
+    chosen &= good.unsqueeze(1)
+    picks.view(-1).index_copy_(0, at, chosen.view(-1).index_select(0, to))
+    return picks, (~good).nonzero().squeeze(1)
 
 
 def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float) -> torch.Tensor:
     """Boolean ``(b, h, q, n)``: per row, the smallest set of candidates (by descending
     softmax weight of ``scores``) whose share of the candidates' softmax mass reaches
-    ``top_p``; candidates tied with the last one needed are included."""
+    ``top_p``; candidates tied with the last one needed are included.
+
+    The plain reference: one full sort per row (see :func:`top_p_positions_fast`)."""
     if top_p >= 1.0:
-        return candidates.clone()
+        return candidates.clone(memory_format=torch.contiguous_format)
     if top_p <= 0.0:
-        return torch.zeros_like(candidates)
+        return torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
     neg_inf = torch.full((), float("-inf"), device=scores.device)
     masked = torch.where(candidates, scores.float(), neg_inf)
     row_max = masked.amax(-1, keepdim=True)
@@ -75,13 +188,78 @@ def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float
     return candidates & (weights >= threshold) & (needed > 0)
 
 
+#: float32 bit patterns of weights in [0, 1] shifted right by this many bits give the
+#: buckets of :func:`top_p_positions_fast`: 8 exponent and 4 mantissa bits, 16 buckets per
+#: octave, ordered like the weights (bit patterns of non-negative floats are monotone).
+_BUCKET_SHIFT = 19
+_NUM_BUCKETS = (0x3F800000 >> _BUCKET_SHIFT) + 1  # 1.0 is the largest weight
+
+
+def top_p_positions_fast(scores: torch.Tensor, candidates: torch.Tensor,
+                         top_p: float) -> torch.Tensor:
+    """:func:`top_p_positions` without a full sort. Each row's candidate weights are
+    binned by their float32 bit pattern (monotone in the weight); bucket masses locate the
+    bucket holding the last key needed, and only that bucket is sorted (a partial
+    ``topk``). Same set as the reference, ties at the threshold included, except when
+    ``top_p`` x the mass lies within float64 rounding (about 1e-16 relative) of a partial
+    sum, which the two sum in a different order."""
+    if top_p >= 1.0 or top_p <= 0.0:
+        return top_p_positions(scores, candidates, top_p)
+    shape = candidates.shape
+    n = shape[-1]
+    masked = torch.where(candidates, scores.float(), torch.full((), float("-inf"), device=scores.device))
+    row_max = masked.amax(-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = masked.sub_(row_max).exp_()  # 0 on non-candidates, in [0, 1]
+    w = weights.view(-1, n)
+    rows = w.shape[0]
+    flags = candidates.reshape(-1, n)
+    bucket = torch.bitwise_right_shift(w.view(torch.int32), _BUCKET_SHIFT).long()
+    bucket = bucket.masked_fill_(~flags, _NUM_BUCKETS)  # non-candidates: a bucket left out
+    slot = bucket + torch.arange(rows, device=w.device).unsqueeze(1) * (_NUM_BUCKETS + 1)
+    size = rows * (_NUM_BUCKETS + 1)
+    mass = torch.bincount(slot.view(-1), weights=w.reshape(-1).double(), minlength=size)
+    count = torch.bincount(slot.view(-1), minlength=size)
+    mass = mass.view(rows, -1)[:, :_NUM_BUCKETS]
+    count = count.view(rows, -1)[:, :_NUM_BUCKETS]
+    # mass in the buckets strictly above each bucket, summed from the top down
+    inclusive = mass.flip(-1).cumsum(-1).flip(-1)
+    above = torch.nn.functional.pad(inclusive[:, 1:], (0, 1))
+    target = top_p * inclusive[:, :1]  # top_p x the candidates' mass
+    # the last key needed sits in the lowest non-empty bucket whose first key is needed
+    holds = (count > 0) & (above < target)
+    found = holds.any(-1, keepdim=True)
+    last = torch.where(found, holds.to(torch.int8).argmax(-1, keepdim=True), 0)
+    in_last = (bucket == last) & found
+    width = int(count.gather(1, last).max())
+    values = torch.where(in_last, w, torch.full((), -1.0, device=w.device))
+    values = values.topk(max(width, 1), dim=-1, sorted=True).values  # that bucket, descending
+    valid = values >= 0
+    values64 = values.clamp_min(0).double()
+    before = above.gather(1, last) + values64.cumsum(-1) - values64
+    counted = valid & (before < target)
+    threshold = torch.where(counted, values, torch.full((), float("inf"), device=w.device))
+    threshold = threshold.amin(-1, keepdim=True)
+    return (flags & (w >= threshold)).view(shape)
+
+
+def recent_first_order(scores: torch.Tensor):
+    """``(values, indices)`` of each row's scores in descending order, equal scores ordered
+    from the highest key index down (the tie rule of every top-k path)."""
+    n = scores.shape[-1]
+    values, flipped = torch.sort(scores.flip(-1), dim=-1, descending=True, stable=True)
+    return values, flipped.neg_().add_(n - 1)
+
+
 def top_k_positions_presorted(order: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """:func:`top_k_positions` for scores whose descending ``order`` per row is known (the
     context's cached sort of the logits): the first ``k`` candidates in that order. No
-    per-trial sort; ties keep key order."""
+    per-trial sort; ``order`` puts equal scores most recent key first (see
+    :func:`recent_first_order`)."""
     flags = candidates.gather(-1, order)
     rank = flags.cumsum(-1, dtype=torch.int32)
-    return torch.zeros_like(candidates).scatter_(-1, order, flags & (rank <= int(k)))
+    picks = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
+    return picks.scatter_(-1, order, flags & (rank <= int(k)))
 
 
 def top_p_positions_presorted(sorted_scores: torch.Tensor, order: torch.Tensor,
@@ -89,9 +267,9 @@ def top_p_positions_presorted(sorted_scores: torch.Tensor, order: torch.Tensor,
     """:func:`top_p_positions` for scores already sorted in descending order per row
     (``sorted_scores`` with key ``order``). Same set, ties at the threshold included."""
     if top_p >= 1.0:
-        return candidates.clone()
+        return candidates.clone(memory_format=torch.contiguous_format)
     if top_p <= 0.0:
-        return torch.zeros_like(candidates)
+        return torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
     flags = candidates.gather(-1, order)
     masked = sorted_scores.float().masked_fill(~flags, float("-inf"))
     top = masked.amax(-1, keepdim=True)  # the best candidate's score
@@ -104,7 +282,8 @@ def top_p_positions_presorted(sorted_scores: torch.Tensor, order: torch.Tensor,
     counted = flags & (before < top_p * total)
     threshold = torch.where(counted, weights, torch.full((), float("inf"))).amin(-1, keepdim=True)
     picks_sorted = flags & (weights >= threshold)
-    return torch.zeros_like(candidates).scatter_(-1, order, picks_sorted)
+    picks = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
+    return picks.scatter_(-1, order, picks_sorted)
 
 
 @dataclass
@@ -141,7 +320,8 @@ class ScoreSelectionMasker(FixedMasker):
     @abstractmethod
     def select(self, ctx: AttentionContext, scores: torch.Tensor,
                candidates: torch.Tensor) -> torch.Tensor:
-        """Boolean ``(b, h, q, n)`` picks among ``candidates``."""
+        """Boolean ``(b, h, q, n)`` picks among ``candidates``: a new tensor (the caller may
+        merge the previous picks into it)."""
 
     def selects_nothing(self, ctx: AttentionContext) -> bool:
         return False
@@ -156,6 +336,10 @@ class ScoreSelectionMasker(FixedMasker):
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
         picks = self.select(ctx, scores, candidates)
+        if previous_mask.is_binary() and picks.is_contiguous():
+            # the picks are this call's own tensor: merge into it (no second (b, h, q, n) mask)
+            picks |= compact(previous_mask.active())
+            return Mask.from_bool(picks, ctx.mask_shape)
         return previous_mask.merge(Mask.from_bool(picks, ctx.mask_shape))
 
 
@@ -182,6 +366,7 @@ class TopPMasker(ScoreSelectionMasker):
 
     def select(self, ctx: AttentionContext, scores: torch.Tensor,
                candidates: torch.Tensor) -> torch.Tensor:
-        if scores is ctx.logits:  # oracle: reuse the context's sorted logits
+        if scores is ctx.logits and (ctx.shared or "logits_sorted" in ctx.__dict__):
+            # oracle on a context many trials share: one sort per context, reused
             return top_p_positions_presorted(*ctx.logits_sorted, candidates, self.config.top_p)
-        return top_p_positions(scores, candidates, self.config.top_p)
+        return top_p_positions_fast(scores, candidates, self.config.top_p)

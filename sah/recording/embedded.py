@@ -5,7 +5,7 @@ recording file is asked for:
 
     TEXT[-TOKENS][@START]      e.g.  docs   code   prose@4096   docs-8192
 
-``TEXT`` is a named text (:mod:`sah.recording.texts`: ``docs``, ``code``, ``prose``;
+``TEXT`` is a named text (:mod:`sah.recording.texts`: ``docs``, ``code``, ``prose``, ``manual``;
 ``default`` = ``docs``), ``TOKENS`` the number of tokens (keys; default 2048, at most the
 model's 8192 positions) and ``START`` the token offset where the window starts (default 0).
 Every embedded recording holds all 30 layers of SmolLM2-135M-Instruct, 32 decode-style
@@ -55,7 +55,7 @@ class EmbeddedRecording:
     """One embedded recording: a window of a named text, recorded from the embedded model."""
 
     name: str        # as given (e.g. "prose@4096")
-    text: str        # docs | code | prose
+    text: str        # docs | code | prose | manual
     num_tokens: int
     start: int = 0
 

@@ -8,6 +8,7 @@ text's sha256, so a text that differs between installs is told apart):
 | ``docs`` | the Python language reference prose of ``pydoc_data.topics``, topics in sorted order, separated by blank lines (the earlier "default corpus", unchanged) | 113 K tokens |
 | ``code`` | Python source of standard-library modules: ``functools``, ``textwrap``, ``dataclasses``, ``argparse``, ``collections`` (each file preceded by a ``# Lib/<path>`` line) | 64 K tokens |
 | ``prose`` | English prose shipped with Python: the licence (``LICENSE.txt``) and IDLE's ``README.txt``, ``HISTORY.txt`` and ``NEWS.txt`` | 26 K tokens |
+| ``manual`` | IDLE's user manual as shipped for its Help menu (``idlelib/help.html``), tags stripped (:func:`html_text`): a fourth text, for held-out checks of what was tuned or allocated on the other three | 9.7 K tokens |
 
 (token counts with the SmolLM2 tokenizer, Python 3.11). Anything else is a UTF-8 text file.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -32,7 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 CODE_FILES = ("functools.py", "textwrap.py", "dataclasses.py", "argparse.py",
               "collections/__init__.py")
 PROSE_FILES = ("LICENSE.txt", "idlelib/README.txt", "idlelib/HISTORY.txt", "idlelib/NEWS.txt")
-TEXT_NAMES = ("docs", "code", "prose")
+MANUAL_FILE = "idlelib/help.html"
+TEXT_NAMES = ("docs", "code", "prose", "manual")
 #: ``default`` is the text of the default recording: ``docs``.
 ALIASES = {"default": "docs"}
 #: Tokens tokenised past a window, so that cutting the text inside a word cannot change it.
@@ -106,7 +109,40 @@ def _prose() -> Tuple[str, str]:
             f"Python {platform.python_version()} prose: {', '.join(PROSE_FILES)}")
 
 
-_BUILDERS = {"docs": _docs, "code": _code, "prose": _prose}
+def html_text(markup: str) -> str:
+    """The text of an HTML page: character data outside ``<script>``/``<style>``, entities
+    decoded, each line stripped, runs of blank lines collapsed to one."""
+    from html.parser import HTMLParser
+
+    class _Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.parts: List[str] = []
+            self.hidden = 0
+
+        def handle_starttag(self, tag, attrs) -> None:  # noqa: ANN001
+            self.hidden += tag in ("script", "style")
+
+        def handle_endtag(self, tag) -> None:  # noqa: ANN001
+            self.hidden -= tag in ("script", "style") and self.hidden > 0
+
+        def handle_data(self, data: str) -> None:
+            if not self.hidden:
+                self.parts.append(data)
+
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    lines = [line.strip() for line in "".join(parser.parts).splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _manual() -> Tuple[str, str]:
+    return (html_text(_stdlib_files((MANUAL_FILE,), "manual", header=False)),
+            f"Python {platform.python_version()} IDLE manual: {MANUAL_FILE}, tags stripped")
+
+
+_BUILDERS = {"docs": _docs, "code": _code, "prose": _prose, "manual": _manual}
 _CACHE: Dict[str, Text] = {}
 
 
@@ -115,7 +151,7 @@ def text_names() -> List[str]:
 
 
 def load_text(name_or_path: str, where: str = "--text") -> Text:
-    """The named text (``docs``, ``code``, ``prose``; ``default`` = ``docs``) or a UTF-8 file.
+    """The named text (``docs``, ``code``, ``prose``, ``manual``; ``default`` = ``docs``) or a UTF-8 file.
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming ``where``, the value and the fix."""
     if not isinstance(name_or_path, str) or not name_or_path:

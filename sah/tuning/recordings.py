@@ -40,7 +40,7 @@ def parse_recording_lists(data: Dict[str, Any]) -> tuple:
         scored, key = data["recordings"], "recordings"
         _require(isinstance(scored, list) and bool(scored), key,
                  f"got {scored!r}; expected a non-empty list of embedded recording names "
-                 f"(docs, code, prose, docs-8192, ...) or recording files")
+                 f"(docs, code, prose, manual, docs-8192, ...) or recording files")
     else:
         scored, key = [data.get("recording", "default")], "recording"
     fit = data.get("fit_recordings", [])
@@ -85,6 +85,13 @@ class StudyRecording:
     def content_hash(self) -> str:
         from sah.evaluate import recording_key
         return recording_key(self.recording)
+
+    @property
+    def tensors_hash(self) -> str:
+        """The hash of the tensors alone (no metadata): the same data saved with and without
+        a text span, or with another scaling, is still the same recording here."""
+        from sah.recording.format import _tensors_of, content_hash
+        return content_hash(_tensors_of(self.recording), version=1)
 
     @property
     def span(self) -> Optional[Tuple[str, int, int]]:
@@ -207,15 +214,15 @@ def _check_loaded(sets: RecordingSets, source: str, layers: Optional[List[int]])
     for role in (sets.scored, sets.fit):
         seen: Dict[str, StudyRecording] = {}
         for r in role:
-            if r.content_hash in seen:
+            if r.tensors_hash in seen:
                 raise ConfigError(f"{source}: {r.where}: {r.label} is the same recording as "
-                                  f"{seen[r.content_hash].where} ({seen[r.content_hash].label}); "
+                                  f"{seen[r.tensors_hash].where} ({seen[r.tensors_hash].label}); "
                                   f"list each recording once")
-            seen[r.content_hash] = r
-    scored_hashes = {r.content_hash: r for r in sets.scored}
+            seen[r.tensors_hash] = r
+    scored_hashes = {r.tensors_hash: r for r in sets.scored}
     for r in sets.fit:
-        if r.content_hash in scored_hashes:
-            other = scored_hashes[r.content_hash]
+        if r.tensors_hash in scored_hashes:
+            other = scored_hashes[r.tensors_hash]
             raise ConfigError(f"{source}: {r.where}: {r.label} is the scored recording "
                               f"{other.where} ({other.label}); fit on a recording the study "
                               f"does not score")

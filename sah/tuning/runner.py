@@ -232,8 +232,13 @@ def _run_study(options: RunOptions) -> Path:
         now = time.time()  # summary.md's total and progress.json's parts agree
         write_outputs(run_dir, study, rows, sets, final=not interrupted,
                       wall_seconds=progress.wall_seconds(now), artefacts=artefacts)
-        progress.save(outputs_written=not interrupted, now=now)
+        progress.save(outputs_written=not interrupted and study.allocate is None, now=now)
     log.info("phase outputs: %.2f s", time.time() - out_started)
+    if study.allocate is not None and not interrupted:  # after tuning, before validation
+        from sah.tuning.outputs.allocated import write_allocations
+        write_allocations(run_dir, study, progress=options.progress)
+        with signals_deferred():  # only now is the run complete (--resume allocates again)
+            progress.save(outputs_written=True)
     if interrupted:
         import ray
         if started_ray:

@@ -20,6 +20,8 @@ configs_per_trial: 8           # configurations one Ray trial scores (grid/rando
 fit_hash_attention: null       # {bits: 32, ...}: fit HashAttention weights once per run
                                # (on fit_recordings; :mod:`sah.tuning.fit_options`)
 max_configurations: 100000     # refuse studies that expand to more configurations
+allocate: null                 # {density_targets: [0.1], chains: [...], per_head: true}:
+                               # after tuning (:mod:`sah.tuning.study_allocate`)
 validate: {texts: [code@16384], tokens: 2048, positions: 128, picks: [density_0.1]}
                                # optional: run the picks inside the model after tuning
                                # (:mod:`sah.tuning.validate_section`)
@@ -71,6 +73,7 @@ from sah.tuning.cluster import parse_trial_resources
 from sah.tuning.fit_options import parse_fit_options
 from sah.tuning.recordings import parse_recording_lists
 from sah.tuning.space import Domain, plain_value
+from sah.tuning.study_allocate import AllocateSpec, parse_allocate
 from sah.tuning.study_checks import check_chain_names, check_name, check_total
 from sah.tuning.validate_section import ValidateSection, parse_validate_section
 from sah.validation import ConfigError, short_repr
@@ -79,7 +82,7 @@ SEARCHERS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets",
             "searcher", "multi_objective", "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
             "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial",
-            "storage_path", "max_configurations", "validate", "chains")
+            "storage_path", "max_configurations", "validate", "chains", "allocate")
 DEFAULT_CONFIGS_PER_TRIAL = 8
 DEFAULT_MAX_CONFIGURATIONS = 100_000
 
@@ -192,6 +195,7 @@ class Study:
     max_configurations: int = DEFAULT_MAX_CONFIGURATIONS
     fit_recordings: List[str] = field(default_factory=list)  # empty: fit on the scored ones
     recordings_key: str = "recordings"  # the key the file used ("recording" for one)
+    allocate: Optional[AllocateSpec] = None  # :mod:`sah.tuning.study_allocate`
     validate: Optional[ValidateSection] = None  # in-model validation of the picks
 
     @property
@@ -236,6 +240,8 @@ class Study:
         }
         if self.storage_path is not None:
             out["storage_path"] = self.storage_path
+        if self.allocate is not None:
+            out["allocate"] = self.allocate.to_dict()
         if self.validate is not None:  # only when set: older run.yaml files still compare
             out["validate"] = self.validate.to_dict()
         return out
@@ -340,11 +346,12 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
                 raise ConfigError(f"chains[{i}].{exc}") from None
         batchable = c.searcher in ("grid", "random") and scheduler is None
         c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
+    allocate = parse_allocate(data.get("allocate"), chains)
     return Study(name, recordings, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
                  per_trial, custom, storage, limit, fit_recordings,
-                 "recordings" if "recordings" in data else "recording", validate)
+                 "recordings" if "recordings" in data else "recording", allocate, validate)
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:

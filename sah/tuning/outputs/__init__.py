@@ -77,8 +77,26 @@ def write_validation_outputs(run_dir: Path, study: Study, rows: List[Dict[str, A
     atomic_write_bytes(run_dir / "offline_vs_online.png",
                        plot_offline_vs_online(study, validation_rows))
     meta = summary_meta(run_dir, study, sets, wall_seconds)
-    meta["validation_lines"] = validation_markdown(study, validation_rows, timing)
-    atomic_write_text(run_dir / "summary.md", summary_markdown(study, rows, meta))
+    summary = run_dir / "summary.md"
+    kept = _other_sections(summary.read_text() if summary.is_file() else "")
+    meta["validation_lines"] = kept + validation_markdown(study, validation_rows, timing)
+    atomic_write_text(summary, summary_markdown(study, rows, meta))
+
+
+def _other_sections(text: str) -> List[str]:
+    """The ``## `` sections of an existing ``summary.md`` that other steps appended (the
+    allocation's), without an earlier validation section: kept when it is written again."""
+    lines = text.rstrip("\n").split("\n")
+    kept: List[str] = []
+    keep = False
+    for i, line in enumerate(lines):
+        if line.startswith("## "):
+            keep = line.strip() != "## In-model validation"
+            if keep and kept == [] and i > 0 and lines[i - 1] == "":
+                kept.append("")
+        if keep:
+            kept.append(line)
+    return kept
 
 
 def _hash_fit_report(run_dir: Path) -> Any:
