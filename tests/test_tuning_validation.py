@@ -269,3 +269,25 @@ def test_stopped_during_validation_resumes_into_validation(ray_session, recs, mo
     calls.update(dense=0, sparse=0)
     run(tmp_path, study_data(recs), model, resume=True)  # complete: nothing runs
     assert calls == {"dense": 0, "sparse": 0, "stop_at": None}
+
+
+def test_writing_validation_again_keeps_other_summary_sections_once(finished):
+    """summary.md is written again with the validation section: a section another step
+    appended (the allocation's) is kept, and the validation section appears once."""
+    from sah.tuning.outputs import load_run, write_validation_outputs
+    from sah.tuning.outputs.validation import read_validation_csv
+    from sah.tuning.recordings import load_recording_sets
+    study, rows, _ = load_run(finished)
+    summary = finished / "summary.md"
+    original = summary.read_text()
+    summary.write_text(original + "\n## Allocation across layers and heads\n\nallocated rows\n")
+    try:
+        write_validation_outputs(finished, study, rows, read_validation_csv(
+            finished / "validation.csv"), load_recording_sets(study), 1.0)
+        text = summary.read_text()
+        assert text.count("## In-model validation") == 1
+        assert text.count("## Allocation across layers and heads") == 1
+        assert text.index("## Allocation") < text.index("## In-model validation")
+        assert "allocated rows" in text
+    finally:
+        summary.write_text(original)
