@@ -216,9 +216,8 @@ def _run_study(options: RunOptions) -> Path:
                 break
             progress.chains.update({chain.name: "complete" for _, chain in members})
             progress.save()
-    except KeyboardInterrupt:  # a Ctrl-C between experiments: keep this part's time, stop
-        progress.save()
-        raise
+    except KeyboardInterrupt:  # a Ctrl-C / SIGTERM between experiments stops like one inside
+        interrupted = True
     finally:
         forget_hook()
         if previous_term is not None:
