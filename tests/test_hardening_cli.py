@@ -280,7 +280,10 @@ def test_issue15_item10_ctrl_c_twice_exits_130_without_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sah.cli", "tune", "--config", str(study),
                              "--results-dir", str(results), "--quiet"],
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # Ctrl-C reaches the command even when the test runner itself
+                            # ignores SIGINT (started in the background by a shell)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:

@@ -24,8 +24,13 @@ def test_signal_during_outputs_is_held_until_the_block_ends(tmp_path):
 
 
 def test_ctrl_c_during_outputs_raises_after_them(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with _signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            (tmp_path / "b").write_text("done")
+    # Python's own Ctrl-C handler, even when the test runner was started ignoring SIGINT
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                (tmp_path / "b").write_text("done")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (tmp_path / "b").read_text() == "done"
