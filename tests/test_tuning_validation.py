@@ -17,7 +17,8 @@ from sah.recording import make_synthetic_recording, save_recording
 from sah.recording.texts import load_text
 from sah.tuning.outputs.validation import config_points, far_worse, loglog_fit, spearman
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
-from sah.tuning.validation_step import VALIDATION_THREADS, torch_threads
+from sah.threads import torch_threads
+from sah.tuning.validation_step import VALIDATION_THREADS
 from sah.validation import ConfigError
 
 pytestmark = pytest.mark.slow

@@ -101,14 +101,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads: got {args.threads}; expected an int >= 1")
         say(f"allocating {args.chain} at density <= {args.density:g} "
             f"({'per head' if args.per_head else 'per layer'})")
-        import torch
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads)
-        try:
+        from sah.threads import torch_threads
+        with torch_threads(args.threads, at_most_current=False):
             result = allocate_run_chain(ctx, args.chain, args.density, args.per_head)
             score_heldout(ctx, result, heldout, rec)
-        finally:
-            torch.set_num_threads(threads)
         say(f"curves and allocation {result.seconds:.1f} s (curves {result.curve_seconds:.1f} s)")
         if text is not None:
             say(f"in-model KL on {text} ({args.tokens} tokens, {args.positions} positions)")

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from sah.threads import torch_threads
 from sah.tuning.fit_options import fit_keywords
 from sah.tuning.outputs.files import atomic_write_bytes, atomic_write_text
 from sah.tuning.study import Study
@@ -116,7 +116,7 @@ def prepare_hash_attention(study: Study, fit_recordings: Any, run_dir: Path,
     path = weights_path(run_dir)
     if path.is_file():
         return path
-    with _torch_threads(FIT_THREADS):
+    with torch_threads(FIT_THREADS):
         return _prepare(study, fit_recordings, run_dir, scored, progress, path)
 
 
@@ -124,17 +124,6 @@ def prepare_hash_attention(study: Study, fit_recordings: Any, run_dir: Path,
 #: keys), and two threads on a busy 2-core machine were about 9x slower than one
 #: (benchmark/RESULTS.md, section 5)
 FIT_THREADS = 1
-
-
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, count)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _prepare(study: Study, fit_recordings: Any, run_dir: Path, scored: Optional[Dict[str, Any]],

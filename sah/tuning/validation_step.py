@@ -17,9 +17,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from sah.threads import torch_threads
 from sah.tuning.outputs.files import atomic_write_text
 from sah.tuning.outputs.picks import best_row, target_row
 from sah.tuning.outputs.validation import read_validation_csv, validation_csv
@@ -84,17 +84,6 @@ def _ordered(rows: List[Dict[str, Any]], wanted: List[Target], texts: List[str]
              ) -> List[Dict[str, Any]]:
     order = {(t.chain, t.pick): i for i, t in enumerate(wanted)}
     return sorted(rows, key=lambda r: (order[(r["chain"], r["pick"])], texts.index(r["text"])))
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, count)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_validation(run_dir: Path, study: Any, rows: List[Dict[str, Any]],

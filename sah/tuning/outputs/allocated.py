@@ -22,18 +22,12 @@ def allocated_name(chain: str, target: float) -> str:
 
 def write_allocations(run_dir: Path, study: Any, progress: bool = False) -> List[Path]:
     """Allocate every chain of ``study.allocate`` at every target; returns the files written."""
-    from sah.tuning import allocation_report as report
-    from sah.tuning.allocate_run import allocate_run_chain, open_run
     spec = study.allocate
     if spec is None:
         return []
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensor ops: one thread is fastest (sah allocate --threads)
-    try:
+    from sah.threads import torch_threads
+    with torch_threads(1):  # small tensor ops: one thread is fastest (sah allocate --threads)
         return _write(Path(run_dir), spec, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _write(run_dir: Path, spec: Any, progress: bool) -> List[Path]:
