@@ -31,6 +31,13 @@ HAT = {"type": "HashAttentionTopKMaskerConfig", "heavy_size": 4, "hat_bits": 8,
        "hat_mlp_layers": 2, "hat_mlp_hidden_size": 6}
 
 
+def first_experiment_done(run_dir):
+    try:
+        return json.loads((run_dir / "progress.json").read_text()).get("first") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def rec_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("rec") / "rec.safetensors"
@@ -329,11 +336,16 @@ def test_issue15_item22_resume_totals_wall_time_and_finished_runs_are_complete(
     def stop_during_second_experiment():
         deadline = time.time() + 300
         while time.time() < deadline:
-            if any((run_dir / "ray" / "second").glob("trial_*/result.json")):
+            # the first experiment is complete (progress.json says so as the second starts;
+            # Ray Tune copies trial results into the run folder only now and then, so
+            # they are no sign of a running experiment), and the run's handler is in place
+            if first_experiment_done(run_dir):
                 handler = signal.getsignal(signal.SIGTERM)
-                if "forward_sigterm" in getattr(handler, "__qualname__", ""):
-                    os.kill(os.getpid(), signal.SIGTERM)  # while the run's handler is in place
-                return
+                tune_stop = signal.getsignal(signal.SIGINT)  # Ray Tune's, inside an experiment
+                if ("forward_sigterm" in getattr(handler, "__qualname__", "")
+                        and getattr(tune_stop, "__module__", "").startswith("ray.")):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
             time.sleep(0.02)
 
     stopper = threading.Thread(target=stop_during_second_experiment, daemon=True)

@@ -2,6 +2,7 @@
 changed recording), item 8 (bad ``fit_hash_attention`` values) and item 19 (nothing silent
 for minutes: HashAttention fitting and ``install.sh`` say what they do)."""
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,13 @@ from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from sah.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def first_experiment_done(run_dir):
+    try:
+        return json.loads((run_dir / "progress.json").read_text()).get("first") == "complete"
+    except (OSError, ValueError):
+        return False
 
 
 def synthetic(path, seed, num_keys=128, num_queries=4, **meta):
@@ -60,11 +68,16 @@ def stopped_run(study, results):
     def stop_during_second_experiment():
         deadline = time.time() + 300
         while time.time() < deadline:
-            if any((run_dir / "ray" / "second").glob("trial_*/result.json")):
+            # the first experiment is complete (progress.json says so as the second starts;
+            # Ray Tune copies trial results into the run folder only now and then, so
+            # they are no sign of a running experiment), and the run's handler is in place
+            if first_experiment_done(run_dir):
                 handler = signal.getsignal(signal.SIGTERM)
-                if "forward_sigterm" in getattr(handler, "__qualname__", ""):
-                    os.kill(os.getpid(), signal.SIGTERM)  # while the run's handler is in place
-                return
+                tune_stop = signal.getsignal(signal.SIGINT)  # Ray Tune's, inside an experiment
+                if ("forward_sigterm" in getattr(handler, "__qualname__", "")
+                        and getattr(tune_stop, "__module__", "").startswith("ray.")):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
             time.sleep(0.02)
 
     stopper = threading.Thread(target=stop_during_second_experiment, daemon=True)
