@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,17 +24,12 @@ from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from sah.tuning.study import load_study
 from sah.validation import ConfigError
+from tuning_support import stop_in_second_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 HAT = {"type": "HashAttentionTopKMaskerConfig", "heavy_size": 4, "hat_bits": 8,
        "hat_mlp_layers": 2, "hat_mlp_hidden_size": 6}
 
-
-def first_experiment_done(run_dir):
-    try:
-        return json.loads((run_dir / "progress.json").read_text()).get("first") == "complete"
-    except (OSError, ValueError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -333,23 +327,7 @@ def test_issue15_item22_resume_totals_wall_time_and_finished_runs_are_complete(
     run_dir = results / "parts"
     options = RunOptions(config=str(study), results_dir=str(results), progress=False)
 
-    def stop_during_second_experiment():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            # the first experiment is complete (progress.json says so as the second starts;
-            # Ray Tune copies trial results into the run folder only now and then, so
-            # they are no sign of a running experiment), and the run's handler is in place
-            if first_experiment_done(run_dir):
-                handler = signal.getsignal(signal.SIGTERM)
-                tune_stop = signal.getsignal(signal.SIGINT)  # Ray Tune's, inside an experiment
-                if ("forward_sigterm" in getattr(handler, "__qualname__", "")
-                        and getattr(tune_stop, "__module__", "").startswith("ray.")):
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return
-            time.sleep(0.02)
-
-    stopper = threading.Thread(target=stop_during_second_experiment, daemon=True)
-    stopper.start()
+    stopper = stop_in_second_experiment(run_dir)
     with pytest.raises(RunInterrupted):
         run_study(options)
     stopper.join()

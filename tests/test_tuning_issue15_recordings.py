@@ -2,13 +2,8 @@
 changed recording), item 8 (bad ``fit_hash_attention`` values) and item 19 (nothing silent
 for minutes: HashAttention fitting and ``install.sh`` say what they do)."""
 
-import json
-import os
 import re
-import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +12,9 @@ import yaml
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from sah.validation import ConfigError
+from tuning_support import stop_in_second_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def first_experiment_done(run_dir):
-    try:
-        return json.loads((run_dir / "progress.json").read_text()).get("first") == "complete"
-    except (OSError, ValueError):
-        return False
 
 
 def synthetic(path, seed, num_keys=128, num_queries=4, **meta):
@@ -65,23 +54,7 @@ def stopped_run(study, results):
     Ctrl-C / kill would); returns the run folder, which `--resume` continues."""
     run_dir = results / "resumable"
 
-    def stop_during_second_experiment():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            # the first experiment is complete (progress.json says so as the second starts;
-            # Ray Tune copies trial results into the run folder only now and then, so
-            # they are no sign of a running experiment), and the run's handler is in place
-            if first_experiment_done(run_dir):
-                handler = signal.getsignal(signal.SIGTERM)
-                tune_stop = signal.getsignal(signal.SIGINT)  # Ray Tune's, inside an experiment
-                if ("forward_sigterm" in getattr(handler, "__qualname__", "")
-                        and getattr(tune_stop, "__module__", "").startswith("ray.")):
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return
-            time.sleep(0.02)
-
-    stopper = threading.Thread(target=stop_during_second_experiment, daemon=True)
-    stopper.start()
+    stopper = stop_in_second_experiment(run_dir)
     with pytest.raises(RunInterrupted):
         run_study(options(study, results))
     stopper.join()

@@ -74,3 +74,40 @@ def brute_force_front(points: Sequence[Tuple[float, float]]) -> List[int]:
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: (points[i], i))
+
+
+def first_experiment_done(run_dir) -> bool:
+    """progress.json marks the run's experiment ``first`` complete (the second has begun)."""
+    import json
+    try:
+        return json.loads((run_dir / "progress.json").read_text()).get("first") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def stop_in_second_experiment(run_dir):
+    """Start a thread that sends this process a real SIGTERM once the run in ``run_dir`` is in
+    its second experiment (``first`` complete in progress.json: Ray Tune copies trial results
+    into the run folder only now and then, so they are no sign of a running experiment)
+    while the run's own SIGTERM handler and Ray Tune's stop handler are in place (the
+    default handler would end pytest). Returns the thread."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def stop():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if first_experiment_done(run_dir):
+                handler = signal.getsignal(signal.SIGTERM)
+                tune_stop = signal.getsignal(signal.SIGINT)  # Ray Tune's, inside an experiment
+                if ("forward_sigterm" in getattr(handler, "__qualname__", "")
+                        and getattr(tune_stop, "__module__", "").startswith("ray.")):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+            time.sleep(0.02)
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    return stopper
