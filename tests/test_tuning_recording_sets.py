@@ -15,7 +15,7 @@ from sah.attention import ResearchAttentionConfig
 from sah.evaluate import evaluate_config
 from sah.recording import load_recording, make_synthetic_recording, save_recording
 from sah.tuning.runner import RunOptions, run_study
-from sah.validation import ConfigError
+from tuning_support import assert_refused
 
 LAYERS = 3
 SHAPE = dict(num_heads=4, num_kv_heads=2, head_dim=16)
@@ -228,19 +228,6 @@ def test_asha_reports_each_layer_group_over_every_recording(ray_session, recs, t
 
 
 # ---------------------------------------------------------------------- refusals
-def assert_refused(tmp_path, data, *fragments):
-    study = write_study(tmp_path / "study.yaml", data)
-    results = tmp_path / "results"
-    with pytest.raises((ConfigError, FileExistsError, ValueError)) as info:
-        run_study(RunOptions(config=str(study), results_dir=str(results), progress=False))
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(str(study)), message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert not results.exists()  # nothing written
-    return message
-
-
 def test_fit_recording_overlapping_a_scored_span_is_refused_before_anything_is_written(
         recs, tmp_path):
     data = study_data(recs, fit_recordings=[str(recs["overlap"])])

@@ -19,7 +19,7 @@ from sah.tuning.outputs.validation import config_points, far_worse, loglog_fit, 
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from sah.threads import torch_threads
 from sah.tuning.validation_step import VALIDATION_THREADS
-from sah.validation import ConfigError
+from tuning_support import assert_refused
 
 pytestmark = pytest.mark.slow
 
@@ -165,19 +165,6 @@ def test_rank_correlation_and_far_worse_rule_by_hand():
 
 
 # ---------------------------------------------------------------------- refusals
-def assert_refused(tmp_path, data, *fragments):
-    study = write_study(tmp_path / "study.yaml", data)
-    results = tmp_path / "results"
-    with pytest.raises((ConfigError, FileExistsError, ValueError)) as info:
-        run_study(RunOptions(config=str(study), results_dir=str(results), progress=False))
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(str(study)), message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert not results.exists()  # nothing written
-    return message
-
-
 def test_validate_text_overlapping_a_recording_is_refused_before_anything_is_written(
         recs, tmp_path, monkeypatch):
     data = study_data(recs)

@@ -111,3 +111,25 @@ def stop_in_second_experiment(run_dir):
     stopper = threading.Thread(target=stop, daemon=True)
     stopper.start()
     return stopper
+
+
+def assert_refused(tmp_path, data, *fragments):
+    """Run the study ``data`` (written to ``tmp_path/study.yaml``) and check it is refused
+    before anything is written: one line, starting with the study file, holding every
+    fragment. Returns the message."""
+    import pytest
+    import yaml
+
+    from sah.tuning.runner import RunOptions, run_study
+    from sah.validation import ConfigError
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(data, sort_keys=False))
+    results = tmp_path / "results"
+    with pytest.raises((ConfigError, FileExistsError, ValueError)) as info:
+        run_study(RunOptions(config=str(study), results_dir=str(results), progress=False))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(study)), message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not results.exists()  # nothing written
+    return message
