@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _import_light():
     """``sah.resources`` needs numpy only, and ``import sah`` loads nothing heavy."""
     sys.path.insert(0, str(REPO))
-    from sah import resources, resources_text
+    from sah.resources import calculator as resources, text as resources_text
     return resources, resources_text
 
 

@@ -1,7 +1,7 @@
 """``sah allocate`` on a finished run, for several chains, per layer and per head.
 
 For each chain: the run's best uniform config at density <= ``--density`` against the
-allocated one (``sah.tuning.allocate_run``): density and output error on the run's scored
+allocated one (``sah.runs.allocate``): density and output error on the run's scored
 recordings (the allocation's) and on a held-out recording (default: ``manual``, a text the
 default run neither scored nor fitted on), the in-model KL of both (``sah validate``'s
 protocol, one model load for all), and the wall time of each allocation (curves included,
@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from sah.tuning import allocation_report as report  # noqa: E402
-from sah.tuning.allocate_run import (allocate_run_chain, load_heldout, open_run,  # noqa: E402
-                                     score_heldout)
+from sah.runs import allocation_report as report  # noqa: E402
+from sah.runs.allocate import allocate_run_chain, load_heldout, open_run, score_heldout
 
 CHAINS = ["sink_local_oracle_top_k", "sink_local_quest", "sink_local", "sink_local_oracle_top_p"]
 

@@ -7,7 +7,7 @@ Fits the default study's hashes (``fit_hash_attention: {bits: 32, hat_mlp_layers
 hat_mlp_hidden_size: 32, steps: 40}``) on a few layers of an embedded recording, once per
 thread count in each round (rounds interleave the variants, so load from other jobs hits
 them alike), and prints the median seconds per layer and the ratio to the first variant.
-The study runner fits with ``sah.tuning.hash_fit.FIT_THREADS`` threads.
+The study runner fits with ``sah.tuning.steps.hash_fit.FIT_THREADS`` threads.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def run_once(args: argparse.Namespace, results_dir: Path, name: str) -> Dict[str
 
     from sah.tuning.ray_setup import init_ray
     from sah.tuning.runner import DEFAULT_STUDY, RunOptions, run_study
-    from sah.tuning.study import load_study
+    from sah.study.parse import load_study
 
     extra: Dict[str, Any] = {}
     if args.layers:

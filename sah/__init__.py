@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from typing import Any, List
 
-__version__ = "0.1.0"
+from sah.infra.version import __version__  # noqa: F401
 
 _EXPORTS = {
     "ResearchAttention": "sah.attention",
@@ -25,8 +25,8 @@ _EXPORTS = {
     "Mask": "sah.mask",
     "get_objective": "sah.objectives",
     "pareto_front": "sah.objectives",
-    "ConfigError": "sah.validation",
-    "allow_pickle": "sah.pickle_opt_in",
+    "ConfigError": "sah.infra.checks",
+    "allow_pickle": "sah.infra.pickle_opt_in",
 }
 
 

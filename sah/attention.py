@@ -22,8 +22,8 @@ from sah.layer_config import (LayerOverrides, build_layer_maskers, normalize_lay
                               overrides_to_plain)
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
-from sah.safe_yaml import load_json, load_yaml, read_text
-from sah.validation import ConfigError, short_repr
+from sah.infra.safe_yaml import load_json, load_yaml, read_text
+from sah.infra.checks import ConfigError, short_repr
 
 
 @dataclass
@@ -113,7 +113,7 @@ class ResearchAttentionConfig:
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "") -> "ResearchAttentionConfig":
-        """Safe, bounded YAML (:mod:`sah.safe_yaml`: duplicate keys, alias bombs and deep
+        """Safe, bounded YAML (:mod:`sah.infra.safe_yaml`: duplicate keys, alias bombs and deep
         nesting are refused)."""
         return cls.from_dict(load_yaml(text, where or "config"), where)
 

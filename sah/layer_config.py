@@ -43,7 +43,7 @@ import torch
 from sah.context import AttentionContext
 from sah.mask import Mask
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
-from sah.validation import ConfigError, short_repr
+from sah.infra.checks import ConfigError, short_repr
 
 #: layer id -> masker index -> field -> value (a scalar, or a list with one value per head)
 LayerOverrides = Dict[int, Dict[int, Dict[str, Any]]]

@@ -13,7 +13,7 @@ import math
 import re
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from sah.validation import ConfigError, short_repr
+from sah.infra.checks import ConfigError, short_repr
 
 Objective = Callable[[float, float], float]
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from sah.validation import ConfigError, check_int
+from sah.infra.checks import ConfigError, check_int
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LabelledMods = Tuple[MaskMod, MaskMod, MaskMod]  # diagonal, local, strided components

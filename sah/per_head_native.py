@@ -28,7 +28,7 @@ from sah.maskers.local import LocalMasker
 from sah.maskers.sink import SinkMasker
 from sah.maskers.top_k import (TopKMasker, TopPMasker, candidate_positions, top_k_positions,
                                top_p_positions, top_p_positions_presorted)
-from sah.validation import resolve_size
+from sah.infra.checks import resolve_size
 
 Groups = Sequence[Tuple[Tuple[Any, ...], List[int]]]
 

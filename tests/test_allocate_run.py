@@ -16,8 +16,8 @@ from sah.cli import main
 from sah.evaluate import evaluate_config
 from sah.recording import load_recording, make_synthetic_recording, save_recording
 from sah.tuning.runner import RunOptions, run_study
-from sah.tuning.study import parse_study
-from sah.validation import ConfigError
+from sah.study.parse import parse_study
+from sah.infra.checks import ConfigError
 
 SHAPE = dict(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16, num_keys=256, num_queries=4)
 TARGET = 0.3

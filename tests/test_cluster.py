@@ -13,7 +13,7 @@ from cluster_support import clean_env, finish_all, run_cli, start_cli, two_node_
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.cluster import check_trial_resources, pick_device, trial_request
 from sah.tuning.runner import RunOptions, run_study
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 STABLE = ("chain", "trial", "status", "SinkMaskerConfig_sink_size",
           "LocalMaskerConfig_window_size", "HashAttentionTopKMaskerConfig_heavy_size",

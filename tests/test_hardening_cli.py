@@ -22,8 +22,8 @@ from sah.cli import main
 from sah.maskers.hash_attention import random_hat_weights
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
-from sah.tuning.study import load_study
-from sah.validation import ConfigError
+from sah.study.parse import load_study
+from sah.infra.checks import ConfigError
 from tuning_support import stop_in_second_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_issue15_item2_pickle_opt_in_comes_from_the_person_not_the_file(tmp_path
     ``allow_pickle: true`` ran the pickle's payload (``sah resources --config``, ``sah
     patterns --config``, Ray workers). The opt-in is the person's (--allow-pickle or
     SAH_ALLOW_PICKLE=1); the file's own ``allow_pickle: true`` is refused."""
-    from sah.pickle_opt_in import set_pickle_allowed
+    from sah.infra.pickle_opt_in import set_pickle_allowed
     monkeypatch.delenv("SAH_ALLOW_PICKLE", raising=False)
     marker = tmp_path / "payload_ran"
     evil = tmp_path / "evil.pkl"
@@ -238,7 +238,7 @@ def test_issue15_item10_disk_full_while_writing_outputs(ray_session, rec_path, t
     """issue 15 item 10: a full disk while writing the outputs gave a traceback. Now: one
     line naming the file and the fix, no file half-written, and --resume writes the
     outputs. (ENOSPC is raised by the atomic writer when it writes summary.md.)"""
-    import sah.tuning.outputs.files as files
+    import sah.infra.files as files
     real = files._write_and_sync
 
     def full_disk(fh, data, path):
@@ -396,8 +396,8 @@ def test_issue15_item24_compare_chains_as_rows_runs_as_columns_with_a_plot(two_r
     assert any("sink_size=" in ln and "window_size=" in ln for ln in score_rows)
     strided = [ln for ln in lines if ln.startswith("| strided |")]
     assert "4/4, 0 bits" in strided[2]
-    from sah.tuning.outputs import load_run
-    from sah.tuning.outputs.picks import best_row
+    from sah.runs.outputs import load_run
+    from sah.runs.outputs.picks import best_row
     _, rows_a, _ = load_run(run_a)
     assert f"{best_row(rows_a, 'sink_local')['score']:.4g}" in score_rows[0]
 

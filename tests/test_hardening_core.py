@@ -13,7 +13,7 @@ from sah import (AttentionContext, HashAttentionTopKMaskerConfig, Mask, OracleTo
                  SinkMaskerConfig)
 from sah.estimator import evaluate_mask, sparse_attention
 from sah.maskers.base import MaskerRegistry, ResearchMasker
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 
 def chain(*configs):

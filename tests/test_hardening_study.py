@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sah.tuning.search_space import ray_domain
 import yaml
 
 from sah.attention import ResearchAttentionConfig
@@ -20,9 +22,9 @@ from sah.maskers.hash_attention import random_hat_weights
 from sah.objectives import get_objective, pareto_front, sparsity_objective
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunOptions, run_study
-from sah.tuning.space import Domain
-from sah.tuning.study import load_study
-from sah.validation import ConfigError
+from sah.study.space import Domain
+from sah.study.parse import load_study
+from sah.infra.checks import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,7 +200,7 @@ def test_issue15_item11_missing_weight_file_is_checked_with_the_study(tmp_path, 
     """issue 15 item 11 (last clause): a missing ``hat_weight_file`` was not checked before
     the run (the chain just failed). It is checked with the rest of the study, before
     anything is written (the driver reads the study's weight files before it makes the run
-    folder, sah.tuning.artefacts); so is a .pkl without the person's opt-in."""
+    folder, sah.runs.artefacts); so is a .pkl without the person's opt-in."""
     hat = {"type": "HashAttentionTopKMaskerConfig", "heavy_size": 4, "hat_bits": 8,
            "hat_mlp_layers": 2, "hat_mlp_hidden_size": 6}
     missing = tmp_path / "nowhere.safetensors"
@@ -242,7 +244,7 @@ def test_issue15_item12_duplicate_keys_and_layers_are_refused(tmp_path, rec_path
     with pytest.raises(ConfigError, match="given twice"):
         ResearchAttentionConfig.from_file(cfg)
     # YAML's merge key may still be overridden, as YAML intends
-    from sah.safe_yaml import load_yaml
+    from sah.infra.safe_yaml import load_yaml
     data = load_yaml("base: &b {type: SinkMaskerConfig, sink_size: 4}\n"
                      "masker_configs:\n- {<<: *b, sink_size: 8}\n", "merge.yaml")
     assert data["masker_configs"] == [{"type": "SinkMaskerConfig", "sink_size": 8}]
@@ -313,10 +315,10 @@ def test_issue15_item25_readme_states_qrandint_ends_grid_samples_and_quiet():
                                  (2, 12, 5, {5, 10})):
         domain = Domain.parse({"search": "qrandint", "low": low, "high": high, "q": q}, "x")
         assert {domain.sample(rng) for _ in range(500)} == values
-        ray_domain = domain.to_ray(as_grid=False)
-        assert {int(ray_domain.sample()) for _ in range(500)} == values
+        ray_dom = ray_domain(domain, as_grid=False)
+        assert {int(ray_dom.sample()) for _ in range(500)} == values
         from ray.tune.search.optuna import OptunaSearch
-        dist = OptunaSearch.convert_search_space({"x": ray_domain})["x"]
+        dist = OptunaSearch.convert_search_space({"x": ray_dom})["x"]
         assert set(range(dist.low, dist.high + 1, dist.step)) == values
     with pytest.raises(ConfigError, match="no multiple of q"):
         Domain.parse({"search": "qrandint", "low": 5, "high": 7, "q": 4}, "x")

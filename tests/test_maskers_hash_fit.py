@@ -12,7 +12,7 @@ from sah import (AttentionContext, ConfigError, HashAttentionTopKMaskerConfig, M
                  load_hat_weights, save_hat_weights)
 from sah.maskers.base import ResearchMasker
 from sah.maskers.hash_attention import random_hat_weights
-from sah.pickle_opt_in import allow_pickle
+from sah.infra.pickle_opt_in import allow_pickle
 from sah.maskers.hash_attention_fit import hash_top_k_recall
 from sah.recording.format import LayerRecording, Recording
 

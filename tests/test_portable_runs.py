@@ -72,7 +72,7 @@ def test_weight_file_is_resolved_against_the_config_folder(tmp_path, monkeypatch
 def test_weights_travel_as_arrays_and_are_rebuilt_once_per_process():
     import pickle
 
-    from sah.tuning.artefacts import SharedWeights, with_weights
+    from sah.runs.artefacts import SharedWeights, with_weights
     weights = {3: random_hat_weights(4, 2, 8, 4, 2, 8, seed=0)}
     shared = SharedWeights(weights)
     first, second = (pickle.loads(pickle.dumps(shared)) for _ in range(2))
@@ -170,7 +170,7 @@ def test_moved_run_folder_still_exports_and_resumes(ray_session, rec_path, tmp_p
 
 
 def test_a_missing_weight_file_is_refused_before_the_run_folder(rec_path, tmp_path):
-    from sah.validation import ConfigError
+    from sah.infra.checks import ConfigError
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({
         "name": "nofile", "recording": str(rec_path), "chains": [{"name": "hat", "maskers": [

@@ -9,7 +9,7 @@ import torch
 from sah.patterns import PATTERN_NAMES, square_mask
 from sah.resources import (MaskPoints, analyse_mask, analyse_pattern, pattern_points,
                            points_from_coords, points_from_dense)
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 # RESOURCES.md reference: size 1024, N = 64, window 32, stride 32, R = 1000, no zigzag.
 # mask: steps, max case time, rows, cols, rows+cols, (max new rows, time), (cols), (total)

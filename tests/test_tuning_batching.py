@@ -13,9 +13,9 @@ import yaml
 from sah.evaluate import evaluate_config
 from sah.recording import load_recording, make_synthetic_recording, save_recording
 from sah.tuning.batching import chain_batches, chain_param_sets, split_batches
-from sah.tuning.space import Domain
-from sah.tuning.study import parse_study
-from sah.validation import ConfigError
+from sah.study.space import Domain
+from sah.study.parse import parse_study
+from sah.infra.checks import ConfigError
 import tuning_support  # noqa: F401  (registers FailingMaskerConfig)
 
 
@@ -153,7 +153,7 @@ def test_batched_study_one_row_per_configuration(ray_session, tmp_path):
 
 def test_hash_attention_fit_is_cached_between_runs(tmp_path, monkeypatch):
     pytest.importorskip("sah.maskers.hash_attention_fit")
-    from sah.tuning.hash_fit import attach_weights, prepare_hash_attention
+    from sah.tuning.steps.hash_fit import attach_weights, prepare_hash_attention
     monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))
     data = {"name": "h", "recording": "x", "fit_hash_attention": {"bits": 8, "steps": 2,
                                                                 "hat_mlp_layers": 1},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sah.tuning.study import load_study
+from sah.study.parse import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("sah.maskers.hash_attention_fit")
@@ -71,7 +71,7 @@ def test_default_study_pairs_counts_with_fractions():
     """The transfer question (does a count or a fraction keep its figures at 8192 tokens?)
     needs chain pairs that differ only in the unit of their sizes and score the SAME masks at
     the study's 2048 keys: each fraction f resolves to the count int(f * 2048)."""
-    from sah.validation import resolve_size
+    from sah.infra.checks import resolve_size
     study = load_study(ROOT / "configs" / "default.yaml")
     pairs = [(c, study.chain(c.name.replace("_fraction", "_count")))
              for c in study.chains if c.name.endswith("_fraction")]
@@ -105,11 +105,11 @@ def test_fitted_weights_reach_every_hash_attention_trial(tmp_path, monkeypatch):
     from sah.evaluate import evaluate_config
     from sah.recording import make_synthetic_recording
     from sah import HashAttentionTopKMaskerConfig, ResearchAttentionConfig
-    from sah.tuning.artefacts import RunArtefacts
-    from sah.tuning.hash_fit import (FITTED_NAME, attach_weights, prepare_hash_attention,
-                                     weights_path)
-    from sah.tuning.study import parse_study
-    from sah.validation import ConfigError
+    from sah.runs.artefacts import RunArtefacts
+    from sah.runs.artefacts import FITTED_NAME, weights_path
+    from sah.tuning.steps.hash_fit import attach_weights, prepare_hash_attention
+    from sah.study.parse import parse_study
+    from sah.infra.checks import ConfigError
 
     data = {"name": "h", "recording": "x", "fit_hash_attention": {"bits": 8, "steps": 2,
                                                                 "hat_mlp_layers": 1},

@@ -11,7 +11,7 @@ import yaml
 
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 from tuning_support import stop_in_second_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,8 +153,8 @@ def test_issue15_item19_hash_attention_fitting_reports_each_layer(tmp_path, capf
     fit now reports each layer (with its duration) to a callback, and a run prints what it
     fits, a progress bar over the layers and the resulting recall."""
     from sah.maskers.hash_attention_fit import fit_hash_attention
-    from sah.tuning.hash_fit import prepare_hash_attention
-    from sah.tuning.study import parse_study
+    from sah.tuning.steps.hash_fit import prepare_hash_attention
+    from sah.study.parse import parse_study
     monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))  # fitted here, not copied
     rec = make_synthetic_recording(num_layers=3, num_heads=2, num_kv_heads=1, head_dim=16,
                                    num_keys=128, num_queries=4, seed=1)

@@ -98,8 +98,8 @@ def test_every_configuration_is_scored_on_each_recording(finished, recs):
         assert f"output_error[{label}]" in header and f"density[{label}]" in header
     per_layer = read_csv(finished / "per_layer.csv")
     assert list(per_layer[0]) == ["chain", "trial", "recording", "layer", "output_error", "density"]
-    from sah.tuning.artefacts import RunArtefacts
-    from sah.tuning.outputs import load_run, row_config
+    from sah.runs.artefacts import RunArtefacts
+    from sah.runs.outputs import load_run, row_config
     study, typed, _ = load_run(finished)
     artefacts = RunArtefacts.of_run(study, finished)  # HashAttention weights of the run
     done = [r for r in typed if r["status"] == "completed"]
@@ -159,8 +159,8 @@ def test_run_yaml_summary_and_fit_report_name_the_recordings(finished, recs):
 @pytest.mark.slow
 def test_transfer_rescores_the_tuned_configs(finished, recs, capsys):
     from sah.cli import main
-    from sah.tuning.artefacts import RunArtefacts
-    from sah.tuning.outputs import best_row, load_run, row_config, target_row
+    from sah.runs.artefacts import RunArtefacts
+    from sah.runs.outputs import best_row, load_run, row_config, target_row
     capsys.readouterr()
     assert main(["transfer", str(finished), "--recording", str(recs["long"]), "--quiet",
                  "--format", "csv"]) == 0
@@ -271,7 +271,7 @@ def test_recording_lists_are_validated_like_the_rest(recs, tmp_path):
 
 
 def test_one_recording_keeps_working_and_names_its_yaml_key(recs, tmp_path):
-    from sah.tuning.study import parse_study
+    from sah.study.parse import parse_study
     data = study_data(recs)
     data.pop("recordings")
     study = parse_study({**data, "recording": str(recs["alpha"])}, "s.yaml")
@@ -284,9 +284,9 @@ def test_one_recording_keeps_working_and_names_its_yaml_key(recs, tmp_path):
 def test_without_fit_recordings_hash_attention_is_fitted_on_the_scored_ones(recs, tmp_path):
     """Without fit_recordings the scored recordings are what HashAttention is fitted on:
     run.yaml lists them as fit recordings and the summary says the figures are optimistic."""
-    from sah.tuning.outputs.summary import summary_markdown
-    from sah.tuning.recordings import load_recording_sets
-    from sah.tuning.study import parse_study
+    from sah.runs.outputs.summary import summary_markdown
+    from sah.study.recordings import load_recording_sets
+    from sah.study.parse import parse_study
     data = study_data(recs)
     data.pop("fit_recordings")
     study = parse_study(data, "s.yaml")

@@ -6,8 +6,8 @@ import yaml
 
 from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunOptions, run_study
-from sah.tuning.study import load_study
-from sah.validation import ConfigError
+from sah.study.parse import load_study
+from sah.infra.checks import ConfigError
 
 GOOD = {
     "name": "t", "recording": "REC", "objective": "sparsity_10", "density_targets": [0.1],

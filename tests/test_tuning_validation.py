@@ -15,10 +15,10 @@ from sah.attention import ResearchAttentionConfig
 from sah.inmodel import InModelValidator, validate_configs
 from sah.recording import make_synthetic_recording, save_recording
 from sah.recording.texts import load_text
-from sah.tuning.outputs.validation import config_points, far_worse, loglog_fit, spearman
+from sah.runs.outputs.validation import config_points, far_worse, loglog_fit, spearman
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
-from sah.threads import torch_threads
-from sah.tuning.validation_step import VALIDATION_THREADS
+from sah.infra.threads import torch_threads
+from sah.tuning.steps.validation import VALIDATION_THREADS
 from tuning_support import assert_refused
 
 pytestmark = pytest.mark.slow
@@ -90,8 +90,8 @@ def finished(ray_session, recs, model, tmp_path_factory):
 
 
 def test_validation_csv_matches_validate_configs_on_the_tuned_files(finished, model):
-    from sah.tuning.outputs import load_run
-    from sah.tuning.outputs.picks import best_row, target_row
+    from sah.runs.outputs import load_run
+    from sah.runs.outputs.picks import best_row, target_row
     study, rows, _ = load_run(finished)
     table = read_csv(finished / "validation.csv")
     expected_keys = []
@@ -131,7 +131,7 @@ def test_validation_csv_matches_validate_configs_on_the_tuned_files(finished, mo
 
 
 def test_summary_reports_the_rank_correlation_and_far_worse_rule(finished):
-    from sah.tuning.outputs.validation import read_validation_csv
+    from sah.runs.outputs.validation import read_validation_csv
     summary = (finished / "summary.md").read_text()
     rows = read_validation_csv(finished / "validation.csv")
     points = config_points(rows)
@@ -142,7 +142,7 @@ def test_summary_reports_the_rank_correlation_and_far_worse_rule(finished):
     assert "Chains far worse inside the model than their offline error predicts" in summary
     progress = json.loads((finished / "progress.json").read_text())
     assert progress["_validation"] == "complete"
-    from sah.tuning.outputs import load_run
+    from sah.runs.outputs import load_run
     study, _, _ = load_run(finished)
     assert study.validate.picks == ["best", "density_0.3", "density_0.6"]
 
@@ -262,9 +262,9 @@ def test_stopped_during_validation_resumes_into_validation(ray_session, recs, mo
 def test_writing_validation_again_keeps_other_summary_sections_once(finished):
     """summary.md is written again with the validation section: a section another step
     appended (the allocation's) is kept, and the validation section appears once."""
-    from sah.tuning.outputs import load_run, write_validation_outputs
-    from sah.tuning.outputs.validation import read_validation_csv
-    from sah.tuning.recordings import load_recording_sets
+    from sah.runs.outputs import load_run, write_validation_outputs
+    from sah.runs.outputs.validation import read_validation_csv
+    from sah.study.recordings import load_recording_sets
     study, rows, _ = load_run(finished)
     summary = finished / "summary.md"
     original = summary.read_text()

@@ -10,7 +10,7 @@ import torch
 from sah.mask import Mask
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
 from sah.recording.format import LayerRecording, Recording
-from sah.validation import check_int
+from sah.infra.checks import check_int
 
 
 @dataclass
@@ -121,7 +121,7 @@ def assert_refused(tmp_path, data, *fragments):
     import yaml
 
     from sah.tuning.runner import RunOptions, run_study
-    from sah.validation import ConfigError
+    from sah.infra.checks import ConfigError
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(data, sort_keys=False))
     results = tmp_path / "results"

@@ -28,7 +28,7 @@ import torch
 from sah.attention import ResearchAttentionConfig
 from sah.evaluate import ContextCache, evaluate_config, layer_indices
 from sah.recording.format import Recording
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 #: Budget fields, most specific first: the last masker holding one of them is the budget.
 BUDGET_FIELDS = ("heavy_size", "top_p", "sampling_rate", "base_rate_sampling")

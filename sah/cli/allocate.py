@@ -6,7 +6,7 @@ side by side: density and output error on the run's scored recordings (the alloc
 on a held-out recording (``--heldout``, default: a recording of the first named text the
 run did not see) and the in-model KL of ``sah validate`` (``--no-validate`` skips it).
 Writes the allocated config (``layer_overrides``) with ``-o``; without it the config is
-printed after the table. See :mod:`sah.tuning.allocate_run`.
+printed after the table. See :mod:`sah.runs.allocate`.
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sah.tuning.allocate_run import (allocate_run_chain, default_heldout, load_heldout,
-                                         open_run, score_heldout)
-    from sah.tuning import allocation_report as report
-    from sah.validation import ConfigError
+    from sah.runs.allocate import (allocate_run_chain, default_heldout, load_heldout, open_run, score_heldout)
+    from sah.runs import allocation_report as report
+    from sah.infra.checks import ConfigError
     from sah.recording.format import RecordingError
 
     say = (lambda m: None) if args.quiet else (
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             load_text(parse_text_spec(text, "--validate-text").text, "--validate-text")
             check_protocol(args.tokens, args.positions, MAX_TOKENS, ("--tokens", "--positions"),
                            "the embedded model")
-        from sah.tuning.allocate_run import allocatable
+        from sah.runs.allocate import allocatable
         allocatable(ctx.study, args.chain)
         written = _written_config(ctx, args.chain)
         if written is not None and ctx.artefacts.needed(written) and not args.output:
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads: got {args.threads}; expected an int >= 1")
         say(f"allocating {args.chain} at density <= {args.density:g} "
             f"({'per head' if args.per_head else 'per layer'})")
-        from sah.threads import torch_threads
+        from sah.infra.threads import torch_threads
         with torch_threads(args.threads, at_most_current=False):
             result = allocate_run_chain(ctx, args.chain, args.density, args.per_head)
             score_heldout(ctx, result, heldout, rec)
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(report.config_text(result), end="")
     if args.json:
-        from sah.tuning.outputs.files import atomic_write_text
+        from sah.infra.files import atomic_write_text
         atomic_write_text(Path(args.json), json.dumps(report.to_dict(result), indent=1) + "\n")
         print(f"sah allocate: wrote {args.json}", file=sys.stderr)
     if args.plot:
@@ -133,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _written_config(ctx, chain: str):
-    from sah.tuning.outputs.picks import best_row
-    from sah.tuning.outputs.trials import row_config
+    from sah.runs.outputs.picks import best_row
+    from sah.runs.outputs.trials import row_config
     row = best_row(ctx.rows, chain)
     return row_config(ctx.study.chain(chain), row) if row is not None else None

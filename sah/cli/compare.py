@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sah.cli import os_error_line
-    from sah.tuning.compare import compare_text, plot_fronts
-    from sah.tuning.outputs.files import atomic_write_bytes
+    from sah.runs.compare import compare_text, plot_fronts
+    from sah.infra.files import atomic_write_bytes
     runs = [Path(r) for r in args.runs]
     plot = Path(args.plot) if args.plot else None
     if plot is not None and plot.is_dir():

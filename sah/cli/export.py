@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sah.cli import os_error_line
-    from sah.tuning.export import export_text, export_to_file
+    from sah.runs.export import export_text, export_to_file
     output = Path(args.output) if args.output else None
     if output is not None and output.is_dir():
         print(f"sah export: error: --output {output}: is a folder; give a file name, e.g. "

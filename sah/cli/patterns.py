@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import List, Optional, TextIO
 
 from sah.patterns import PATTERN_NAMES, square_mask
-from sah.resources import check_analysis_parameters, pattern_num_active, pattern_points
-from sah.resources_memory import BYTES_PER_DENSE_CELL, analysis_bytes, check_memory
+from sah.resources.calculator import check_analysis_parameters, pattern_num_active, pattern_points
+from sah.resources.memory import BYTES_PER_DENSE_CELL, analysis_bytes, check_memory
 
 SPARSITY_TITLES = {"normal": "Normal", "strided": "Strided", "fixed": "Fixed",
                    "sliding_window": "Sliding Window", "dilated_sliding_window": "Dilated Sliding Window"}
@@ -122,7 +122,7 @@ def run_chain(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     from sah.recording import load_recording
     from sah.recording.embedded import resolve_recording
     from sah.cli.resources import parse_heads
-    from sah.validation import ConfigError
+    from sah.infra.checks import ConfigError
     if not args.config or args.layer is None:
         raise ConfigError("--recording needs --config FILE and --layer ID")
     recording = load_recording(resolve_recording(args.recording, "--recording"))
@@ -141,7 +141,7 @@ def run_chain(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.allow_pickle:  # the person's opt-in, never the config's
-        from sah.pickle_opt_in import set_pickle_allowed
+        from sah.infra.pickle_opt_in import set_pickle_allowed
         set_pickle_allowed(True)
     return run_chain(args) if args.recording else run_patterns(args)
 

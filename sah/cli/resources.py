@@ -17,10 +17,10 @@ import numpy as np
 
 from sah.attention import ResearchAttention, ResearchAttentionConfig
 from sah.recording import Recording
-from sah.resources import (ORDERS, PATTERN_NAMES, ResourceAnalysis, analyse_mask, analyse_pattern,
+from sah.resources.calculator import (ORDERS, PATTERN_NAMES, ResourceAnalysis, analyse_mask, analyse_pattern,
                            check_analysis_parameters)
-from sah.resources_text import analysis_lines, write_text_outputs
-from sah.validation import ConfigError
+from sah.resources.text import analysis_lines, write_text_outputs
+from sah.infra.checks import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +120,7 @@ def analyse_chain_on_recording(recording: Recording, config: ResearchAttentionCo
 def run(args: argparse.Namespace) -> int:
     check_analysis_parameters(num_multiplications=args.num_multiplications, read_limit=args.read_limit)
     if args.allow_pickle:  # the person's opt-in, never the config's
-        from sah.pickle_opt_in import set_pickle_allowed
+        from sah.infra.pickle_opt_in import set_pickle_allowed
         set_pickle_allowed(True)
     if args.pattern:
         analyses = [analyse_pattern(args.pattern, args.mask_size, args.num_multiplications,

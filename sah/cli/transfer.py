@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sah.recording.format import RecordingError
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sah.tuning.transfer import transfer, transfer_text
+    from sah.runs.transfer import transfer, transfer_text
     try:
         result = transfer(Path(args.run), args.recording, progress=not args.quiet)
     except (ConfigError, RecordingError, FileNotFoundError) as exc:

@@ -7,7 +7,7 @@ import sys
 
 from sah.cli import INTERRUPTED, os_error_line
 from sah.recording.format import RecordingError
-from sah.validation import ConfigError
+from sah.infra.checks import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

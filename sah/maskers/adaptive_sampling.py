@@ -38,7 +38,7 @@ from sah.mask import Mask, row_counts
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.random_sampling import sample_indices
 from sah.maskers.top_k import candidate_positions
-from sah.validation import check_float, check_int, check_size, resolve_size
+from sah.infra.checks import check_float, check_int, check_size, resolve_size
 
 MEAN_BUDGET_KEY = "adaptive_sampling_mean_budget"
 BUDGET_KEY = "adaptive_sampling_budget"

@@ -34,7 +34,7 @@ import torch
 
 from sah.context import AttentionContext, AttentionTensorDimensions, tensor_dimensions
 from sah.mask import Mask
-from sah.validation import ConfigError, short_repr
+from sah.infra.checks import ConfigError, short_repr
 
 
 @dataclass
@@ -112,7 +112,10 @@ def _plain(value: Any) -> Any:
 
 
 class MaskerRegistry:
-    """Maps config classes to masker classes (and config class names to config classes)."""
+    """Maps config classes to masker classes (and config class names to config classes).
+
+    Every built-in masker is registered once ``sah.maskers`` is imported, which Python does
+    before it runs this module (the package's ``__init__`` comes first)."""
 
     _maskers: Dict[Type[MaskerConfig], Type["ResearchMasker"]] = {}
     _configs: Dict[str, Type[MaskerConfig]] = {}
@@ -126,14 +129,8 @@ class MaskerRegistry:
             return masker_class
         return decorator
 
-    @staticmethod
-    def _load_builtin() -> None:
-        """Importing ``sah.maskers`` registers every built-in masker."""
-        import sah.maskers  # noqa: F401
-
     @classmethod
     def get_masker_class(cls, config_class: Type[MaskerConfig]) -> Type["ResearchMasker"]:
-        cls._load_builtin()
         for klass in config_class.__mro__:
             if klass in cls._maskers:
                 return cls._maskers[klass]
@@ -142,7 +139,6 @@ class MaskerRegistry:
 
     @classmethod
     def config_class(cls, name: str, where: str = "") -> Type[MaskerConfig]:
-        cls._load_builtin()
         if not isinstance(name, str) or name not in cls._configs:
             prefix = f"{where}: " if where else ""
             raise ConfigError(f"{prefix}unknown masker type {short_repr(name)}; known types: "
@@ -151,7 +147,6 @@ class MaskerRegistry:
 
     @classmethod
     def config_names(cls) -> List[str]:
-        cls._load_builtin()
         return sorted(cls._configs)
 
 

@@ -20,7 +20,7 @@ per query head and the auxiliary memory is ``hat_bits * h / hk`` bits per token.
 Sources, in order: ``hat_weights`` (``{layer: weights}``), ``hat_weight_file``
 (safetensors with tensors named ``layer.L.query_matrix.I`` etc., or ``.pt``/``.pth`` read
 with ``torch.load(weights_only=True)`` holding ``{layer: weights}`` or the flat names; a
-``.pkl`` pickle only when the person running the process opted in (:mod:`sah.pickle_opt_in`:
+``.pkl`` pickle only when the person running the process opted in (:mod:`sah.infra.pickle_opt_in`:
 ``--allow-pickle``, ``SAH_ALLOW_PICKLE=1`` or ``sah.allow_pickle()``), since unpickling runs
 code; a config's own ``allow_pickle`` field cannot switch it on), else seeded
 random initialisation (seed ``hat_init_seed + layer``; a baseline, or the start of
@@ -40,8 +40,8 @@ import torch
 from sah.context import AttentionContext
 from sah.maskers.base import MaskerConfig, MaskerRegistry
 from sah.maskers.top_k import TopKMasker
-from sah.pickle_opt_in import HOW, pickle_allowed
-from sah.validation import ConfigError, check_choice, check_int, check_size, short_repr
+from sah.infra.pickle_opt_in import HOW, pickle_allowed
+from sah.infra.checks import ConfigError, check_choice, check_int, check_size, short_repr
 
 WEIGHT_NAMES = ("query_matrix", "query_bias", "key_matrix", "key_bias")
 ACTIVATIONS = {
@@ -59,7 +59,7 @@ class HashAttentionTopKMaskerConfig(MaskerConfig):
     ``hat_weights`` (``{layer: weights}``) or ``hat_weight_file`` (path), at most one; none:
     random hashes seeded ``hat_init_seed + layer``; ``allow_pickle``: kept so old configs
     with ``false`` load; ``true`` is refused (the opt-in is the person's, see
-    :mod:`sah.pickle_opt_in`)."""
+    :mod:`sah.infra.pickle_opt_in`)."""
 
     heavy_size: Union[int, float] = 0.05
     hat_bits: int = 32
@@ -226,7 +226,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".pkl")
 def check_weight_file(path: Union[str, Path], allow_pickle: Optional[bool] = None) -> None:
     """What can be checked before a run without reading the file: it exists, its extension
     is known, and a ``.pkl`` has the person's opt-in (``allow_pickle=None``: the process's,
-    :func:`sah.pickle_opt_in.pickle_allowed`)."""
+    :func:`sah.infra.pickle_opt_in.pickle_allowed`)."""
     path = Path(path)
     where = f"hat_weight_file {path}"
     if not path.is_file():
@@ -245,7 +245,7 @@ def load_hat_weights(path: Union[str, Path], allow_pickle: Optional[bool] = None
                      ) -> Dict[int, LayerWeights]:
     """Read hash weights from safetensors, ``.pt``/``.pth`` (``weights_only``) or a ``.pkl``
     pickle: only with ``allow_pickle=True`` or, by default (``None``), the opt-in of the
-    person running the process (:mod:`sah.pickle_opt_in`)."""
+    person running the process (:mod:`sah.infra.pickle_opt_in`)."""
     path = Path(path)
     where = f"hat_weight_file {path}"
     check_weight_file(path, allow_pickle)

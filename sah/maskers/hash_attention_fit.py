@@ -34,7 +34,7 @@ from sah.context import AttentionContext
 from sah.maskers.hash_attention import (ACTIVATIONS, WEIGHT_NAMES, LayerWeights, hash_features,
                                         random_hat_weights, signature_scores, signatures)
 from sah.maskers.top_k import top_k_positions
-from sah.validation import ConfigError, check_choice, check_int, check_size, resolve_size
+from sah.infra.checks import ConfigError, check_choice, check_int, check_size, resolve_size
 
 Source = Union[AttentionContext, Sequence[AttentionContext], Dict[int, AttentionContext], Any]
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Union
 
 from sah.mask import Mask
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
-from sah.validation import check_size, resolve_size
+from sah.infra.checks import check_size, resolve_size
 
 
 @dataclass

@@ -30,7 +30,7 @@ from sah.mask import Mask, _indptr_from_rows
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
 from sah.maskers.top_k import candidate_positions
-from sah.validation import ConfigError, check_choice, check_int, short_repr
+from sah.infra.checks import ConfigError, check_choice, check_int, short_repr
 
 
 @dataclass

@@ -38,7 +38,7 @@ from sah.mask import Mask, compact
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
 from sah.maskers.kept import kept_store, probe_keys, same_sequence, with_capacity
 from sah.maskers.top_k import candidate_positions, top_k_positions
-from sah.validation import check_int, check_size, resolve_size
+from sah.infra.checks import check_int, check_size, resolve_size
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from sah.mask import Mask, row_counts
 from sah.maskers.base import MaskerConfig, MaskerRegistry, SamplingMasker
 from sah.maskers.top_k import candidate_positions
-from sah.validation import check_float, check_int
+from sah.infra.checks import check_float, check_int
 
 
 def random_ranks(candidates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

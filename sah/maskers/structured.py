@@ -13,7 +13,7 @@ from typing import Any, Dict
 from sah.mask import Mask
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
 from sah.patterns import MaskMod, pattern_mask_mod
-from sah.validation import check_int
+from sah.infra.checks import check_int
 
 
 class PatternMaskerConfig(MaskerConfig):

@@ -29,7 +29,7 @@ import torch
 from sah.context import AttentionContext
 from sah.mask import Mask, compact, row_counts
 from sah.maskers.base import FixedMasker, MaskerConfig
-from sah.validation import check_float, check_size, resolve_size
+from sah.infra.checks import check_float, check_size, resolve_size
 
 
 def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Tensor:

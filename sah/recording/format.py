@@ -255,7 +255,7 @@ def save_recording(recording: Recording, path: Union[str, Path],
     own) is the storage dtype. Missing ``model_id``/``text_source`` become "unknown" and
     ``num_tokens`` defaults to the number of keys. Returns the path.
     """
-    from sah import __version__
+    from sah.infra.version import __version__
 
     if dtype is not None:
         if isinstance(dtype, str):

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from sah.tuning.study import ChainSpec
+from sah.study.spec import ChainSpec
 
 BATCH_KEY = "batch"  # trial parameter holding {chain, index, first, params: [...]}
 BATCHED_EXPERIMENT = "_batched"  # its folder under <run>/ray (no chain name starts with "_")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from sah.tuning.signals import _second_interrupt, install_interrupt_sentinel
-from sah.tuning.study import ChainSpec, Study
+from sah.study.spec import ChainSpec, Study
+from sah.tuning.search_space import ray_domain
 from sah.tuning.trainable import CHAIN_KEY
 
 
@@ -48,7 +49,7 @@ def _scheduler(study: Study, num_groups: int):
 def _param_space(chain: ChainSpec) -> Dict[str, Any]:
     space: Dict[str, Any] = {CHAIN_KEY: chain.name}
     for name, domain in chain.domains.items():
-        space[name] = domain.to_ray(as_grid=chain.searcher == "grid")
+        space[name] = ray_domain(domain, as_grid=chain.searcher == "grid")
     return space
 
 

@@ -7,7 +7,7 @@ cluster that happens to run on the machine (``RAY_ADDRESS``, ``/tmp/ray/ray_curr
 the job (``runtime_env`` ``py_modules``), so every node runs the driver's version of sah
 (the nodes need its dependencies: torch, numpy, safetensors, ...). Nothing else a trial
 needs is a driver-side path: the recording and the fitted weights go through the object
-store (:mod:`sah.tuning.trainable`, :mod:`sah.tuning.artefacts`).
+store (:mod:`sah.tuning.trainable`, :mod:`sah.runs.artefacts`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sah.tuning.cluster import NodeResources, local_node_resources, node_list
+from sah.study.trial_resources import NodeResources
+from sah.tuning.cluster import local_node_resources, node_list
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _COMMON = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -29,8 +30,8 @@ def versions() -> Dict[str, str]:
     import ray
     import torch
 
-    import sah
-    out = {"sah": str(sah.__version__), "ray": str(ray.__version__),
+    from sah.infra.version import __version__
+    out = {"sah": str(__version__), "ray": str(ray.__version__),
            "torch": str(torch.__version__), "python": platform.python_version()}
     try:
         import optuna
@@ -45,10 +46,9 @@ def join_cluster(address: str) -> bool:
     Ray already runs in this process. Returns True when we joined it."""
     import ray
 
-    import sah
     if ray.is_initialized():
         return False
-    package = str(Path(sah.__file__).resolve().parent)
+    package = str(Path(__file__).resolve().parents[1])  # the sah package folder
     try:
         ray.init(address=address, runtime_env={"py_modules": [package]}, **_COMMON)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:  # none, or token refused

@@ -5,7 +5,7 @@ Order of work, so that bad input writes nothing: load and validate the study, ch
 run folder (an existing folder is only ever continued with ``resume``), join the cluster
 (``--address``) and check that one of its nodes can hold a trial's resources (a local run
 checks this machine without starting Ray), find, make and load the scored and fit
-recordings and check them (:mod:`~sah.tuning.recordings`: no fit span overlapping a scored
+recordings and check them (:mod:`~sah.study.recordings`: no fit span overlapping a scored
 one, one model shape, the layers; on ``resume`` the content hashes ``run.yaml`` stored),
 load the weight files the study names; only then create the run folder, write
 ``run.yaml``, fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
@@ -15,14 +15,14 @@ lives in ``<run>/ray/<chain>``; a finished chain is marked in ``<run>/progress.j
 the wall time of each part of the run, so ``summary.md`` reports the total over interrupted
 and resumed parts; a run whose outputs were written is "already complete" to ``resume``,
 which then starts nothing). The pieces live beside this module:
-:mod:`~sah.tuning.run_folder` (run folder checks, ``run.yaml``, ``progress.json``),
+:mod:`~sah.runs.folder` (run folder checks, ``run.yaml``, ``progress.json``),
 :mod:`~sah.tuning.ray_setup` (starting Ray), :mod:`~sah.tuning.experiments` (the Ray
 experiments) and :mod:`~sah.tuning.signals` (stop signals).
 Ctrl-C or SIGTERM stops Ray Tune gracefully (its state is saved, finished trials kept);
 ``resume`` restores each unfinished experiment with ``Tuner.restore`` (finished trials are
 kept, unfinished ones run again from their start).
 A study with ``validate:`` then runs its picks inside the model (after Ray has stopped;
-:mod:`~sah.tuning.validation_step`); its texts are checked against the recordings with the
+:mod:`~sah.tuning.steps.validation`); its texts are checked against the recordings with the
 rest, before the run folder is made. A run whose tuning finished but whose validation did
 not resumes into validation (no Ray, no trial runs again).
 """
@@ -41,20 +41,20 @@ from typing import Any, Dict, Optional
 
 import yaml
 
-from sah.tuning.artefacts import RunArtefacts
+from sah.runs.artefacts import RunArtefacts
 from sah.tuning.cluster import check_trial_resources, trial_request, tune_resources
 from sah.tuning.experiments import experiment_root, experiments, run_experiment, storage_location
-from sah.tuning.outputs import collect_rows, read_trials, write_outputs
-from sah.tuning.outputs.files import atomic_write_text
+from sah.runs.outputs import collect_rows, read_trials, write_outputs
+from sah.infra.files import atomic_write_text
 from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_local_ray,
                                   versions)
-from sah.tuning.run_folder import Progress, _comparable, check_results_dir, check_run_folder
+from sah.runs.folder import Progress, _comparable, check_results_dir, check_run_folder
 from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
-from sah.tuning.recordings import check_resume_hashes, load_recording_sets
-from sah.tuning.study import load_study
+from sah.study.recordings import check_resume_hashes, load_recording_sets
+from sah.study.parse import load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
-from sah.tuning.validate_section import check_validate_names, check_validate_texts
-from sah.validation import ConfigError
+from sah.study.validate import check_validate_names, check_validate_texts
+from sah.infra.checks import ConfigError
 
 DEFAULT_STUDY = REPO_ROOT / "configs" / "default.yaml"
 log = logging.getLogger("sah.tuning")
@@ -98,8 +98,8 @@ class RunOptions:
 def run_study(options: RunOptions) -> Path:
     """Validate, run every chain, write the outputs. Returns the run folder. ``.pkl``
     weights load only with ``options.allow_pickle`` (or the process's opt-in,
-    :mod:`sah.pickle_opt_in`); the driver reads them and ships the tensors to the trials."""
-    from sah.pickle_opt_in import allow_pickle
+    :mod:`sah.infra.pickle_opt_in`); the driver reads them and ships the tensors to the trials."""
+    from sah.infra.pickle_opt_in import allow_pickle
     with allow_pickle(options.allow_pickle):
         return _run_study(options)
 
@@ -108,7 +108,7 @@ def _run_study(options: RunOptions) -> Path:
     started = time.time()
     study = load_study(options.config or DEFAULT_STUDY, options.overrides())
     run_dir = Path(options.results_dir) / study.name
-    from sah.tuning.hash_fit import attach_weights
+    from sah.tuning.steps.hash_fit import attach_weights
     attach_weights(study, run_dir)
     check_results_dir(Path(options.results_dir))
     check_run_folder(run_dir, study, options.resume)
@@ -177,7 +177,7 @@ def _run_study(options: RunOptions) -> Path:
     stored = (yaml.safe_load((run_dir / "run.yaml").read_text()) or {}).get("ray_storage")
     log.info("phase load: %.2f s", time.time() - started)
     if study.fit_hash_attention:
-        from sah.tuning.hash_fit import prepare_hash_attention
+        from sah.tuning.steps.hash_fit import prepare_hash_attention
         fit_started = time.time()
         prepare_hash_attention(study, {r.label: r.recording for r in sets.fit_or_scored},
                                run_dir, {r.label: r.recording for r in sets.scored},
@@ -234,7 +234,7 @@ def _run_study(options: RunOptions) -> Path:
         progress.save(outputs_written=not interrupted and study.allocate is None, now=now)
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if study.allocate is not None and not interrupted:  # after tuning, before validation
-        from sah.tuning.outputs.allocated import write_allocations
+        from sah.tuning.steps.allocation import write_allocations
         write_allocations(run_dir, study, progress=options.progress)
         with signals_deferred():  # only now is the run complete (--resume allocates again)
             progress.save(outputs_written=True)
@@ -251,11 +251,11 @@ def _run_study(options: RunOptions) -> Path:
 
 def _validate(run_dir: Path, study: Any, rows: Any, sets: Any, progress: Progress,
               options: RunOptions) -> Path:
-    """The study's picks inside the model (:mod:`sah.tuning.validation_step`), then
+    """The study's picks inside the model (:mod:`sah.tuning.steps.validation`), then
     ``validation.csv``, ``offline_vs_online.png`` and ``summary.md`` with its validation
     section. A stop keeps every validated row; ``--resume`` runs only the missing ones."""
-    from sah.tuning.outputs import write_validation_outputs
-    from sah.tuning.validation_step import run_validation
+    from sah.runs.outputs import write_validation_outputs
+    from sah.tuning.steps.validation import run_validation
     started = time.time()
     previous_term = forward_sigterm()
     forget_hook = at_forced_exit(lambda: progress.save(outputs_written=True))

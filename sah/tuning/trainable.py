@@ -8,7 +8,7 @@ costs milliseconds instead of a full deserialisation. Layer contexts (logits, de
 outputs...) are cached per worker process (:data:`sah.evaluate.PROCESS_CACHE`, sized to
 hold every scored recording) and, with ``reuse_actors=True``, shared by every trial the
 worker runs. Fitted (or given) HashAttention weights travel the same way, in the
-:class:`TrialTask` (:class:`~sah.tuning.artefacts.SharedWeights`), never as a path into the
+:class:`TrialTask` (:class:`~sah.runs.artefacts.SharedWeights`), never as a path into the
 driver's run folder. Every report carries ``node_id``, the Ray node the trial ran on, and a
 trial computes on the device Ray gave it (:func:`sah.tuning.cluster.trial_device`).
 
@@ -38,9 +38,9 @@ from sah.attention import ResearchAttention
 from sah.evaluate import PROCESS_CACHE, iter_evaluation
 from sah.objectives import get_objective
 from sah.recording.format import LayerRecording, Recording
-from sah.tuning.artefacts import SharedWeights, with_weights
+from sah.runs.artefacts import SharedWeights, with_weights
 from sah.tuning.cluster import trial_device
-from sah.tuning.study import ChainSpec
+from sah.study.spec import ChainSpec
 
 CHAIN_KEY = "chain"  # the constant trial parameter that names the chain
 
