@@ -34,7 +34,7 @@ RecordingLike = Union[Recording, str, "os.PathLike[str]"]
 
 
 @dataclass
-class LayerFigures:
+class LayerScore:
     """How the chain does on one recorded layer."""
 
     layer: int                 # model layer id
@@ -51,7 +51,7 @@ class LayerFigures:
 class PartialEvaluation:
     """The figures after some groups of layers (``complete`` after the last group)."""
 
-    layers: List[LayerFigures]
+    layers: List[LayerScore]
     num_layers_total: int
 
     @property
@@ -75,7 +75,7 @@ class ChainEvaluation:
     density: float
     aux_bits_per_token: float  # auxiliary memory per key and KV head
     seconds: float             # wall time of the whole evaluation
-    layers: List[LayerFigures]
+    layers: List[LayerScore]
 
     def per_layer_table(self) -> List[Dict[str, float]]:
         """One row per layer: layer, output_error, density, density_rect, empty_rows, seconds."""
@@ -186,13 +186,13 @@ def default_group_size(num_layers: int, reports: int = 4) -> int:
     return max(1, math.ceil(num_layers / max(1, reports)))
 
 
-def evaluate_layer(attention: ResearchAttention, ctx: AttentionContext, layer: int) -> LayerFigures:
+def evaluate_layer(attention: ResearchAttention, ctx: AttentionContext, layer: int) -> LayerScore:
     start = time.perf_counter()
     # The dense output (and the logits under it) first: the estimator then takes the same
     # path whether the context is fresh or cached, so figures are identical bit for bit.
     ctx.dense_output
     evaluation, _ = attention.evaluate(ctx, layer_idx=layer)
-    return LayerFigures(layer=layer, output_error=evaluation.output_error,
+    return LayerScore(layer=layer, output_error=evaluation.output_error,
                         density=evaluation.density, density_rect=evaluation.density_rect,
                         empty_rows=evaluation.empty_rows, seconds=time.perf_counter() - start,
                         per_head_error=list(evaluation.per_head_error),
@@ -218,7 +218,7 @@ def iter_evaluation(config: ResearchAttentionConfig, recording: RecordingLike,
     cache = cache if cache is not None else ContextCache()
     dev = torch.device(device) if device is not None else recording.layers[0].keys.device
     attention = ResearchAttention.create_from_config(config)
-    done: List[LayerFigures] = []
+    done: List[LayerScore] = []
     for group in layer_groups(indices, group_size or default_group_size(len(indices))):
         for index in group:
             ctx = cache.get(recording, index, dev)

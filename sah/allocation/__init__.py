@@ -12,10 +12,10 @@ No Ray and no CLI code here.
 """
 
 from sah.allocation.allocate import Allocation, allocate_heads, allocate_layers, allocated_config
-from sah.allocation.chain import (AllocationResult, Figures, allocate_chain, evaluate_figures,
+from sah.allocation.chain import (AllocationResult, ChainFigures, allocate_chain, evaluate_figures,
                                   refine_uniform)
 from sah.allocation.curves import Curves, budget_field, default_sizes, measure_curves, with_size
 
-__all__ = ["Allocation", "AllocationResult", "Curves", "Figures", "allocate_chain",
+__all__ = ["Allocation", "AllocationResult", "Curves", "ChainFigures", "allocate_chain",
            "allocate_heads", "allocate_layers", "allocated_config", "budget_field",
            "default_sizes", "evaluate_figures", "measure_curves", "refine_uniform", "with_size"]

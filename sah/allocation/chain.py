@@ -24,7 +24,7 @@ from sah.recording.format import Recording
 
 
 @dataclass
-class Figures:
+class ChainFigures:
     """Mean output error and density of a config (means over recordings of the means over
     layers), and each recording's pair."""
 
@@ -41,13 +41,13 @@ class Figures:
 def evaluate_figures(config: ResearchAttentionConfig, recordings: Sequence[Recording],
                      names: Sequence[str], layers: Optional[Sequence[int]] = None,
                      cache: Optional[ContextCache] = None,
-                     device: Union[str, torch.device, None] = None) -> Figures:
+                     device: Union[str, torch.device, None] = None) -> ChainFigures:
     """Score ``config`` on every recording (``evaluate_config``) and average."""
     per: Dict[str, Tuple[float, float]] = {}
     for name, rec in zip(names, recordings):
         ev = evaluate_config(config, rec, layers=layers, cache=cache, device=device)
         per[name] = (ev.output_error, ev.density)
-    return Figures(output_error=sum(e for e, _ in per.values()) / len(per),
+    return ChainFigures(output_error=sum(e for e, _ in per.values()) / len(per),
                    density=sum(d for _, d in per.values()) / len(per), per_recording=per)
 
 
@@ -58,10 +58,10 @@ class AllocationResult:
     curves: Curves
     allocation: Allocation
     config: ResearchAttentionConfig            # the allocated config (layer_overrides)
-    allocated: Figures                         # evaluated on the allocation's recordings
+    allocated: ChainFigures                         # evaluated on the allocation's recordings
     uniform_size: Any                          # best measured uniform size at the target
     uniform_config: Optional[ResearchAttentionConfig]
-    uniform: Optional[Figures]
+    uniform: Optional[ChainFigures]
     seconds: float                             # allocation alone (curves excluded)
 
     @property
@@ -114,7 +114,7 @@ def allocate_chain(config: ResearchAttentionConfig, recordings: Sequence[Recordi
     if verify:
         figures = evaluate_figures(allocated, recordings, rec_names, curves.layers, cache, device)
     else:
-        figures = Figures(allocation.error, allocation.density, {
+        figures = ChainFigures(allocation.error, allocation.density, {
             n: (float(allocation.layer_error[r].mean()), float(allocation.layer_density[r].mean()))
             for r, n in enumerate(rec_names)})
     best = curves.best_uniform(density)
@@ -123,7 +123,7 @@ def allocate_chain(config: ResearchAttentionConfig, recordings: Sequence[Recordi
     if best is not None:
         uniform_size = curves.sizes[best]
         uniform_config = with_size(curves.config, curves.masker_index, curves.field, uniform_size)
-        uniform = Figures(*curves.uniform(best), {
+        uniform = ChainFigures(*curves.uniform(best), {
             n: (float(curves.error[r, best].mean()), float(curves.density[r, best].mean()))
             for r, n in enumerate(rec_names)})
     return AllocationResult(curves=curves, allocation=allocation, config=allocated,
@@ -134,7 +134,7 @@ def allocate_chain(config: ResearchAttentionConfig, recordings: Sequence[Recordi
 def refine_uniform(curves: Curves, recordings: Sequence[Recording], density: float,
                    cache: Optional[ContextCache] = None,
                    device: Union[str, torch.device, None] = None,
-                   tolerance: float = 1e-4) -> Tuple[Any, ResearchAttentionConfig, Figures]:
+                   tolerance: float = 1e-4) -> Tuple[Any, ResearchAttentionConfig, ChainFigures]:
     """The largest uniform size with mean density <= ``density``, by bisection between the
     measured sizes around the target (int sizes to the key, float sizes to ``tolerance``).
 
@@ -149,7 +149,7 @@ def refine_uniform(curves: Curves, recordings: Sequence[Recording], density: flo
     above = [s for s in range(len(dens)) if dens[s] > density and curves.sizes[s] > curves.sizes[lo]]
     names = list(curves.recordings)
 
-    def figures(size: Any) -> Tuple[ResearchAttentionConfig, Figures]:
+    def figures(size: Any) -> Tuple[ResearchAttentionConfig, ChainFigures]:
         cfg = with_size(curves.config, curves.masker_index, curves.field, size)
         return cfg, evaluate_figures(cfg, recordings, names, curves.layers, cache, device)
 

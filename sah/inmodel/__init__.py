@@ -10,12 +10,12 @@
   (``sah validate``).
 """
 
-from sah.inmodel.interface import LayerFigures, mask_density, sparse_attention_in
+from sah.inmodel.interface import InModelLayerFigures, mask_density, sparse_attention_in
 from sah.inmodel.protocol import (DenseReference, InModelValidator, Window, check_protocol,
                                   compare_logits, window_span)
-from sah.inmodel.results import Figures, PairResult, ValidationResults
+from sah.inmodel.results import InModelFigures, PairResult, ValidationResults
 from sah.inmodel.validate import validate_configs
 
-__all__ = ["LayerFigures", "mask_density", "sparse_attention_in", "DenseReference",
-           "InModelValidator", "Window", "check_protocol", "compare_logits", "window_span", "Figures",
+__all__ = ["InModelLayerFigures", "mask_density", "sparse_attention_in", "DenseReference",
+           "InModelValidator", "Window", "check_protocol", "compare_logits", "window_span", "InModelFigures",
            "PairResult", "ValidationResults", "validate_configs"]

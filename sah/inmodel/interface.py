@@ -33,7 +33,7 @@ Observer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, Optional[tor
 
 
 @dataclass
-class LayerFigures:
+class InModelLayerFigures:
     """The chain in one layer of the model (one attention call)."""
 
     layer: int
@@ -77,7 +77,7 @@ class _Session:
         self.figures = figures
         self.observer = observer
         self.sparse_meta_data: Dict[Any, Any] = {}
-        self.layers: List[LayerFigures] = []
+        self.layers: List[InModelLayerFigures] = []
 
     def attend(self, module: Any, queries: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -95,7 +95,7 @@ class _Session:
             ctx = AttentionContext(queries, keys, values, scaling=scaling,
                                    query_positions=positions, attention_mask=attention_mask)
             dense = dense_attention(ctx)
-            self.layers.append(LayerFigures(int(layer), output_error(dense, output),
+            self.layers.append(InModelLayerFigures(int(layer), output_error(dense, output),
                                             mask_density(ctx, mask)))
         if self.observer is not None:
             self.observer(int(layer), queries, keys, values, attention_mask, positions, output)
@@ -146,7 +146,7 @@ def sparse_attention_in(model: torch.nn.Module, attention: ResearchAttention,
     """Inside the block, every attention layer of ``model`` runs ``attention``'s chain.
 
     Yields the session; after the forward passes ``session.layers`` holds one
-    :class:`LayerFigures` per attention call (``figures=False`` skips them). The model's
+    :class:`InModelLayerFigures` per attention call (``figures=False`` skips them). The model's
     previous attention implementation is restored on exit.
     """
     name = register()

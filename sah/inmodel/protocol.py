@@ -35,7 +35,7 @@ import torch
 
 from sah.attention import ResearchAttention
 from sah.inmodel.interface import Observer, sparse_attention_in
-from sah.inmodel.results import Figures
+from sah.inmodel.results import InModelFigures
 from sah.recording.texts import load_text, parse_text_spec, token_window
 
 
@@ -191,7 +191,7 @@ class InModelValidator:
     def sparse_logits(self, reference: DenseReference, attention: ResearchAttention,
                       observer: Optional[Observer] = None) -> Tuple[torch.Tensor, list]:
         """The chunk's logits ``(P, vocab)`` with ``attention``'s chain in every layer over
-        the dense cache, and the per-layer figures (:class:`LayerFigures`, one per layer)."""
+        the dense cache, and the per-layer figures (:class:`InModelLayerFigures`, one per layer)."""
         with sparse_attention_in(self.model, attention, observer=observer) as session:
             try:
                 logits = self.forward(self.chunk_ids(reference.window), reference.cache)
@@ -206,12 +206,12 @@ class InModelValidator:
         return logits, session.layers
 
     def sparse(self, reference: DenseReference, attention: ResearchAttention,
-               observer: Optional[Observer] = None) -> Figures:
+               observer: Optional[Observer] = None) -> InModelFigures:
         """The chain's figures on ``reference``'s window (:func:`compare_logits` + layers)."""
         start = time.perf_counter()
         logits, layers = self.sparse_logits(reference, attention, observer)
         figures = compare_logits(reference.dense_distribution(), logits)
-        return Figures(density=sum(lf.density for lf in layers) / len(layers),
+        return InModelFigures(density=sum(lf.density for lf in layers) / len(layers),
                        per_layer=list(layers), seconds=time.perf_counter() - start, **figures)
 
 

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from sah.inmodel.interface import LayerFigures
+from sah.inmodel.interface import InModelLayerFigures
 
 #: The figures of one (config, text) pair whose means are taken over a config's texts.
 MEAN_KEYS = ("kl", "top1_agreement", "ppl_ratio", "density", "seconds")
 
 
 @dataclass
-class Figures:
+class InModelFigures:
     """A chain on one window, over its ``P`` sparse positions."""
 
     kl: float                 # mean KL(dense || sparse) of the next-token distributions
@@ -39,11 +39,11 @@ class Figures:
     nll_dense: float
     nll_sparse: float
     density: float            # mean over layers of the in-model density
-    per_layer: List[LayerFigures] = field(default_factory=list)
+    per_layer: List[InModelLayerFigures] = field(default_factory=list)
     seconds: float = 0.0      # the sparse chunk: forward pass with the chain in every layer
 
     @property
-    def worst_layer(self) -> Optional[LayerFigures]:
+    def worst_layer(self) -> Optional[InModelLayerFigures]:
         return max(self.per_layer, key=lambda lf: lf.output_error) if self.per_layer else None
 
 
@@ -54,7 +54,7 @@ class PairResult:
     text_sha256: str
     token_start: int
     token_end: int
-    figures: Figures
+    figures: InModelFigures
 
     def to_dict(self) -> Dict[str, Any]:
         f = self.figures

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sah.allocation import (AllocationResult, Curves, Figures, allocate_chain, budget_field,
+from sah.allocation import (AllocationResult, Curves, ChainFigures, allocate_chain, budget_field,
                             default_sizes, measure_curves)
 from sah.attention import ResearchAttentionConfig
 from sah.runs.artefacts import RunArtefacts
@@ -230,26 +230,26 @@ class RunAllocation:
     points: Dict[str, int]
     uniform_row: Optional[Dict[str, Any]]
     uniform_config: ResearchAttentionConfig      # resolved (weights in memory)
-    uniform: Figures                             # on the scored recordings
+    uniform: ChainFigures                             # on the scored recordings
     uniform_layers: np.ndarray                   # (R, L) error, (from per_layer.csv)
     result: AllocationResult
     config: ResearchAttentionConfig              # allocated, as written (names weight files)
     curve_seconds: float
     seconds: float
     heldout: Optional[str] = None
-    heldout_figures: Dict[str, Figures] = field(default_factory=dict)   # uniform, allocated
+    heldout_figures: Dict[str, ChainFigures] = field(default_factory=dict)   # uniform, allocated
     kl: Dict[str, float] = field(default_factory=dict)                  # uniform, allocated
     validation: Dict[str, Any] = field(default_factory=dict)
 
     @property
-    def allocated(self) -> Figures:
+    def allocated(self) -> ChainFigures:
         return self.result.allocated
 
-    def reduction(self, uniform: Figures, allocated: Figures) -> Optional[float]:
+    def reduction(self, uniform: ChainFigures, allocated: ChainFigures) -> Optional[float]:
         return None if uniform.output_error <= 0 else 1 - allocated.output_error / uniform.output_error
 
 
-def _uniform_figures(ctx: RunContext, spec: Any, row: Dict[str, Any]) -> Tuple[Figures, np.ndarray]:
+def _uniform_figures(ctx: RunContext, spec: Any, row: Dict[str, Any]) -> Tuple[ChainFigures, np.ndarray]:
     per = {lab: (row[f"output_error[{lab}]"], row[f"density[{lab}]"]) for lab in ctx.labels
            if row.get(f"output_error[{lab}]") is not None}
     if len(per) != len(ctx.labels):  # a run of one recording keeps only the means
@@ -260,7 +260,7 @@ def _uniform_figures(ctx: RunContext, spec: Any, row: Dict[str, Any]) -> Tuple[F
     for label, layer, e, _ in ctx.per_layer.get((spec.name, row["trial"])) or []:
         if label in where and layer in col:
             layers[where[label], col[layer]] = e
-    return Figures(row["output_error"], row["density"], per), layers
+    return ChainFigures(row["output_error"], row["density"], per), layers
 
 
 def allocate_run_chain(ctx: RunContext, chain: str, density: float, per_head: bool,
@@ -295,7 +295,7 @@ def allocate_run_chain(ctx: RunContext, chain: str, density: float, per_head: bo
         uniform, uniform_layers = _uniform_figures(ctx, spec, row)
     else:  # the run has no config at density <= T: the best measured uniform size
         best = curves.best_uniform(density)
-        uniform = result.uniform if result.uniform is not None else Figures(math.nan, math.nan)
+        uniform = result.uniform if result.uniform is not None else ChainFigures(math.nan, math.nan)
         uniform_layers = (curves.error[:, best] if best is not None
                           else np.full((len(ctx.labels), len(ctx.layers)), np.nan))
     masker = dataclasses.replace(written.masker_configs[index],

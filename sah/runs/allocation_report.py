@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sah.allocation import Figures
+from sah.allocation import ChainFigures
 from sah.runs.allocate import RunAllocation, RunContext
 from sah.infra.files import atomic_write_bytes, atomic_write_text
 
@@ -20,7 +20,7 @@ def _num(x: Optional[float], digits: int = 4) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
 
-def _pct(uniform: Optional[Figures], allocated: Optional[Figures]) -> str:
+def _pct(uniform: Optional[ChainFigures], allocated: Optional[ChainFigures]) -> str:
     if uniform is None or allocated is None or not uniform.output_error:
         return "-"
     return f"{100 * (allocated.output_error / uniform.output_error - 1):+.1f}%"
