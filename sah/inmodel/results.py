@@ -17,12 +17,11 @@ JSON layout (:meth:`ValidationResults.to_dict`)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from sah.infra.files import atomic_write_text
 from sah.inmodel.interface import InModelLayerFigures
 
 #: The figures of one (config, text) pair whose means are taken over a config's texts.
@@ -115,20 +114,7 @@ class ValidationResults:
     def write_json(self, path: Union[str, Path]) -> Path:
         """Write :meth:`to_dict` atomically (a temp file next to ``path``, then renamed)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(self.to_dict(), indent=2) + "\n").encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     def table(self) -> str:

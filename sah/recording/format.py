@@ -33,9 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -43,6 +41,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from sah.context import AttentionContext
+from sah.infra.files import atomic_write_with
 
 FORMAT_NAME = "sah-recording"
 FORMAT_VERSION = 2
@@ -234,17 +233,8 @@ def write_raw_recording(tensors: Dict[str, torch.Tensor], metadata: Dict[str, An
                                         else FORMAT_VERSION)
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    header = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
+    return atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def save_recording(recording: Recording, path: Union[str, Path],
