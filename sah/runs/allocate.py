@@ -68,6 +68,14 @@ class RunContext:
     artefacts: Optional[RunArtefacts] = None
     cache: Any = None
 
+    def use_recordings(self, scored: Sequence[Tuple[str, Any]]) -> None:
+        """Score on these ``[(label, Recording)]`` (a run in progress already holds them)."""
+        from sah.evaluate import ContextCache
+        self.labels = [label for label, _ in scored]
+        self.recordings = [rec for _, rec in scored]
+        self.layers = list(self.study.layers or self.recordings[0].layer_ids)
+        self.cache = ContextCache(max_recordings=len(self.recordings) + 1)
+
     def load_recordings(self) -> None:
         """The run's scored recordings, refused when their content changed since the run."""
         if self.recordings:
@@ -96,10 +104,7 @@ class RunContext:
         self.cache = ContextCache(max_recordings=len(self.recordings) + 1)
 
 
-def open_run(run_dir: Path) -> RunContext:
-    """The run folder read for allocation (refused without ``per_layer.csv``)."""
-    run_dir = Path(run_dir)
-    study, rows, meta = load_run(run_dir)
+def _per_layer_table(run_dir: Path) -> Dict[Tuple[str, int], List[Tuple[str, int, float, float]]]:
     path = run_dir / "per_layer.csv"
     if not path.is_file():
         raise FileNotFoundError(
@@ -112,8 +117,29 @@ def open_run(run_dir: Path) -> RunContext:
             table.setdefault((raw["chain"], int(raw["trial"])), []).append(
                 (raw["recording"], int(raw["layer"]), float(raw["output_error"]),
                  float(raw["density"])))
+    return table
+
+
+def open_run(run_dir: Path) -> RunContext:
+    """A finished run folder read back for ``sah allocate`` (refused without
+    ``per_layer.csv``): its study from ``run.yaml``, its trials, its recordings on demand."""
+    run_dir = Path(run_dir)
+    study, rows, meta = load_run(run_dir)
+    table = _per_layer_table(run_dir)
     return RunContext(run_dir, study, rows, meta, table,
                       artefacts=RunArtefacts.of_run(study, run_dir))
+
+
+def run_in_progress(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
+                    scored: Sequence[Tuple[str, Any]]) -> RunContext:
+    """The run a study step is finishing, from what the step already holds: the study,
+    its trial rows and its scored recordings ``[(label, Recording)]`` (nothing re-read or
+    re-parsed but the per-layer table the run just wrote)."""
+    run_dir = Path(run_dir)
+    ctx = RunContext(run_dir, study, rows, {}, _per_layer_table(run_dir),
+                     artefacts=RunArtefacts.of_run(study, run_dir))
+    ctx.use_recordings(scored)
+    return ctx
 
 
 def allocatable(study: Any, chain_name: str) -> Tuple[Any, int, str]:

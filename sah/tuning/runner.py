@@ -235,7 +235,8 @@ def _run_study(options: RunOptions) -> Path:
     log.info("phase outputs: %.2f s", time.time() - out_started)
     if study.allocate is not None and not interrupted:  # after tuning, before validation
         from sah.tuning.steps.allocation import write_allocations
-        write_allocations(run_dir, study, progress=options.progress)
+        write_allocations(run_dir, study, [(r.label, r.recording) for r in sets.scored],
+                          progress=options.progress)
         with signals_deferred():  # only now is the run complete (--resume allocates again)
             progress.save(outputs_written=True)
     if interrupted:

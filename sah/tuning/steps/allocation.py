@@ -1,8 +1,9 @@
 """A study's ``allocate:`` section (:mod:`sah.study.allocate`), run after the other
 outputs: ``tuned/<chain>.allocated.density_<t>.yaml`` for each chain and target, and the
 allocation section of ``summary.md`` (uniform vs allocated, density and output error on
-the scored recordings). Reads the run folder back (``trials.csv``, ``per_layer.csv``,
-``run.yaml``), so a resumed run allocates exactly as an uninterrupted one. A chain or
+the scored recordings). Takes the study and scored recordings the run holds and reads
+back only the tables the run wrote (``trials.csv``, ``per_layer.csv``), so a resumed run allocates exactly
+as an uninterrupted one. A chain or
 target that cannot be allocated (for example a target below the chain's least density)
 is listed in the section instead of failing the run."""
 
@@ -10,30 +11,37 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
-from sah.infra.files import atomic_write_text
 from sah.infra.checks import ConfigError
+from sah.infra.files import atomic_write_text
+from sah.infra.threads import torch_threads
+from sah.runs import allocation_report as report
+from sah.runs.allocate import allocate_run_chain, run_in_progress
+from sah.runs.outputs.trials import read_trials
 
 
 def allocated_name(chain: str, target: float) -> str:
     return f"{chain}.allocated.density_{target:g}.yaml"
 
 
-def write_allocations(run_dir: Path, study: Any, progress: bool = False) -> List[Path]:
-    """Allocate every chain of ``study.allocate`` at every target; returns the files written."""
+def write_allocations(run_dir: Path, study: Any, scored: Sequence[Tuple[str, Any]],
+                      progress: bool = False) -> List[Path]:
+    """Allocate every chain of ``study.allocate`` at every target; returns the files written.
+    ``scored``: the run's scored recordings ``[(label, Recording)]``. The trial rows are read
+    from the ``trials.csv`` the run just wrote, as ``sah allocate`` reads them, so both
+    allocate from the same figures."""
     spec = study.allocate
     if spec is None:
         return []
-    from sah.infra.threads import torch_threads
     with torch_threads(1):  # small tensor ops: one thread is fastest (sah allocate --threads)
-        return _write(Path(run_dir), spec, progress)
+        rows = read_trials(Path(run_dir), study)
+        ctx = run_in_progress(Path(run_dir), study, rows, scored)
+        return _write(ctx, spec, progress)
 
 
-def _write(run_dir: Path, spec: Any, progress: bool) -> List[Path]:
-    from sah.runs import allocation_report as report
-    from sah.runs.allocate import allocate_run_chain, open_run
-    ctx = open_run(run_dir)
+def _write(ctx: Any, spec: Any, progress: bool) -> List[Path]:
+    run_dir = ctx.run_dir
     curves: Dict[str, Any] = {}
     results, errors, written = [], [], []
     for chain in spec.chains:
