@@ -3,7 +3,7 @@
     sah validate --config C.yaml [--config D.yaml ...] --text NAME_OR_FILE [--text ...] \\
                  --tokens 2048 --positions 128 [--model default|PATH] [--json OUT.json]
 
-The protocol is :mod:`sah.inmodel.protocol`'s (README, "Validating inside the model").
+The protocol is :mod:`sah.inmodel.protocol`'s (docs/validation.md).
 """
 
 from __future__ import annotations

@@ -238,8 +238,7 @@ def validation_markdown(study: Any, rows: Sequence[Dict[str, Any]],
     lines = ["", "## In-model validation", "",
              f"Picks {', '.join(f'`{p}`' for p in section.picks)} of each chain, run inside the "
              f"embedded model with the chain in every layer, on {', '.join(f'`{t}`' for t in section.texts)} "
-             f"({section.tokens} tokens, the last {section.positions} sparse; README, "
-             f"\"Validating inside the model\"): {len(points)} configs, "
+             f"({section.tokens} tokens, the last {section.positions} sparse; docs/validation.md): {len(points)} configs, "
              f"{_chunk_seconds(rows):.0f} s of sparse chunks"
              + "".join(f"; {what} {timing[key]:.0f} s" for key, what in
                        (("model_seconds", "model load"), ("dense_seconds", "dense passes"))

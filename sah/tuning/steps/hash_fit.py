@@ -117,7 +117,7 @@ def prepare_hash_attention(study: Study, fit_recordings: Any, run_dir: Path,
 
 #: torch threads while fitting: its operations are small (one layer's heads x queries x
 #: keys), and two threads on a busy 2-core machine were about 9x slower than one
-#: (benchmark/RESULTS.md, section 5)
+#: (benchmark/RESULTS.md, section 8)
 FIT_THREADS = 1
 
 

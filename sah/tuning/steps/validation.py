@@ -28,9 +28,8 @@ from sah.study.validate import BEST, pick_name
 
 VALIDATION_CSV = "validation.csv"
 #: torch threads of the validation step (the driver's; Ray has stopped by then). One, as
-#: the HashAttention fit: on shared cores two threads wait for each other (RESULTS.md,
-#: sections 5 and 6: ``sah validate`` measured with one thread took 2.9-11.5 s per config,
-#: the default study's validation with two took 5-27 s per config at a similar load).
+#: the HashAttention fit: on shared cores two threads wait for each other (one thread
+#: against two: benchmark/RESULTS.md section 6 and benchmark/CHANGELOG.md).
 VALIDATION_THREADS = 1
 
 
