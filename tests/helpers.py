@@ -1,5 +1,6 @@
-"""Brute-force references for the tests: plain loops, obviously correct, slow on purpose
-(attention, sink + local on a recording, the Pareto front)."""
+"""Helpers for the tests: brute-force references (plain loops or plain float64 formulas,
+obviously correct, slow on purpose: attention, the Horvitz-Thompson estimate, sink + local
+on a recording, the Pareto front), random inputs, and a chain built from configs."""
 
 import math
 from typing import List, Sequence, Tuple
@@ -62,6 +63,35 @@ def sparse_attention_ref(queries, keys, values, scaling, positions, weights=None
                 for c in range(d):
                     out[bi, hi, qi, c] = num[c] / den
     return out, empty
+
+
+def chain(*configs):
+    """The ResearchAttention of a chain of masker configs."""
+    from sah import ResearchAttention, ResearchAttentionConfig
+    return ResearchAttention.create_from_config(ResearchAttentionConfig(list(configs)))
+
+
+def call(attention, queries, keys, values, **kwargs):
+    """``attention.custom_attention`` as a model calls it (layer 0, no module, no mask)."""
+    return attention.custom_attention(None, queries, keys, values, None, None, 0.0, {},
+                                      layer_idx=0, **kwargs)
+
+
+def estimate_ref(q, k, v, pos, w, scaling=None, allowed_extra=None):
+    """Plain float64 Horvitz-Thompson estimate, GQA by repetition, shift by the active max."""
+    g = q.shape[1] // k.shape[1]
+    kk, vv = k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    logits = q.double() @ kk.transpose(-1, -2) * scale
+    allowed = torch.arange(k.shape[2]).view(1, -1) <= pos.view(-1, 1)
+    if allowed_extra is not None:
+        allowed = allowed & allowed_extra
+    active = allowed & (w > 0)
+    m = logits.masked_fill(~active, float("-inf")).amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    u = torch.where(active, torch.exp(logits - m) / w.double(), torch.zeros(()).double())
+    den = u.sum(-1, keepdim=True)
+    return (u @ vv) / torch.where(den > 0, den, torch.ones_like(den))
 
 
 def random_qkv(b=2, h=6, hk=2, q=5, n=23, d=8, seed=0, dtype=torch.float32):

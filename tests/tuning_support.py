@@ -75,6 +75,14 @@ def recording_fixture(name="rec.safetensors", **shape):
     return rec_path
 
 
+def chain_file(folder):
+    """A sink(4) + local(8) chain config file (what `sah resources/patterns --config` read)
+    written to folder/chain.yaml; returns its path as a str."""
+    from sah import LocalMaskerConfig, ResearchAttentionConfig, SinkMaskerConfig
+    cfg = ResearchAttentionConfig([SinkMaskerConfig(sink_size=4), LocalMaskerConfig(window_size=8)])
+    return str(cfg.to_file(folder / "chain.yaml"))
+
+
 def write_study(path, data):
     """Write a study to ``path``: a dict as YAML, a str as it is, bytes as they are (for
     files that are not valid text). Returns the path."""
@@ -109,6 +117,30 @@ def assert_refused(tmp_path, data, *fragments, overrides=None):
         assert fragment in message, message
     assert not results.exists()  # nothing written
     return message
+
+
+def sink_local_and_strided(rec, name, **extra):
+    """A small study on ``rec``: random sink + local (6 samples, 3 per Ray trial) and a 2x2
+    strided grid; ``extra`` keys override."""
+    data = {"name": name, "recording": str(rec), "searcher": "random", "num_samples": 6,
+            "seed": 1, "density_targets": [0.3], "configs_per_trial": 3, "chains": [
+                {"name": "sink_local", "maskers": [
+                    {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 8}},
+                    {"type": "LocalMaskerConfig",
+                     "window_size": {"search": "uniform", "low": 0.05, "high": 0.5}}]},
+                {"name": "strided", "searcher": "grid", "maskers": [
+                    {"type": "StridedPatternConfig", "window_size": {"search": "grid", "values": [4, 8]},
+                     "stride": {"search": "grid", "values": [4, 16]}}]}]}
+    data.update(extra)
+    return data
+
+
+def error_line(err, command):
+    """The one ``sah <command>: error:`` line of a command's stderr (and no traceback)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"sah {command}: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
 
 
 def two_experiments(second_maskers):
