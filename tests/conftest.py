@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tuning_support import recording_fixture
+
 # Keep CPU tests reproducible and polite on 2-core machines.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -12,6 +14,10 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def rng():
     return torch.Generator().manual_seed(1234)
 
+
+# the small synthetic recording (tuning_support.SMALL), saved once per module; a module that
+# needs another one assigns its own ``rec_path = recording_fixture(...)``
+rec_path = recording_fixture()
 
 
 TESTS = Path(__file__).resolve().parent

@@ -1,5 +1,4 @@
-"""Issue 13 phase 2: ``sah allocate`` on a real (small) run and a study's ``allocate:``
-section. A real Ray Tune study on small synthetic recordings with text spans; the CLI's
+"""``sah allocate`` on a real (small) run and a study's ``allocate:`` section. A real Ray Tune study on small synthetic recordings with text spans; the CLI's
 written config is loaded and evaluated again, refusals write nothing, and a run stopped
 after tuning allocates on ``--resume``."""
 
@@ -14,24 +13,17 @@ from sah.allocation import evaluate_figures
 from sah.attention import ResearchAttentionConfig
 from sah.cli import main
 from sah.evaluate import evaluate_config
-from sah.recording import load_recording, make_synthetic_recording, save_recording
+from sah.recording import load_recording
 from sah.tuning.runner import RunOptions, run_study
 from sah.study.parse import parse_study
 from sah.infra.checks import ConfigError
+from tuning_support import save_synthetic, write_study
 
 SHAPE = dict(num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16, num_keys=256, num_queries=4)
 TARGET = 0.3
 
 
-def make(path, seed, text):
-    rec = make_synthetic_recording(seed=seed, **SHAPE)
-    rec.metadata.update({"text_name": text, "text_sha256": (text * 64)[:64],
-                         "token_start": 0, "token_end": 256})
-    save_recording(rec, path)
-    return path
-
-
-def study_data(recs, **extra):
+def alloc_study(recs, **extra):
     data = {
         "name": "alloc", "recordings": [str(recs["alpha"]), str(recs["beta"])],
         "density_targets": [TARGET], "searcher": "grid", "layers_per_report": 3,
@@ -53,10 +45,9 @@ def study_data(recs, **extra):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("alloc")
-    recs = {name: make(d / f"{name}.safetensors", seed, text)
+    recs = {name: save_synthetic(d / f"{name}.safetensors", text, 0, 256, seed=seed, **SHAPE)
             for name, seed, text in (("alpha", 1, "a"), ("beta", 2, "b"), ("gamma", 3, "c"))}
-    study = d / "alloc.yaml"
-    study.write_text(yaml.safe_dump(study_data(recs), sort_keys=False))
+    study = write_study(d / "alloc.yaml", alloc_study(recs))
     run_dir = run_study(RunOptions(config=str(study), results_dir=str(d / "results"),
                                    progress=False))
     return run_dir, recs, study
@@ -179,7 +170,7 @@ def test_cli_allocate_refuses_a_heldout_the_allocation_used(run, tmp_path, capsy
 def test_study_allocate_section_refusals(run, section, message):
     _, recs, _ = run
     with pytest.raises(ConfigError, match=None) as info:
-        parse_study(study_data(recs, allocate=section), "s.yaml")
+        parse_study(alloc_study(recs, allocate=section), "s.yaml")
     assert str(info.value).startswith("s.yaml: ") and message in str(info.value)
 
 

@@ -2,7 +2,6 @@
 auth), trial resources checked against the cluster before anything is written, and the
 device a trial computes on (the placement logic, on CPU: no GPU is needed)."""
 
-import csv
 import math
 import time
 
@@ -10,18 +9,19 @@ import pytest
 import yaml
 
 from cluster_support import clean_env, finish_all, run_cli, start_cli, two_node_cluster
-from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.cluster import check_trial_resources, pick_device, trial_request
 from sah.tuning.runner import RunOptions, run_study
 from sah.infra.checks import ConfigError
+from tuning_support import read_csv, recording_fixture, write_study
 
 STABLE = ("chain", "trial", "status", "SinkMaskerConfig_sink_size",
           "LocalMaskerConfig_window_size", "HashAttentionTopKMaskerConfig_heavy_size",
           "output_error", "density", "score", "aux_bits_per_token")
 
 
-def write_study(path, rec, pinned=False, **extra):
-    """Two chains; ``pinned``: sink_local's trials on node_a, hat's on node_b."""
+def write_scale_study(path, rec, pinned=False, **extra):
+    """Write the study of two chains on ``rec`` to ``path``; ``pinned``: sink_local's trials
+    on node_a, hat's on node_b."""
     sink_local = {"name": "sink_local", "maskers": [
         {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 16}},
         {"type": "LocalMaskerConfig", "window_size": {"search": "uniform", "low": 0.02, "high": 0.3}}]}
@@ -35,22 +35,11 @@ def write_study(path, rec, pinned=False, **extra):
             "seed": 3, "density_targets": [0.2], "configs_per_trial": 2,
             "fit_hash_attention": {"bits": 8, "steps": 3, "hat_mlp_layers": 1},
             "chains": [sink_local, hat], **extra}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_study(path, data)
 
 
-@pytest.fixture(scope="module")
-def rec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "rec.safetensors"
-    save_recording(make_synthetic_recording(num_layers=2, num_heads=4, num_kv_heads=2,
-                                            head_dim=32, num_keys=256, num_queries=8, seed=1),
-                   path)
-    return path
-
-
-def rows_of(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+rec = recording_fixture(num_heads=4, num_kv_heads=2, head_dim=32, num_keys=256, num_queries=8,
+                        seed=1)
 
 
 # ---------------------------------------------------------------------- placement logic
@@ -156,12 +145,12 @@ def test_impossible_resources_are_refused_before_anything_is_written(rec, tmp_pa
     if "resources_per_trial" in change:
         extra["resources_per_trial"] = change.pop("resources_per_trial")
     if "chain_resources" in change:
-        path = write_study(tmp_path / "s.yaml", rec)
+        path = write_scale_study(tmp_path / "s.yaml", rec)
         data = yaml.safe_load(path.read_text())
         data["chains"][1]["resources_per_trial"] = change.pop("chain_resources")
         path.write_text(yaml.safe_dump(data))
     else:
-        path = write_study(tmp_path / "s.yaml", rec, **extra)
+        path = write_scale_study(tmp_path / "s.yaml", rec, **extra)
     results = tmp_path / "results"
     with pytest.raises(ConfigError, match=message) as info:
         run_study(RunOptions(config=str(path), results_dir=str(results), progress=False, **change))
@@ -171,7 +160,7 @@ def test_impossible_resources_are_refused_before_anything_is_written(rec, tmp_pa
 
 
 def test_cli_refuses_impossible_resources_in_seconds(rec, tmp_path):
-    study = write_study(tmp_path / "s.yaml", rec)
+    study = write_scale_study(tmp_path / "s.yaml", rec)
     results = tmp_path / "results"
     for flag, value, reason in (("--cpus-per-trial", "inf", "finite"),
                                 ("--cpus-per-trial", "1000", "largest node of this machine's local Ray")):
@@ -189,8 +178,8 @@ def test_cli_refuses_impossible_resources_in_seconds(rec, tmp_path):
 @pytest.mark.slow
 def test_two_node_cluster_runs_a_study_like_one_node(rec, tmp_path):
     started = time.time()
-    study = write_study(tmp_path / "pinned.yaml", rec, pinned=True)
-    single = write_study(tmp_path / "single.yaml", rec)
+    study = write_scale_study(tmp_path / "pinned.yaml", rec, pinned=True)
+    single = write_scale_study(tmp_path / "single.yaml", rec)
     storage = tmp_path / "shared_storage"  # "every node can reach it": same machine here
     with two_node_cluster() as cluster:
         up = time.time() - started
@@ -223,7 +212,7 @@ def test_two_node_cluster_runs_a_study_like_one_node(rec, tmp_path):
     assert not (tmp_path / "refused").exists()
     wall = time.time() - started
 
-    rows = rows_of(run_dir / "trials.csv")
+    rows = read_csv(run_dir / "trials.csv")
     assert len(rows) == 6 + 4 and all(r["status"] == "completed" for r in rows)
     # trials ran on both nodes, each chain on the node its custom resource pins it to
     assert {r["node_id"] for r in rows} == set(nodes)
@@ -242,7 +231,7 @@ def test_two_node_cluster_runs_a_study_like_one_node(rec, tmp_path):
         assert (run_dir / name).is_file(), name
 
     # the single-node run of the same seed gives the same figures and files
-    local_rows = rows_of(local_dir / "trials.csv")
+    local_rows = read_csv(local_dir / "trials.csv")
     assert not {r["node_id"] for r in local_rows} & set(nodes)  # its own Ray, not the cluster
     assert [[r[k] for k in STABLE] for r in rows] == [[r[k] for k in STABLE] for r in local_rows]
     for name in ("pareto.json", "pareto.png", "tuned/sink_local.yaml", "tuned/hat.yaml",

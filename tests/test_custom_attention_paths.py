@@ -1,4 +1,4 @@
-"""The fast paths of ``custom_attention`` (issue 16) against plain references: exact picks,
+"""The fast paths of ``custom_attention`` against plain references: exact picks,
 outputs within 1e-5 (float32 sums in another order), in ``custom_attention`` as in
 evaluation (fresh and shared contexts)."""
 
@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-from helpers import random_qkv
+from helpers import chain, estimate_ref, random_qkv
 from sah import (AdaptiveSamplingMaskerConfig, AttentionContext, HashAttentionTopKMaskerConfig,
                  LocalMaskerConfig, MagicPigConfig, Mask, OracleTopKConfig,
                  OracleTopPMaskerConfig, QuestTopKMaskerConfig, RandomSamplingMaskerConfig,
-                 ResearchAttention, ResearchAttentionConfig, SinkMaskerConfig,
-                 StridedPatternConfig)
+                 SinkMaskerConfig, StridedPatternConfig)
 from sah.estimator import evaluate_mask, sparse_attention
 from sah.maskers.magic_pig import KEPT_CODES_KEY, collision_probability
 from sah.maskers.random_sampling import random_ranks, smallest_positions
@@ -20,27 +19,6 @@ from sah.maskers.top_k import (recent_first_order, top_k_positions, top_k_positi
                                top_p_positions, top_p_positions_fast)
 
 TOL = 1e-5
-
-
-def chain(*configs):
-    return ResearchAttention.create_from_config(ResearchAttentionConfig(list(configs)))
-
-
-def estimate_ref(q, k, v, pos, w, scaling=None, allowed_extra=None):
-    """Plain float64 Horvitz-Thompson estimate, GQA by repetition, shift by the active max."""
-    g = q.shape[1] // k.shape[1]
-    kk, vv = k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    logits = q.double() @ kk.transpose(-1, -2) * scale
-    allowed = torch.arange(k.shape[2]).view(1, -1) <= pos.view(-1, 1)
-    if allowed_extra is not None:
-        allowed = allowed & allowed_extra
-    active = allowed & (w > 0)
-    m = logits.masked_fill(~active, float("-inf")).amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    u = torch.where(active, torch.exp(logits - m) / w.double(), torch.zeros(()).double())
-    den = u.sum(-1, keepdim=True)
-    return (u @ vv) / torch.where(den > 0, den, torch.ones_like(den))
 
 
 def random_scores(seed, shape=(2, 3, 4, 97), ties=False):

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from helpers import allowed_ref, logits_ref, random_qkv, sparse_attention_ref
+from helpers import allowed_ref, chain, logits_ref, random_qkv, sparse_attention_ref
 from sah import (AttentionContext, Mask, ResearchAttention, ResearchAttentionConfig,
-                 output_error, sparse_attention)
+                 SinkMaskerConfig, output_error, sparse_attention)
 from sah.estimator import evaluate_mask, horvitz_thompson_weights, per_head_output_error
 
 
@@ -231,3 +231,32 @@ def test_gathered_path_padded_and_scattered_layouts(monkeypatch, uneven):
     ref, empty = sparse_attention_ref(queries, keys, values, 0.5, pos, weights=w)
     assert out.empty_rows == empty
     assert torch.allclose(out.output.double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["dense", "gathered", "weights"])
+def test_an_active_key_far_below_the_row_maximum_does_not_underflow_on_any_path(monkeypatch,
+                                                                                path):
+    """With q = [30, 0], k0 = [-4, 0], k1..k3 = [4, 0] and Sink(1), the only active key k0
+    sits 240 logits below the row maximum (an inactive key). Every path (dense, gathered,
+    custom_attention's weights) shifts by the max over ACTIVE keys: it returns v0 and
+    counts no empty row (shifting by the row maximum would underflow to 0)."""
+    import sah.estimator as est
+    q = torch.tensor([[[[30.0, 0.0]]]])
+    k = torch.tensor([[[[-4.0, 0.0], [4.0, 0.0], [4.0, 0.0], [4.0, 0.0]]]])
+    v = torch.tensor([[[[1.0, 2.0], [5.0, 5.0], [6.0, 6.0], [7.0, 7.0]]]])
+    attention = chain(SinkMaskerConfig(1))
+    ctx = AttentionContext(q, k, v, scaling=1.0)
+    mask = attention.compute_mask(ctx)
+    if path == "dense":  # logits computed, tiny values: evaluation's dense path
+        monkeypatch.setattr(est, "SPARSE_PATH_MAX_DENSITY_WITH_LOGITS", 0.0)
+        ctx.dense_output
+        result = sparse_attention(ctx, mask)
+        assert evaluate_mask(ctx, mask).empty_rows == 0
+    elif path == "gathered":
+        result = sparse_attention(ctx, mask)
+    else:
+        out, weights = attention.custom_attention(None, q, k, v, None, 1.0, return_weights=True)
+        assert torch.equal(weights[0, 0, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+        result = est.SparseOutput(out, 0)
+    assert result.empty_rows == 0
+    assert torch.equal(result.output[0, 0, 0], torch.tensor([1.0, 2.0]))

@@ -6,7 +6,8 @@ import pytest
 from sah import LocalMaskerConfig, ResearchAttentionConfig, SinkMaskerConfig
 from sah.evaluate import (ContextCache, evaluate_config, iter_evaluation, layer_groups,
                           recording_key)
-from tuning_support import random_recording, sink_local_error_ref
+from helpers import sink_local_error_ref
+from tuning_support import random_recording
 
 
 def sink_local(sink, window):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -155,3 +157,28 @@ def test_binary_form_matches_the_float_form():
     row[..., :3] = True
     sink = Mask.from_bool(row, shape)
     assert torch.equal(sink.merge(a).to_dense(), (a_bool | row).float())
+
+
+@pytest.mark.parametrize("bad,what", [(1.5, "1.5"), (-0.25, "-0.25"), (float("nan"), "NaN")])
+def test_from_dense_refuses_weights_outside_0_1(bad, what):
+    """Mask.from_dense refuses a weight above 1, below 0 or NaN, naming the value, its
+    index and the range; weights in range are accepted."""
+    w = torch.zeros(1, 2, 3, 5)
+    w[0, 1, 2, 4] = bad
+    with pytest.raises(ValueError, match=re.escape(what) + r".*\(0, 1, 2, 4\).*\[0, 1\]"):
+        Mask.from_dense(w)
+    Mask.from_dense(w.nan_to_num(0.0).clamp(0, 1))  # in range: accepted
+
+
+@pytest.mark.parametrize("column", [5, 7, -1])
+def test_from_sparse_refuses_columns_outside_the_keys_bad_weights_and_unsorted_rows(column):
+    """Mask.from_sparse refuses a column index outside the keys (at once, not later), a
+    weight above 1, and rows that are not sorted and duplicate-free."""
+    shape = (1, 1, 2, 5)
+    ptr = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=f"column index {column} is outside the 5 keys"):
+        Mask.from_sparse(shape, torch.tensor([0, column]), ptr, torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match=r"weight 2\.0"):
+        Mask.from_sparse(shape, torch.tensor([0, 3]), ptr, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="sorted and duplicate-free"):
+        Mask.from_sparse(shape, torch.tensor([3, 1]), torch.tensor([0, 2, 2]), torch.tensor([1.0, 1.0]))

@@ -1,5 +1,6 @@
-"""Every data-dependent masker in chains with GQA and decode-style queries; the large decode
-chain of the issue; one sampling masker per chain; auxiliary memory; config validation."""
+"""Every data-dependent masker in chains with GQA and decode-style queries; a large decode
+chain (sink + local + oracle top-k + adaptive sampling); one sampling masker per chain;
+auxiliary memory; config validation."""
 
 import math
 

@@ -1,8 +1,9 @@
-"""HashAttention weights: file formats, the pickle guard, size checks, seeded random
-initialisation, and fitting on a recording the test makes (fitted top-k recall must clearly
-beat the random initialisation)."""
+"""HashAttention weights: file formats, the pickle guard, size and finiteness checks, seeded
+random initialisation, and fitting on a recording the test makes (fitted top-k recall must
+clearly beat the random initialisation; each layer's progress is reported)."""
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from sah.maskers.base import ResearchMasker
 from sah.maskers.hash_attention import random_hat_weights
 from sah.infra.pickle_opt_in import allow_pickle
 from sah.maskers.hash_attention_fit import hash_top_k_recall
+from sah.recording import make_synthetic_recording
 from sah.recording.format import LayerRecording, Recording
+from tuning_support import SMALL
 
 H, HK, D = 4, 2, 16
 
@@ -138,3 +141,49 @@ def test_random_initialisation_is_seeded():
     assert not torch.equal(scores(1), scores(2))
     assert not torch.equal(scores(1, 0), scores(1, 1))
     assert torch.equal(scores(1, 1), scores(2, 0))  # seed is hat_init_seed + layer
+
+
+def test_weights_with_nan_or_inf_are_refused():
+    """HashAttention weights holding NaN or inf are refused, naming the tensor; finite ones
+    are accepted."""
+    weights = {"query_matrix": [torch.randn(4, 8, 6)], "query_bias": [torch.zeros(4, 6)],
+               "key_matrix": [torch.randn(2, 8, 6)], "key_bias": [torch.zeros(2, 6)]}
+    for name, bad in (("key_matrix", float("nan")), ("query_bias", float("inf"))):
+        broken = {key: [t.clone() for t in ts] for key, ts in weights.items()}
+        broken[name][0].view(-1)[3] = bad
+        cfg = HashAttentionTopKMaskerConfig(heavy_size=2, hat_bits=6, hat_mlp_layers=1,
+                                            hat_mlp_hidden_size=6, hat_weights={0: broken})
+        with pytest.raises(ConfigError, match=f"{name}\\[0\\] contains NaN or infinite values"):
+            ResearchMasker.create_from_config(cfg)
+    ResearchMasker.create_from_config(HashAttentionTopKMaskerConfig(
+        heavy_size=2, hat_bits=6, hat_mlp_layers=1, hat_mlp_hidden_size=6, hat_weights={0: weights}))
+
+
+def test_fitting_reports_each_layer_and_a_run_prints_what_it_fits(tmp_path, capfd, monkeypatch):
+    """The fit reports each layer (with its duration) to a callback, and a run's fit step
+    prints what it fits, a progress bar over the layers and the resulting recall: never
+    minutes of silence."""
+    from sah.tuning.steps.hash_fit import prepare_hash_attention
+    from sah.study.parse import parse_study
+    monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))  # fitted here, not copied
+    rec = make_synthetic_recording(**{**SMALL, "num_layers": 3, "num_keys": 128, "seed": 1})
+    seen = []
+    fit_hash_attention(rec, hat_bits=4, hat_mlp_layers=1, hat_mlp_hidden_size=4, steps=2,
+                       on_layer=lambda *args: seen.append(args))
+    assert [s[:3] for s in seen] == [(0, 1, 3), (1, 2, 3), (2, 3, 3)]
+    assert all(isinstance(s[3], float) and s[3] > 0 for s in seen)
+
+    study = parse_study({"name": "p", "recording": "x",
+                         "fit_hash_attention": {"bits": 4, "steps": 2, "hat_mlp_layers": 1,
+                                                "hat_mlp_hidden_size": 5, "seed": 7},
+                         "chains": [{"name": "hat", "maskers": [
+                             {"type": "HashAttentionTopKMaskerConfig", "heavy_size": 0.2}]}]},
+                        "s.yaml")
+    capfd.readouterr()
+    prepare_hash_attention(study, {"fitrec": rec}, tmp_path / "run", {"scored": rec},
+                           progress=True)
+    err = capfd.readouterr().err
+    assert "sah: fitting HashAttention hash functions on fitrec: 3 layers, 2 steps each" in err
+    assert "HashAttention fit:" in err and "/3 [" in err  # the bar over the 3 layers
+    assert re.search(r"sah: HashAttention ready in [0-9.]+ s; top-k recall after \(before\) "
+                     r"fitting: fit fitrec [0-9.]+ \([0-9.]+\); scored scored [0-9.]+", err), err

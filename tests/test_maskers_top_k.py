@@ -1,6 +1,7 @@
 """Deterministic data-dependent maskers against brute-force references written here with
 plain loops: OracleTopK, OracleTopP, Quest and HashAttention top-k, with GQA, decode-style
-query positions, a user attention mask and an already-populated previous mask."""
+query positions, a user attention mask and an already-populated previous mask; and their
+stated edge cases (Quest's page count and multi-query choices, sign(0) = 0, ties)."""
 
 import math
 
@@ -10,7 +11,9 @@ import torch
 from sah import (AttentionContext, HashAttentionTopKMaskerConfig, Mask, OracleTopKConfig,
                  OracleTopPMaskerConfig, QuestTopKMaskerConfig, ResearchAttention,
                  ResearchAttentionConfig)
+from sah.estimator import sparse_attention
 from sah.maskers.base import ResearchMasker
+from helpers import call, chain, random_qkv
 
 B, H, HK, D, N = 2, 4, 2, 8, 48
 POSITIONS = torch.tensor([20, 33, 47])  # decode-style: query i sees keys [0, POSITIONS[i]]
@@ -265,3 +268,92 @@ def test_oracle_chain_with_gqa_uses_group_heads():
     attn = ResearchAttention.create_from_config(ResearchAttentionConfig([OracleTopKConfig(7)]))
     w = attn.compute_mask(ctx2).to_dense()
     assert torch.equal(w[:, 0], w[:, 1]) and not torch.equal(w[:, 0], w[:, 2])
+
+
+@pytest.mark.parametrize("heavy", [0, 0.01])
+def test_quest_with_a_heavy_size_of_zero_keys_still_takes_three_whole_pages(heavy):
+    """A heavy size that resolves to 0 keys still adds the spec's page count
+    min(P, max(3, T // page_size)): 3 whole pages per head."""
+    q, k, v = random_qkv(b=1, h=2, hk=1, q=1, n=64, d=8, seed=5)
+    ctx = AttentionContext(q, k, v)
+    mask = chain(QuestTopKMaskerConfig(heavy_size=heavy, page_size=4)).compute_mask(ctx)
+    active = mask.active()[0, :, 0]
+    assert active.sum(-1).tolist() == [12, 12]  # three whole pages of 4 keys per head
+    pages = active.view(2, 16, 4)
+    assert torch.equal(pages.any(-1), pages.all(-1))
+
+
+def test_quest_bounds_a_querys_own_page_by_its_seen_keys_and_skips_full_pages():
+    """With several queries, Quest bounds each query's own page by the keys up to that query
+    only, and skips pages whose allowed keys are all active. Both are sah's stated choices
+    beyond the spec (docs/maskers.md, Quest; tests/test_docs.py checks the page says so);
+    the spec's plain rule would pick other pages in both cases."""
+    # 24 keys in 6 pages of 4; queries at positions 12 and 23; q = e0 so a page's score
+    # is its largest channel-0 value
+    k = torch.zeros(1, 1, 24, 4)
+    for key, value in ((0, 2.0), (4, 3.0), (8, 1.0), (12, -1.0), (14, 50.0)):
+        k[0, 0, key, 0] = value
+    q = torch.zeros(1, 1, 2, 4)
+    q[..., 0] = 1.0
+    v = torch.randn(1, 1, 24, 4, generator=torch.Generator().manual_seed(0))
+    ctx = AttentionContext(q, k, v, query_positions=torch.tensor([12, 23]))
+    previous = torch.zeros(ctx.mask_shape, dtype=torch.bool)
+    previous[0, 0, 1, :8] = True  # query 1 already holds pages 0 and 1
+    masker = ResearchMasker.create_from_config(QuestTopKMaskerConfig(heavy_size=4, page_size=4))
+    out = masker.add_mask(k, q, v, None, ctx.scaling, 0.0, {}, Mask.from_bool(previous),
+                          context=ctx).active()[0, 0]
+    # query 0: its own page 3 is bounded by key 12 (-1) alone, not by the unseen key 14
+    # (50): pages 1, 0, 2 (scores 3, 2, 1) win -> keys 0..11
+    assert out[0].nonzero().flatten().tolist() == list(range(12))
+    # query 1: pages 0 and 1 are all active and skipped; pages 3 (50), 2 (1) and 5 (0, tied
+    # with page 4, the most recent first) are added -> keys 0..15 and 20..23
+    assert out[1].nonzero().flatten().tolist() == list(range(16)) + list(range(20, 24))
+
+
+def test_hash_attention_sign_of_zero_is_zero():
+    """The spec's sign() gives 0 for 0 (not +1): a key whose features are all zero scores 0,
+    below a key that agrees with the query on its one non-zero feature."""
+    from sah.maskers.hash_attention import signatures
+    assert signatures(torch.tensor([-2.0, 0.0, 3.0])).tolist() == [-1.0, 0.0, 1.0]
+    d, bits = 4, 2
+    # 1-layer hash: feature 0 = channel 0, feature 1 = channel 1 (same for queries and keys)
+    eye = torch.eye(d)[:, :bits]
+    weights = {"query_matrix": [eye.unsqueeze(0)], "query_bias": [torch.zeros(1, bits)],
+               "key_matrix": [eye.unsqueeze(0)], "key_bias": [torch.zeros(1, bits)]}
+    cfg = HashAttentionTopKMaskerConfig(heavy_size=1, hat_bits=bits, hat_mlp_layers=1,
+                                        hat_mlp_hidden_size=1, hat_weights={0: weights})
+    q = torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]]])
+    k = torch.zeros(1, 1, 6, d)
+    k[0, 0, 4] = torch.tensor([1.0, -1.0, 0.0, 0.0])  # agrees on one feature: score 0
+    k[0, 0, 5] = torch.tensor([1.0, 0.0, 0.0, 0.0])   # score 1 (+1 and 0)
+    ctx = AttentionContext(q, k, torch.randn(1, 1, 6, d))
+    out = ResearchMasker.create_from_config(cfg).add_mask(
+        k, q, ctx.values, None, ctx.scaling, 0.0, {}, Mask.create_empty(ctx.mask_shape),
+        context=ctx, layer_idx=0)
+    assert out.active()[0, 0, 0].nonzero().flatten().tolist() == [5]
+
+
+def test_oracle_top_k_breaks_ties_the_same_way_on_every_path():
+    """Tied scores go to the most recent key (highest index) first, with and without the
+    shared sorted context and in custom_attention, against a reference sort."""
+    gen = torch.Generator().manual_seed(17)
+    q = torch.randn(1, 4, 2, 8, generator=gen)
+    base = torch.randn(5, 8, generator=gen)
+    k = base[torch.randint(0, 5, (200,), generator=gen)].view(1, 1, 200, 8).repeat(1, 2, 1, 1)
+    v = torch.randn(1, 2, 200, 8, generator=gen)
+    attention = chain(OracleTopKConfig(37))
+    fresh = AttentionContext(q, k, v)
+    shared = AttentionContext(q, k, v)
+    shared.shared = True
+    mask_fresh = attention.compute_mask(fresh).active()
+    mask_shared = attention.compute_mask(shared).active()
+    assert "logits_sorted" in shared.__dict__ and "logits_sorted" not in fresh.__dict__
+    # reference: descending logits, equal logits from the highest key index down; 37 keys
+    flipped = torch.sort(fresh.logits.flip(-1), dim=-1, descending=True, stable=True).indices
+    order = (199 - flipped)[..., :37]
+    expected = torch.zeros_like(mask_fresh).scatter_(-1, order, True)
+    assert torch.equal(mask_fresh, expected)
+    assert torch.equal(mask_shared, expected)
+    out_fresh, _ = call(attention, q, k, v)
+    assert torch.allclose(out_fresh, sparse_attention(shared, Mask.from_bool(expected)).output,
+                          atol=1e-6)

@@ -1,10 +1,10 @@
-import math
 import random
 
 import pytest
 
 from sah import ConfigError, get_objective, pareto_front
-from sah.objectives import best_at_density
+from sah.objectives import best_at_density, sparsity_objective
+from helpers import brute_force_front
 
 
 def test_objective_formulas():
@@ -21,19 +21,6 @@ def test_objective_formulas():
             get_objective(bad)
 
 
-def brute_front(points):
-    out = []
-    for i, (d, e) in enumerate(points):
-        if not (math.isfinite(d) and math.isfinite(e)):
-            continue
-        dominated = any((d2 <= d and e2 <= e and (d2 < d or e2 < e))
-                        for j, (d2, e2) in enumerate(points)
-                        if j != i and math.isfinite(d2) and math.isfinite(e2))
-        if not dominated:
-            out.append(i)
-    return out
-
-
 def test_pareto_front_matches_brute_force():
     rnd = random.Random(0)
     for _ in range(200):
@@ -42,8 +29,8 @@ def test_pareto_front_matches_brute_force():
         if rnd.random() < 0.2:
             pts.append((float("nan"), 0.1))
         front = pareto_front(pts)
-        brute = brute_front(pts)
-        # identical duplicates: both are undominated; the front keeps one of them
+        brute = brute_force_front(pts)
+        # the same points (the order and the duplicates: the test below)
         assert {pts[i] for i in front} == {pts[i] for i in brute}
 
 
@@ -52,3 +39,29 @@ def test_best_at_density():
     assert best_at_density(pts, 0.10) == 3
     assert best_at_density(pts, 0.2) == 2
     assert best_at_density(pts, 0.01) is None
+
+
+def test_pareto_front_keeps_exact_duplicates_and_sparsity_takes_any_number():
+    """``pareto_front`` keeps exact duplicates, as its own dominance rule does (the list
+    equals the brute force's, in order); ``sparsity_<t>`` takes any number (``.5``,
+    ``1e1``, ``5.``); negative and non-finite targets get a clear message."""
+    assert pareto_front([(0.1, 0.5), (0.1, 0.5), (0.2, 0.1)]) == [0, 1, 2]
+    rnd = random.Random(15)
+    for _ in range(300):
+        pts = [(rnd.choice([0.1, 0.2, 0.3, rnd.random()]), rnd.choice([0.5, 0.25, rnd.random()]))
+               for _ in range(rnd.randint(1, 30))]
+        pts += rnd.sample(pts, rnd.randint(0, len(pts)))  # exact duplicates
+        if rnd.random() < 0.3:
+            pts.append((float("nan"), 0.0))
+        rnd.shuffle(pts)
+        assert pareto_front(pts) == brute_force_front(pts), pts
+    for name, target in (("sparsity_.5", 0.5), ("sparsity_1e1", 10.0), ("sparsity_5.", 5.0),
+                         ("sparsity_2.5E0", 2.5), ("sparsity_0", 0.0)):
+        for error, density in ((0.1, 0.001), (0.3, 0.2)):
+            assert get_objective(name)(error, density) == sparsity_objective(target)(error, density)
+    for name, why in (("sparsity_-5", "negative"), ("sparsity_nan", "not a finite"),
+                      ("sparsity_inf", "not a finite"), ("sparsity_1e999", "not a finite"),
+                      ("sparsity_ten", "not a finite"), ("sparsity_", "not a finite")):
+        with pytest.raises(ConfigError, match=why) as info:
+            get_objective(name)
+        assert "objective: got" in str(info.value) and "sparsity_10" in str(info.value)

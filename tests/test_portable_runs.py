@@ -3,7 +3,6 @@ deleted) still holds tuned configs and exports that load and reproduce their tri
 figures; nothing in them is an absolute path; Ray Tune's state sits in a storage folder
 outside the run folder and ``--resume`` continues from it after the move."""
 
-import csv
 import re
 import shutil
 
@@ -15,24 +14,20 @@ from sah.attention import ResearchAttentionConfig
 from sah.cli import main
 from sah.evaluate import evaluate_config
 from sah.maskers.hash_attention import random_hat_weights
-from sah.recording import load_recording, make_synthetic_recording, save_recording
+from sah.recording import load_recording
 from sah.tuning.runner import RunOptions, run_study
+from tuning_support import read_csv, recording_fixture
 
 LAYERS = [0, 2]  # the synthetic recording's layer ids are 0..2; two of them are scored
 
 
-@pytest.fixture(scope="module")
-def rec_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "synthetic.safetensors"
-    save_recording(make_synthetic_recording(num_layers=3, num_heads=4, num_kv_heads=2,
-                                            head_dim=32, num_keys=384, num_queries=8, seed=4),
-                   path)
-    return path
+rec_path = recording_fixture("synthetic.safetensors", num_layers=3, num_heads=4, num_kv_heads=2,
+                             head_dim=32, num_keys=384, num_queries=8, seed=4)
 
 
 def read_rows(run_dir):
-    with open(run_dir / "trials.csv", newline="") as fh:
-        return {(r["chain"], int(r["trial"])): r for r in csv.DictReader(fh)}
+    """trials.csv's rows by (chain, trial)."""
+    return {(r["chain"], int(r["trial"])): r for r in read_csv(run_dir / "trials.csv")}
 
 
 def trial_of(config_path):

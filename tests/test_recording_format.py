@@ -1,4 +1,5 @@
-"""Round trips of the recording format and one test per kind of bad file."""
+"""Round trips of the recording format, its content hash (what it covers, version-1 files)
+and one test per kind of bad file (each refused on load, naming the file)."""
 
 import hashlib
 import json
@@ -10,9 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sah.recording.format import (LayerRecording, Recording, RecordingError, load_recording,
-                                  save_recording, write_raw_recording)
+from sah.cli import main as sah_main
+from sah.recording.format import (FORMAT_VERSION, LayerRecording, Recording, RecordingError,
+                                  load_recording, save_recording, write_raw_recording)
 from sah.recording.synthetic import make_synthetic_recording
+from tuning_support import chain_file
 
 
 def small(**kw):
@@ -232,3 +235,131 @@ def test_hash_mismatch(saved):
     with pytest.raises(RecordingError, match="content hash mismatch: stored sha256:"):
         load_recording(path)
     assert load_recording(path, verify_hash=False).num_keys == 256
+
+
+def edit_header(path, edit):
+    """Rewrite a safetensors file's JSON header with ``edit(header)`` applied, keeping the
+    tensor bytes (and so the stored content hash) exactly as they are."""
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+
+
+def edit_sah_metadata(path, edit):
+    def apply(header):
+        meta = json.loads(header["__metadata__"]["sah"])
+        edit(meta)
+        header["__metadata__"]["sah"] = json.dumps(meta)
+    edit_header(path, apply)
+
+
+def test_content_hash_covers_scaling_and_the_text_span(tmp_path):
+    """The content hash covers ``scaling`` and the text span (what keeps fit and scored
+    recordings apart): editing either in the header is refused as a hash mismatch, never
+    loaded silently."""
+    path = save_recording(small(seed=5), tmp_path / "r.safetensors")
+    before = load_recording(path)
+    edit_sah_metadata(path, lambda m: m.update(scaling=m["scaling"] * 1000))
+    with pytest.raises(RecordingError, match=r"r.safetensors content hash mismatch"):
+        load_recording(path)
+    # the text span (what keeps fit and scored recordings apart) is covered too
+    path2 = save_recording(Recording(before.layers, before.query_positions, before.scaling,
+                                     {"text_sha256": "ab" * 32, "token_start": 0,
+                                      "token_end": 256}), tmp_path / "t.safetensors")
+    load_recording(path2)
+    edit_sah_metadata(path2, lambda m: m.update(token_start=4096, token_end=4352))
+    with pytest.raises(RecordingError, match="content hash mismatch"):
+        load_recording(path2)
+
+
+def test_format_version_1_files_still_load_verified_by_their_own_hash(tmp_path, capsys):
+    """A format-version-1 file loads, verified with the v1 hash (tensors only); a damaged
+    tensor is still caught, and `sah inspect` says how to have scaling covered."""
+    rec = small(seed=5)
+    path = save_recording(rec, tmp_path / "v1.safetensors")
+    tensors, meta = parts(path)
+    meta["format_version"] = 1
+    write_raw_recording(tensors, meta, path)  # hash by the version-1 definition
+    back = load_recording(path)
+    assert back.metadata["format_version"] == 1 and torch.equal(back.layers[1].keys,
+                                                                rec.layers[1].keys)
+    assert sah_main(["inspect", str(path)]) == 0
+    assert "version 1 (its content hash does not cover scaling" in capsys.readouterr().out
+    tensors["layer.1.keys"][0, 0, 0, 0] += 1
+    save_file(tensors, str(path), metadata={"sah": json.dumps(meta)})  # old hash kept
+    with pytest.raises(RecordingError, match="content hash mismatch"):
+        load_recording(path)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda h: h.update(__metadata__="sah"), r"__metadata__ is str 'sah', not an object"),
+    (lambda h: h["layer.0.keys"].update(data_offsets="0,10"),
+     r"tensor 'layer.0.keys' data_offsets is '0,10', not \[begin, end\]"),
+    (lambda h: h["layer.0.keys"].update(data_offsets=[]),
+     r"tensor 'layer.0.keys' data_offsets is \[\], not \[begin, end\]"),
+    (lambda h: h["query_positions"].update(shape="8"), r"tensor 'query_positions' shape is '8'"),
+    (lambda h: h.update(extra=3), r"tensor 'extra' entry is int 3, not an object"),
+])
+def test_malformed_headers_are_one_error_naming_the_file(tmp_path, capsys, edit, message):
+    """A header whose __metadata__ is a string, whose data_offsets is a string or [], whose
+    shape is a string, or with a non-object entry: a RecordingError naming the file and the
+    fault, and one error line from `sah inspect` and `sah resources`."""
+    path = save_recording(small(seed=5), tmp_path / "bad.safetensors")
+    edit_header(path, edit)
+    with pytest.raises(RecordingError, match=f"recording {path} has a corrupt header: {message}"):
+        load_recording(path)
+    assert sah_main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sah inspect: error: recording ") and str(path) in err
+    assert err.count("\n") == 1
+    assert sah_main(["resources", "--recording", str(path), "--config", chain_file(tmp_path),
+                     "--layer", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sah resources: error: recording ") and "corrupt header" in err
+
+
+def _empty_dim(b=1, h=4, hk=2, q=3, n=16, d=8):
+    g = torch.Generator().manual_seed(0)
+    layer = LayerRecording(0, torch.randn(b, h, q, d, generator=g).half(),
+                           torch.randn(b, hk, n, d, generator=g).half(),
+                           torch.randn(b, hk, n, d, generator=g).half())
+    return ({"query_positions": torch.arange(n - q, n), "layer.0.queries": layer.queries,
+             "layer.0.keys": layer.keys, "layer.0.values": layer.values},
+            {"format": "sah-recording", "format_version": FORMAT_VERSION, "sah_version": "0", "model_id": "x",
+             "layers": [0], "batch_size": b, "num_heads": h, "num_kv_heads": hk, "head_dim": d,
+             "num_keys": n, "num_queries": q, "scaling": 0.125, "dtype": "float16",
+             "query_positions": list(range(n - q, n)), "num_tokens": n, "text_source": "x"})
+
+
+@pytest.mark.parametrize("dims,message", [
+    (dict(n=0, q=0), "0 queries and 0 keys"),
+    (dict(h=0), "0 query heads"),
+    (dict(b=0), "0 batch size"),
+    (dict(d=0), "0 head dim"),
+])
+def test_empty_dimensions_are_refused_on_load(tmp_path, capsys, dims, message):
+    """Zero keys, zero heads, batch 0 or head_dim 0 are refused on load, naming the file and
+    the dimension (never loaded to crash later or score an error of 0.0)."""
+    tensors, meta = _empty_dim(**dims)
+    path = write_raw_recording(tensors, meta, tmp_path / "empty.safetensors")
+    with pytest.raises(RecordingError, match=f"recording {path}: layer 0 has {message}"):
+        load_recording(path)
+    assert sah_main(["inspect", str(path)]) == 2
+    assert f"{path}: layer 0 has {message}" in capsys.readouterr().err
+
+
+def test_a_directory_given_as_a_recording_is_reported_as_a_directory(tmp_path, capsys):
+    """A directory given as a recording is reported as a directory (not as "does not
+    exist"), by the loader and by `sah inspect` and `sah resources`."""
+    with pytest.raises(RecordingError, match=f"recording {tmp_path} is a directory"):
+        load_recording(tmp_path)
+    for argv in (["inspect", str(tmp_path)],
+                 ["resources", "--recording", str(tmp_path), "--config", chain_file(tmp_path),
+                  "--layer", "0"]):
+        assert sah_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path} is a directory" in err and "not" in err and "exist" not in err

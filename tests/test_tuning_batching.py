@@ -2,7 +2,6 @@
 batching, the study option, one trials.csv row per configuration through real Ray Tune,
 a failing configuration inside a batch, and the HashAttention fit cache."""
 
-import csv
 import math
 from collections import Counter
 
@@ -11,12 +10,14 @@ import pytest
 import yaml
 
 from sah.evaluate import evaluate_config
-from sah.recording import load_recording, make_synthetic_recording, save_recording
+from sah.recording import load_recording, make_synthetic_recording
 from sah.tuning.batching import chain_batches, chain_param_sets, split_batches
+from sah.tuning.search_space import ray_domain
 from sah.study.space import Domain
 from sah.study.parse import parse_study
 from sah.infra.checks import ConfigError
-import tuning_support  # noqa: F401  (registers FailingMaskerConfig)
+# tuning_support also registers FailingMaskerConfig, the masker that fails on demand
+from tuning_support import read_csv, save_synthetic, write_study
 
 
 RANDOM_CHAIN = {"name": "mixed", "maskers": [
@@ -49,6 +50,24 @@ def test_domain_samples_stay_in_their_ranges():
         assert all(0.01 <= x <= 0.5 and isinstance(x, float) for x in xs)
         below = sum(x < math.sqrt(0.01 * 0.5) for x in xs) / len(xs)  # geometric mean
         assert (0.4 < below < 0.6) if kind == "loguniform" else below < 0.25
+
+
+def test_qrandint_includes_high_in_our_sampler_rays_domain_and_optunas():
+    """``qrandint``'s ``high`` is included (the docs say so, tests/test_docs.py) on every
+    path: our sampler, Ray's domain and Optuna's distribution; a range holding no multiple
+    of q is refused."""
+    from ray.tune.search.optuna import OptunaSearch
+    rng = np.random.default_rng(0)
+    for low, high, q, values in ((3, 20, 4, {4, 8, 12, 16, 20}), (0, 6, 1, set(range(7))),
+                                 (2, 12, 5, {5, 10})):
+        domain = Domain.parse({"search": "qrandint", "low": low, "high": high, "q": q}, "x")
+        assert {domain.sample(rng) for _ in range(500)} == values
+        ray_dom = ray_domain(domain, as_grid=False)
+        assert {int(ray_dom.sample()) for _ in range(500)} == values
+        dist = OptunaSearch.convert_search_space({"x": ray_dom})["x"]
+        assert set(range(dist.low, dist.high + 1, dist.step)) == values
+    with pytest.raises(ConfigError, match="no multiple of q"):
+        Domain.parse({"search": "qrandint", "low": 5, "high": 7, "q": 4}, "x")
 
 
 def test_param_sets_cover_grid_times_samples_reproducibly():
@@ -98,24 +117,16 @@ def test_batch_size_option_and_where_it_is_forced_to_one():
             study(configs_per_trial=bad)
 
 
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.mark.slow
 def test_batched_study_one_row_per_configuration(ray_session, tmp_path):
     from sah.tuning.runner import RunOptions, run_study
-    rec_path = tmp_path / "rec.safetensors"
-    save_recording(make_synthetic_recording(num_layers=2, num_heads=4, num_kv_heads=2,
-                                            head_dim=16, num_keys=256, num_queries=4, seed=1),
-                   rec_path)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({
+    rec_path = save_synthetic(tmp_path / "rec.safetensors", num_heads=4, num_kv_heads=2,
+                              num_keys=256, seed=1)
+    path = write_study(tmp_path / "study.yaml", {
         "name": "batched", "recording": str(rec_path), "searcher": "random", "num_samples": 7,
         "seed": 4, "configs_per_trial": 3, "density_targets": [0.5],
         "chains": [RANDOM_CHAIN, {"name": "tpe", "searcher": "optuna", "num_samples": 3,
-                                  "maskers": RANDOM_CHAIN["maskers"][:2]}]}))
+                                  "maskers": RANDOM_CHAIN["maskers"][:2]}]})
     run_dir = run_study(RunOptions(config=str(path), results_dir=str(tmp_path / "r"),
                                    progress=False))
     all_rows = read_csv(run_dir / "trials.csv")

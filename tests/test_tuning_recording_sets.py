@@ -1,6 +1,5 @@
-"""Recording sets (issue 11 item 2): a study scores on several recordings and fits
-HashAttention on others. Real Ray Tune on small synthetic recordings whose metadata hold
-text spans: per-recording columns and per_layer.csv checked against direct evaluation,
+"""Recording sets: a study scores on several recordings and fits HashAttention on others.
+Real Ray Tune on small synthetic recordings whose metadata hold text spans: per-recording columns and per_layer.csv checked against direct evaluation,
 run.yaml's lists, the summary, the fit report on fit and scored recordings, ASHA's
 intermediate reports, `sah transfer`, and the refusals (overlapping spans, shapes, layers)
 before anything is written."""
@@ -13,39 +12,35 @@ import yaml
 
 from sah.attention import ResearchAttentionConfig
 from sah.evaluate import evaluate_config
-from sah.recording import load_recording, make_synthetic_recording, save_recording
+from sah.recording import load_recording
 from sah.tuning.runner import RunOptions, run_study
-from tuning_support import assert_refused
+from tuning_support import assert_refused, read_csv, save_synthetic, write_study
 
 LAYERS = 3
-SHAPE = dict(num_heads=4, num_kv_heads=2, head_dim=16)
-
-
-def make(path, seed, text, start, end, num_keys=256, **shape):
-    rec = make_synthetic_recording(num_layers=LAYERS, num_keys=num_keys, num_queries=4,
-                                   seed=seed, **{**SHAPE, **shape})
-    if text is not None:
-        rec.metadata.update({"text_name": text, "text_sha256": (text * 64)[:64],
-                             "token_start": start, "token_end": end})
-    save_recording(rec, path)
-    return path
+SHAPE = dict(num_layers=LAYERS, num_heads=4, num_kv_heads=2, head_dim=16, num_keys=256,
+             num_queries=4)
 
 
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory):
     d = tmp_path_factory.mktemp("recs")
     return {
-        "alpha": make(d / "alpha.safetensors", 1, "a", 0, 256),
-        "beta": make(d / "beta.safetensors", 2, "b", 0, 256),
-        "fit": make(d / "fit.safetensors", 3, "a", 1000, 1256),        # text a, disjoint span
-        "overlap": make(d / "overlap.safetensors", 4, "a", 200, 456),   # text a, overlaps alpha
-        "long": make(d / "long.safetensors", 5, "a", 5000, 6024, num_keys=1024),
-        "wide": make(d / "wide.safetensors", 6, "c", 0, 256, num_heads=2, num_kv_heads=1),
-        "beta_copy": make(d / "beta_copy.safetensors", 2, None, 0, 0),  # no span metadata
+        "alpha": save_synthetic(d / "alpha.safetensors", "a", 0, 256, **SHAPE, seed=1),
+        "beta": save_synthetic(d / "beta.safetensors", "b", 0, 256, **SHAPE, seed=2),
+        # text a, a span disjoint from alpha's
+        "fit": save_synthetic(d / "fit.safetensors", "a", 1000, 1256, **SHAPE, seed=3),
+        # text a, a span overlapping alpha's
+        "overlap": save_synthetic(d / "overlap.safetensors", "a", 200, 456, **SHAPE, seed=4),
+        "long": save_synthetic(d / "long.safetensors", "a", 5000, 6024,
+                               **{**SHAPE, "num_keys": 1024}, seed=5),
+        "wide": save_synthetic(d / "wide.safetensors", "c", 0, 256,
+                               **{**SHAPE, "num_heads": 2, "num_kv_heads": 1}, seed=6),
+        # the same tensors as beta, without span metadata
+        "beta_copy": save_synthetic(d / "beta_copy.safetensors", **SHAPE, seed=2),
     }
 
 
-def study_data(recs, **extra):
+def sets_study(recs, **extra):
     data = {
         "name": "sets", "recordings": [str(recs["alpha"]), str(recs["beta"])],
         "fit_recordings": [str(recs["fit"])], "density_targets": [0.2, 0.5],
@@ -70,22 +65,12 @@ def study_data(recs, **extra):
     return data
 
 
-def write_study(path, data):
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 @pytest.fixture(scope="module")
 def finished(ray_session, recs, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SAH_CACHE_DIR", str(d / "cache"))  # the fit runs, the user cache is untouched
-        return run_study(RunOptions(config=str(write_study(d / "study.yaml", study_data(recs))),
+        return run_study(RunOptions(config=str(write_study(d / "study.yaml", sets_study(recs))),
                                     results_dir=str(d / "results"), progress=False))
 
 
@@ -202,9 +187,9 @@ def read_csv_text(text):
 def test_asha_reports_each_layer_group_over_every_recording(ray_session, recs, tmp_path):
     """Report g of every trial covers the first g layers of EVERY recording (mean over
     recordings of the mean over those layers), so ASHA compares like with like."""
-    data = study_data(recs, name="asha", searcher="optuna", num_samples=4,
+    data = sets_study(recs, name="asha", searcher="optuna", num_samples=4,
                       scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
-                      chains=[study_data(recs)["chains"][2]])
+                      chains=[sets_study(recs)["chains"][2]])
     data.pop("fit_hash_attention")
     data.pop("fit_recordings")
     run_dir = run_study(RunOptions(config=str(write_study(tmp_path / "s.yaml", data)),
@@ -230,25 +215,25 @@ def test_asha_reports_each_layer_group_over_every_recording(ray_session, recs, t
 # ---------------------------------------------------------------------- refusals
 def test_fit_recording_overlapping_a_scored_span_is_refused_before_anything_is_written(
         recs, tmp_path):
-    data = study_data(recs, fit_recordings=[str(recs["overlap"])])
+    data = sets_study(recs, fit_recordings=[str(recs["overlap"])])
     assert_refused(tmp_path, data, "fit_recordings[0]", "overlaps the scored recording",
                    "recordings[0]", "tokens [200, 456)", "tokens [0, 256)")
     # without span metadata, the same content is still refused
-    assert_refused(tmp_path, study_data(recs, fit_recordings=[str(recs["beta_copy"])]),
+    assert_refused(tmp_path, sets_study(recs, fit_recordings=[str(recs["beta_copy"])]),
                    "fit_recordings[0]", "is the scored recording recordings[1] (beta)")
 
 
 def test_embedded_spans_are_checked_before_any_recording_is_made(recs, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAH_CACHE_DIR", str(cache))
-    data = study_data(recs, recordings=["docs", "code-1024"], fit_recordings=["docs-512@1800"])
+    data = sets_study(recs, recordings=["docs", "code-1024"], fit_recordings=["docs-512@1800"])
     assert_refused(tmp_path, data, "fit_recordings[0]", "docs-512@1800",
                    "tokens [1800, 2312)", "recordings[0] docs")
     assert not cache.exists()  # the embedded model was never asked for anything
 
 
 def test_recording_lists_are_validated_like_the_rest(recs, tmp_path):
-    base = study_data(recs)
+    base = sets_study(recs)
     cases = [
         ({**base, "recording": str(recs["alpha"])}, ["recording:", "not both"]),
         ({**base, "recordings": []}, ["recordings:", "non-empty list"]),
@@ -272,7 +257,7 @@ def test_recording_lists_are_validated_like_the_rest(recs, tmp_path):
 
 def test_one_recording_keeps_working_and_names_its_yaml_key(recs, tmp_path):
     from sah.study.parse import parse_study
-    data = study_data(recs)
+    data = sets_study(recs)
     data.pop("recordings")
     study = parse_study({**data, "recording": str(recs["alpha"])}, "s.yaml")
     assert study.recordings == [str(recs["alpha"])] and study.recording == str(recs["alpha"])
@@ -287,7 +272,7 @@ def test_without_fit_recordings_hash_attention_is_fitted_on_the_scored_ones(recs
     from sah.runs.outputs.summary import summary_markdown
     from sah.study.recordings import load_recording_sets
     from sah.study.parse import parse_study
-    data = study_data(recs)
+    data = sets_study(recs)
     data.pop("fit_recordings")
     study = parse_study(data, "s.yaml")
     sets = load_recording_sets(study)

@@ -1,9 +1,12 @@
-"""Stop a real `run_optimize_configs.py` process with SIGTERM after some trials finished,
-resume it, and compare with an uninterrupted run of the same seed."""
+"""Stopping and resuming runs: a real `run_optimize_configs.py` process stopped with SIGTERM
+and resumed matches an uninterrupted run of the same seed; a resumed run totals its wall
+time; a finished run is already complete; `--resume` refuses recordings (scored or fit)
+whose content changed."""
 
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +17,8 @@ import pytest
 import yaml
 
 from sah.recording import make_synthetic_recording, save_recording
-
-pytestmark = pytest.mark.slow
+from sah.tuning.runner import RunInterrupted, RunOptions, run_study
+from tuning_support import save_synthetic, stop_in_second_experiment, two_experiments, write_study
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmark" / "run_optimize_configs.py"
 NUM_SAMPLES = 32
@@ -43,6 +46,7 @@ def stable_rows(path):
         return [tuple(r[k] for k in STABLE) for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     rec = tmp_path / "rec.safetensors"
     save_recording(make_synthetic_recording(num_layers=6, num_heads=8, num_kv_heads=2,
@@ -93,3 +97,126 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
         a = (results / "killme" / "tuned" / name).read_text().replace("run killme", "run X")
         b = (results / "straight" / "tuned" / name).read_text().replace("run straight", "run X")
         assert a == b
+
+
+def test_resumed_run_reports_the_total_wall_time_and_a_finished_run_is_already_complete(
+        ray_session, tmp_path, capsys):
+    """A stopped run (a real SIGTERM during its second experiment), resumed, reports in
+    summary.md the wall time over both parts, not the resumed part's; --resume on a finished
+    run says "already complete" without starting an experiment, drawing a bar or touching
+    Ray's state or the summary."""
+    # big enough that the second experiment takes a while
+    rec = save_synthetic(tmp_path / "rec.safetensors", num_heads=4, num_kv_heads=2, head_dim=32,
+                         num_keys=2048, num_queries=64, seed=4)
+    study = write_study(tmp_path / "s.yaml", {
+        "name": "parts", "recording": str(rec), "seed": 3, **two_experiments([
+            {"type": "LocalMaskerConfig", "window_size": {"search": "randint", "low": 1, "high": 300}}])})
+    results = tmp_path / "results"
+    run_dir = results / "parts"
+    options = RunOptions(config=str(study), results_dir=str(results), progress=False)
+
+    stopper = stop_in_second_experiment(run_dir)
+    with pytest.raises(RunInterrupted):
+        run_study(options)
+    stopper.join()
+    first_part = json.loads((run_dir / "progress.json").read_text())
+    assert first_part["first"] == "complete" and "second" not in first_part
+    assert len(first_part["_wall_seconds"]) == 1 and not (run_dir / "summary.md").exists()
+
+    options.resume = True
+    run_study(options)
+    progress = json.loads((run_dir / "progress.json").read_text())
+    parts = progress["_wall_seconds"]
+    assert len(parts) == 2 and progress["_outputs"] == "complete"
+    shown = float(re.search(r"wall time (\d+) s", (run_dir / "summary.md").read_text()).group(1))
+    assert abs(shown - sum(parts)) <= 0.51 and shown > parts[1] + 1  # the total, not part 2
+
+    state = {p: p.stat().st_mtime_ns for p in (run_dir / "ray").rglob("*") if p.is_file()}
+    summary = (run_dir / "summary.md").read_text()
+    capsys.readouterr()
+    options.progress = True
+    assert run_study(options) == run_dir.resolve()
+    err = capsys.readouterr().err
+    assert "already complete" in err and "config/s" not in err and "%|" not in err
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "ray").rglob("*") if p.is_file()} == state
+    assert (run_dir / "summary.md").read_text() == summary  # the total stays
+
+
+def resumable_study(tmp_path, **keys):
+    """A study named ``resumable`` (random sink + local, 3 samples) written to
+    tmp_path/study.yaml; ``keys`` add or replace study keys."""
+    data = {"name": "resumable", "searcher": "random", "num_samples": 3, "seed": 1,
+            "chains": [{"name": "sink_local", "maskers": [
+                {"type": "SinkMaskerConfig", "sink_size": 2},
+                {"type": "LocalMaskerConfig",
+                 "window_size": {"search": "uniform", "low": 0.05, "high": 0.5}}]}]}
+    data.update(keys)
+    return write_study(tmp_path / "study.yaml", data)
+
+
+def options(study, results, resume=False):
+    return RunOptions(config=str(study), results_dir=str(results), resume=resume, progress=False)
+
+
+def stopped_run(study, results):
+    """Run the study and stop it with a real SIGTERM during its second experiment (as
+    Ctrl-C / kill would); returns the run folder, which `--resume` continues."""
+    run_dir = results / "resumable"
+
+    stopper = stop_in_second_experiment(run_dir)
+    with pytest.raises(RunInterrupted):
+        run_study(options(study, results))
+    stopper.join()
+    assert not (run_dir / "summary.md").exists()  # stopped before the end
+    return run_dir
+
+
+def files_state(run_dir):
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_recording_whose_content_changed(ray_session, tmp_path):
+    """A stopped run whose recording file is replaced (same name, other content): `--resume`
+    refuses in one line naming recordings[0], its content hash and --name, and writes
+    nothing (no rows scored on two recordings); with the original back it finishes."""
+    rec = save_synthetic(tmp_path / "rec.safetensors", seed=1, num_keys=2048, num_queries=64)
+    original = rec.read_bytes()
+    study = resumable_study(tmp_path, recording=str(rec), **two_experiments([
+        {"type": "LocalMaskerConfig", "window_size": {"search": "randint", "low": 1, "high": 300}}]))
+    results = tmp_path / "results"
+    run_dir = stopped_run(study, results)
+    before = files_state(run_dir)
+    save_synthetic(rec, seed=2, num_keys=2048, num_queries=64)  # same file name, other content
+    with pytest.raises(FileExistsError) as info:
+        run_study(options(study, results, resume=True))
+    message = str(info.value)
+    assert "recordings[0]" in message and "content hash" in message and "--name" in message
+    assert "\n" not in message
+    assert files_state(run_dir) == before  # nothing written
+    rec.write_bytes(original)  # the original back: resuming finishes the run
+    assert run_study(options(study, results, resume=True)) == run_dir.resolve()
+    assert (run_dir / "summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_fit_recording_whose_content_changed(ray_session, tmp_path, monkeypatch):
+    """Every recording of a run is checked on `--resume`: a changed fit recording (what
+    HashAttention was fitted on) is refused as a scored one is, writing nothing."""
+    monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "cache"))
+    scored = save_synthetic(tmp_path / "scored.safetensors", "a", 0, 2048, seed=1,
+                            num_keys=2048, num_queries=64)
+    fit = save_synthetic(tmp_path / "fit.safetensors", "b", 0, 128, seed=3, num_keys=128)
+    study = resumable_study(tmp_path, recordings=[str(scored)], fit_recordings=[str(fit)],
+                        fit_hash_attention={"bits": 4, "steps": 1, "hat_mlp_layers": 1,
+                                            "hat_mlp_hidden_size": 4},
+                        **two_experiments([{"type": "HashAttentionTopKMaskerConfig",
+                                            "heavy_size": {"search": "uniform", "low": 0.01,
+                                                           "high": 0.5}}]))
+    results = tmp_path / "results"
+    run_dir = stopped_run(study, results)
+    before = files_state(run_dir)
+    save_synthetic(fit, "b", 0, 128, seed=4, num_keys=128)
+    with pytest.raises(FileExistsError, match=r"fit_recordings\[0\] \(fit, .*content hash"):
+        run_study(options(study, results, resume=True))
+    assert files_state(run_dir) == before

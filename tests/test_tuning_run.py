@@ -10,20 +10,16 @@ import yaml
 
 from sah.attention import ResearchAttentionConfig
 from sah.evaluate import evaluate_config
-from sah.recording import load_recording, make_synthetic_recording, save_recording
+from sah.recording import load_recording
 from sah.tuning.runner import RunOptions, run_study
-from tuning_support import brute_force_front
+from helpers import brute_force_front
+from tuning_support import read_csv, recording_fixture, write_study
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def rec_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "synthetic.safetensors"
-    save_recording(make_synthetic_recording(num_layers=3, num_heads=4, num_kv_heads=2,
-                                            head_dim=32, num_keys=512, num_queries=8, seed=3),
-                   path)
-    return path
+rec_path = recording_fixture("synthetic.safetensors", num_layers=3, num_heads=4, num_kv_heads=2,
+                             head_dim=32, num_keys=512, num_queries=8, seed=3)
 
 
 def study_file(tmp_path, rec_path, **extra):
@@ -43,14 +39,7 @@ def study_file(tmp_path, rec_path, **extra):
         ],
     }
     data.update(extra)
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return write_study(tmp_path / "study.yaml", data)
 
 
 def test_small_study_end_to_end(ray_session, rec_path, tmp_path, capsys):

@@ -1,13 +1,14 @@
-"""Bad studies are refused before any trial, with the file and YAML path; nothing is written."""
+"""A good study parses; bad studies are refused before any trial, with the file and YAML
+path, and nothing is written; command-line values win over the study's."""
 
+import argparse
 
 import pytest
 import yaml
 
-from sah.recording import make_synthetic_recording, save_recording
 from sah.tuning.runner import RunOptions, run_study
 from sah.study.parse import load_study
-from sah.infra.checks import ConfigError
+from tuning_support import assert_refused, write_study
 
 GOOD = {
     "name": "t", "recording": "REC", "objective": "sparsity_10", "density_targets": [0.1],
@@ -23,22 +24,9 @@ GOOD = {
 }
 
 
-@pytest.fixture(scope="module")
-def rec_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "rec.safetensors"
-    save_recording(make_synthetic_recording(num_layers=2, num_heads=2, num_kv_heads=1,
-                                            head_dim=16, num_keys=64, num_queries=4), path)
-    return path
-
-
-def write(tmp_path, data, name="study.yaml"):
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def edit(**changes):
-    data = yaml.safe_load(yaml.safe_dump(GOOD))
+def edit(recording="REC", **changes):
+    """GOOD with ``recording`` and ``changes`` ("chains/1/name": a path through the study)."""
+    data = yaml.safe_load(yaml.safe_dump({**GOOD, "recording": str(recording)}))
     for dotted, value in changes.items():
         target = data
         keys = dotted.split("/")
@@ -52,23 +40,8 @@ def edit(**changes):
     return data
 
 
-def assert_refused(tmp_path, data, *fragments, rec=None):
-    if isinstance(data, dict) and rec is not None:
-        data = {**data, "recording": str(rec)}
-    study = write(tmp_path, data)
-    results = tmp_path / "results"
-    with pytest.raises((ConfigError, FileNotFoundError, FileExistsError, ValueError)) as info:
-        run_study(RunOptions(config=str(study), results_dir=str(results), progress=False))
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert not results.exists()  # nothing written
-    return message
-
-
 def test_good_study_parses(tmp_path):
-    study = load_study(write(tmp_path, GOOD))
+    study = load_study(write_study(tmp_path / "study.yaml", GOOD))
     assert [c.name for c in study.chains] == ["a", "b"]
     assert study.chains[0].param_names == ["LocalMaskerConfig_window_size"]
     cfg = study.chains[1].build({"SinkMaskerConfig_sink_size": 0.05})
@@ -80,15 +53,15 @@ def test_bad_yaml(tmp_path, rec_path):
 
 
 def test_unknown_masker(tmp_path, rec_path):
-    data = edit(**{"chains/1/maskers/0": {"type": "NoSuchMaskerConfig", "x": 1}})
+    data = edit(rec_path, **{"chains/1/maskers/0": {"type": "NoSuchMaskerConfig", "x": 1}})
     assert_refused(tmp_path, data, "study.yaml: chains[1].maskers[0].type",
-                   "unknown masker type 'NoSuchMaskerConfig'", rec=rec_path)
+                   "unknown masker type 'NoSuchMaskerConfig'")
 
 
 def test_unknown_field(tmp_path, rec_path):
-    data = edit(**{"chains/0/maskers/0": {"type": "SinkMaskerConfig", "sinks": 4}})
+    data = edit(rec_path, **{"chains/0/maskers/0": {"type": "SinkMaskerConfig", "sinks": 4}})
     assert_refused(tmp_path, data, "chains[0].maskers[0].sinks",
-                   "SinkMaskerConfig has no field 'sinks'", rec=rec_path)
+                   "SinkMaskerConfig has no field 'sinks'")
 
 
 @pytest.mark.parametrize("domain, path, fragment", [
@@ -102,8 +75,8 @@ def test_unknown_field(tmp_path, rec_path):
     ({"search": "uniform", "low": 0.1}, "sink_size", "needs 'high'"),
 ])
 def test_bad_domains(tmp_path, rec_path, domain, path, fragment):
-    data = edit(**{"chains/1/maskers/0/sink_size": domain})
-    assert_refused(tmp_path, data, f"study.yaml: chains[1].maskers[0].{path}", fragment, rec=rec_path)
+    data = edit(rec_path, **{"chains/1/maskers/0/sink_size": domain})
+    assert_refused(tmp_path, data, f"study.yaml: chains[1].maskers[0].{path}", fragment)
 
 
 @pytest.mark.parametrize("key, value, fragment", [
@@ -116,12 +89,12 @@ def test_bad_domains(tmp_path, rec_path, domain, path, fragment):
     ("chains/1/name", "a", "chains[1].name: 'a' is already"),
 ])
 def test_wrong_types_and_keys(tmp_path, rec_path, key, value, fragment):
-    assert_refused(tmp_path, edit(**{key: value}), fragment, rec=rec_path)
+    assert_refused(tmp_path, edit(rec_path, **{key: value}), fragment)
 
 
 def test_grid_searcher_needs_enumerable_domains(tmp_path, rec_path):
-    assert_refused(tmp_path, edit(searcher="grid"), "chains[0].maskers[1].window_size",
-                   "cannot be enumerated by the grid searcher", rec=rec_path)
+    assert_refused(tmp_path, edit(rec_path, searcher="grid"), "chains[0].maskers[1].window_size",
+                   "cannot be enumerated by the grid searcher")
 
 
 def test_missing_recording(tmp_path):
@@ -130,8 +103,8 @@ def test_missing_recording(tmp_path):
 
 
 def test_layer_not_in_recording(tmp_path, rec_path):
-    assert_refused(tmp_path, {**edit(layers=[7])}, "layers: layer 7 is not in the recording",
-                   rec=rec_path)
+    assert_refused(tmp_path, edit(rec_path, layers=[7]),
+                   "layers: layer 7 is not in the recording")
 
 
 def test_existing_run_folder_is_never_overwritten(tmp_path, rec_path):
@@ -141,7 +114,7 @@ def test_existing_run_folder_is_never_overwritten(tmp_path, rec_path):
     (run_dir / "run.yaml").write_text(yaml.safe_dump({"study": {"name": "other"}}))
     (run_dir / "trials.csv").write_text("keep me\n")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    study = write(tmp_path, {**GOOD, "recording": str(rec_path)})
+    study = write_study(tmp_path / "study.yaml", edit(rec_path))
     for resume, fragment in ((False, "already holds a run; pass --resume"),
                              (True, "holds a different study")):
         with pytest.raises(FileExistsError) as info:
@@ -153,7 +126,7 @@ def test_existing_run_folder_is_never_overwritten(tmp_path, rec_path):
 
 
 def test_resume_without_run(tmp_path, rec_path):
-    study = write(tmp_path, {**GOOD, "recording": str(rec_path)})
+    study = write_study(tmp_path / "study.yaml", edit(rec_path))
     with pytest.raises(FileNotFoundError, match="no run to resume"):
         run_study(RunOptions(config=str(study), results_dir=str(tmp_path / "r"), resume=True,
                              progress=False))
@@ -162,8 +135,24 @@ def test_resume_without_run(tmp_path, rec_path):
 
 def test_cli_exit_code_and_one_line_message(tmp_path, rec_path, capsys):
     from sah.cli import main
-    study = write(tmp_path, edit(**{"chains/0/maskers/0": {"type": "Nope"}}))
+    study = write_study(tmp_path / "study.yaml", edit(**{"chains/0/maskers/0": {"type": "Nope"}}))
     code = main(["tune", "--config", str(study), "--results-dir", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "chains[0].maskers[0].type" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_command_line_num_samples_wins_over_the_study_and_its_chains(tmp_path, rec_path):
+    """``--num-samples`` (RunOptions.num_samples) wins over the study's ``num_samples`` and
+    a chain's own; run.yaml's study says so, and the flag's help states it."""
+    path = write_study(tmp_path / "study.yaml",
+                       edit(rec_path, num_samples=4, **{"chains/1/num_samples": 5}))
+    assert [c.num_samples for c in load_study(path).chains] == [4, 5]
+    options = RunOptions(config=str(path), num_samples=3)
+    forced = load_study(path, options.overrides())
+    assert [c.num_samples for c in forced.chains] == [3, 3]
+    assert all(c.to_dict()["num_samples"] == 3 for c in forced.chains)  # run.yaml says so
+    from sah.cli.tune import add_arguments
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert "wins over" in next(a.help for a in parser._actions if a.dest == "num_samples")

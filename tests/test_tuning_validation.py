@@ -1,25 +1,22 @@
-"""Studies validate their own picks (issue 12 item 2): real Ray Tune on small synthetic
+"""Studies validate their own picks: real Ray Tune on small synthetic
 recordings that carry text spans, then each chain's picks run inside the real embedded
 model (256 tokens, the last 16 sparse). validation.csv checked against
 sah.inmodel.validate_configs on the same tuned files; the refusals (texts overlapping a
 recording, bad fields) before anything is written; a run stopped during validation resumes
 into validation without tuning again, duplicating rows or repeating dense passes."""
 
-import csv
 import json
 
 import pytest
-import yaml
 
 from sah.attention import ResearchAttentionConfig
 from sah.inmodel import InModelValidator, validate_configs
-from sah.recording import make_synthetic_recording, save_recording
 from sah.recording.texts import load_text
 from sah.runs.outputs.validation import config_points, far_worse, loglog_fit, spearman
 from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from sah.infra.threads import torch_threads
 from sah.tuning.steps.validation import VALIDATION_THREADS
-from tuning_support import assert_refused
+from tuning_support import assert_refused, read_csv, save_synthetic, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -27,20 +24,17 @@ TOKENS, POSITIONS = 256, 16
 TEXTS = ["code@1024", "prose"]
 
 
-def make(path, seed, text, start, end):
-    rec = make_synthetic_recording(num_layers=2, num_keys=256, num_queries=4, seed=seed,
-                                   num_heads=4, num_kv_heads=2, head_dim=16)
-    rec.metadata.update({"text_name": text, "text_sha256": load_text(text).sha256,
-                         "token_start": start, "token_end": end})
-    save_recording(rec, path)
-    return path
+SHAPE = dict(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, num_keys=256,
+             num_queries=4)
 
 
 @pytest.fixture(scope="module")
 def recs(tmp_path_factory):
+    """Recordings stamped as cut from tokens 0..256 of the embedded texts docs and code."""
     d = tmp_path_factory.mktemp("recs")
-    return {"docs": make(d / "docs.safetensors", 1, "docs", 0, 256),
-            "code": make(d / "code.safetensors", 2, "code", 0, 256)}
+    return {text: save_synthetic(d / f"{text}.safetensors", text, 0, 256,
+                                 text_sha256=load_text(text).sha256, **SHAPE, seed=seed)
+            for text, seed in (("docs", 1), ("code", 2))}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,7 @@ def model():
     return load_model("default")  # GGUF weights are dequantised to float32
 
 
-def study_data(recs, **validate):
+def validation_study(recs, **validate):
     return {
         "name": "val", "recordings": [str(recs["docs"]), str(recs["code"])],
         "density_targets": [0.3, 0.6], "searcher": "random", "num_samples": 4, "seed": 5,
@@ -68,16 +62,6 @@ def study_data(recs, **validate):
     }
 
 
-def write_study(path, data):
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def run(tmp, data, model, **options):
     study = write_study(tmp / "study.yaml", data)
     return run_study(RunOptions(config=str(study), results_dir=str(tmp / "results"),
@@ -86,7 +70,7 @@ def run(tmp, data, model, **options):
 
 @pytest.fixture(scope="module")
 def finished(ray_session, recs, model, tmp_path_factory):
-    return run(tmp_path_factory.mktemp("run"), study_data(recs), model)
+    return run(tmp_path_factory.mktemp("run"), validation_study(recs), model)
 
 
 def test_validation_csv_matches_validate_configs_on_the_tuned_files(finished, model):
@@ -167,7 +151,7 @@ def test_rank_correlation_and_far_worse_rule_by_hand():
 # ---------------------------------------------------------------------- refusals
 def test_validate_text_overlapping_a_recording_is_refused_before_anything_is_written(
         recs, tmp_path, monkeypatch):
-    data = study_data(recs)
+    data = validation_study(recs)
     data["validate"]["texts"] = ["prose", "docs@100"]
     assert_refused(tmp_path, data, "validate.texts[1]", "'docs@100'", "tokens [100, 357)",
                    "overlaps the recording recordings[0] docs", "tokens [0, 256)")
@@ -176,7 +160,7 @@ def test_validate_text_overlapping_a_recording_is_refused_before_anything_is_wri
     # embedded names: checked before any recording is made (the cache stays empty)
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAH_CACHE_DIR", str(cache))
-    data = {**study_data(recs), "recordings": ["docs-1024", "code"]}
+    data = {**validation_study(recs), "recordings": ["docs-1024", "code"]}
     data["validate"]["texts"] = ["docs@1000"]
     assert_refused(tmp_path, data, "validate.texts[0]", "recordings[0] docs-1024",
                    "tokens [0, 1024)")
@@ -185,11 +169,11 @@ def test_validate_text_overlapping_a_recording_is_refused_before_anything_is_wri
 
 def test_validate_fields_are_checked_with_the_study(recs, tmp_path):
     def case(**validate):
-        data = study_data(recs)
+        data = validation_study(recs)
         data["validate"] = {**data["validate"], **validate}
         return data
 
-    bare = study_data(recs)
+    bare = validation_study(recs)
     cases = [
         ({**bare, "validate": [1]}, ["validate:", "expected a mapping"]),
         (case(text=["prose"]), ["validate.text:", "unknown key"]),
@@ -229,7 +213,7 @@ def test_stopped_during_validation_resumes_into_validation(ray_session, recs, mo
     monkeypatch.setattr(InModelValidator, "sparse", sparse)
     calls["stop_at"] = 2
     with pytest.raises(RunInterrupted, match="during in-model validation"):
-        run(tmp_path, study_data(recs), model)
+        run(tmp_path, validation_study(recs), model)
     run_dir = tmp_path / "results" / "val"
     partial = read_csv(run_dir / "validation.csv")
     assert 1 <= len(partial) <= 3  # the first config's picks on the first text
@@ -239,7 +223,7 @@ def test_stopped_during_validation_resumes_into_validation(ray_session, recs, mo
     ray_before = sorted(p.name for p in (run_dir / "ray").rglob("*"))
 
     calls.update(dense=0, sparse=0, stop_at=None)
-    run(tmp_path, study_data(recs), model, resume=True)
+    run(tmp_path, validation_study(recs), model, resume=True)
     table = read_csv(run_dir / "validation.csv")
     expected = read_csv(finished / "validation.csv")
     keys = [(r["chain"], r["pick"], r["text"]) for r in table]
@@ -255,7 +239,7 @@ def test_stopped_during_validation_resumes_into_validation(ray_session, recs, mo
     assert "## In-model validation" in (run_dir / "summary.md").read_text()
     assert json.loads((run_dir / "progress.json").read_text())["_validation"] == "complete"
     calls.update(dense=0, sparse=0)
-    run(tmp_path, study_data(recs), model, resume=True)  # complete: nothing runs
+    run(tmp_path, validation_study(recs), model, resume=True)  # complete: nothing runs
     assert calls == {"dense": 0, "sparse": 0, "stop_at": None}
 
 

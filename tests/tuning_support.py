@@ -1,16 +1,21 @@
-"""Support for the tuning tests: small recordings, a masker that fails on demand, and
-brute-force references (plain loops)."""
+"""Support for the tests of studies and runs, in one place: synthetic recordings (in memory
+and saved, with text spans), study files, CSV tables, the check that a study is refused
+before anything is written, stopping a run in its second experiment, and a masker that fails
+on demand. Brute-force references live in helpers.py; fixtures in conftest.py."""
 
-import math
+import csv
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict
 
+import pytest
 import torch
+import yaml
 
 from sah.mask import Mask
 from sah.maskers.base import FixedMasker, MaskerConfig, MaskerRegistry
-from sah.recording.format import LayerRecording, Recording
-from sah.infra.checks import check_int
+from sah.recording import make_synthetic_recording, save_recording
+from sah.recording.format import LayerRecording, Recording, RecordingError
+from sah.infra.checks import ConfigError, check_int
 
 
 @dataclass
@@ -41,39 +46,111 @@ def random_recording(num_layers=3, h=4, hk=2, q=6, n=64, d=16, seed=0) -> Record
     return Recording(layers, torch.arange(n - q, n), d ** -0.5, {})
 
 
-def sink_local_error_ref(rec: Recording, index: int, sink: int, window: int) -> Tuple[float, float]:
-    """(output_error, density) of sink+local on one layer, by plain loops over rows."""
-    lr = rec.layers[index]
-    b, h, q, d = lr.queries.shape
-    hk, n = lr.keys.shape[1], lr.keys.shape[2]
-    num = den = 0.0
-    active = allowed = 0
-    for hi in range(h):
-        k, v = lr.keys[0, hi // (h // hk)].double(), lr.values[0, hi // (h // hk)].double()
-        for qi in range(q):
-            t = int(rec.query_positions[qi])
-            logits = [rec.scaling * float(lr.queries[0, hi, qi].double() @ k[j]) for j in range(t + 1)]
-            m = max(logits)
-            w = [math.exp(x - m) for x in logits]
-            dense = sum(w[j] * v[j] for j in range(t + 1)) / sum(w)
-            keep = [j for j in range(t + 1) if j < sink or j > t - window]
-            sparse = sum(w[j] * v[j] for j in keep) / sum(w[j] for j in keep)
-            num += float(((dense - sparse) ** 2).sum())
-            den += float((dense ** 2).sum())
-            active += len(keep)
-            allowed += t + 1
-    return math.sqrt(num / den), active / allowed
+# the small synthetic recording most study tests run on; ``shape`` arguments override it
+SMALL = dict(num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, num_keys=64, num_queries=4)
 
 
-def brute_force_front(points: Sequence[Tuple[float, float]]) -> List[int]:
-    """Indices of (density, error) points no other point dominates (exact duplicates do not
-    dominate each other: all are kept), sorted by (density, error, index)."""
-    front = []
-    for i, (d, e) in enumerate(points):
-        dominated = any((d2 <= d and e2 <= e and (d2 < d or e2 < e)) for d2, e2 in points)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i], i))
+def save_synthetic(path, text=None, start=0, end=256, text_sha256=None, **shape):
+    """Save a synthetic recording of shape ``SMALL`` (``shape``: any argument of
+    make_synthetic_recording, ``seed`` included) to ``path`` and return the path. With
+    ``text``, its metadata say it was cut from tokens [start, end) of that text, whose hash
+    is ``text_sha256`` (by default a stand-in made of the text's name)."""
+    rec = make_synthetic_recording(**{**SMALL, **shape})
+    if text is not None:
+        rec.metadata.update({"text_name": text,
+                             "text_sha256": text_sha256 or (text * 64)[:64],
+                             "token_start": start, "token_end": end})
+    save_recording(rec, path)
+    return path
+
+
+def recording_fixture(name="rec.safetensors", **shape):
+    """A module-scoped fixture: the synthetic recording ``save_synthetic(**shape)``, saved
+    once per module as ``name``; returns its path. conftest.py's ``rec_path`` is the
+    ``SMALL`` one; a module that needs another shape assigns its own:
+    ``rec_path = recording_fixture(num_keys=512, seed=3)``."""
+    @pytest.fixture(scope="module")
+    def rec_path(tmp_path_factory):
+        return save_synthetic(tmp_path_factory.mktemp("rec") / name, **shape)
+    return rec_path
+
+
+def chain_file(folder):
+    """A sink(4) + local(8) chain config file (what `sah resources/patterns --config` read)
+    written to folder/chain.yaml; returns its path as a str."""
+    from sah import LocalMaskerConfig, ResearchAttentionConfig, SinkMaskerConfig
+    cfg = ResearchAttentionConfig([SinkMaskerConfig(sink_size=4), LocalMaskerConfig(window_size=8)])
+    return str(cfg.to_file(folder / "chain.yaml"))
+
+
+def write_study(path, data):
+    """Write a study to ``path``: a dict as YAML, a str as it is, bytes as they are (for
+    files that are not valid text). Returns the path."""
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def read_csv(path):
+    """The rows of a CSV file as dicts."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_refused(tmp_path, data, *fragments, overrides=None):
+    """Run the study ``data`` (dict, str or bytes, written to ``tmp_path/study.yaml``; with
+    ``overrides``, extra RunOptions as the command-line flags give them) and check it is
+    refused before anything is written: one short line that starts with the study file and
+    holds every fragment, and no results folder. Returns the message."""
+    from sah.tuning.runner import RunOptions, run_study
+    study = write_study(tmp_path / "study.yaml", data)
+    results = tmp_path / "results"
+    with pytest.raises((ConfigError, RecordingError, FileNotFoundError, FileExistsError)) as info:
+        run_study(RunOptions(config=str(study), results_dir=str(results), progress=False,
+                             **(overrides or {})))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 600, message
+    assert message.startswith(str(study)), message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not results.exists()  # nothing written
+    return message
+
+
+def sink_local_and_strided(rec, name, **extra):
+    """A small study on ``rec``: random sink + local (6 samples, 3 per Ray trial) and a 2x2
+    strided grid; ``extra`` keys override."""
+    data = {"name": name, "recording": str(rec), "searcher": "random", "num_samples": 6,
+            "seed": 1, "density_targets": [0.3], "configs_per_trial": 3, "chains": [
+                {"name": "sink_local", "maskers": [
+                    {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 8}},
+                    {"type": "LocalMaskerConfig",
+                     "window_size": {"search": "uniform", "low": 0.05, "high": 0.5}}]},
+                {"name": "strided", "searcher": "grid", "maskers": [
+                    {"type": "StridedPatternConfig", "window_size": {"search": "grid", "values": [4, 8]},
+                     "stride": {"search": "grid", "values": [4, 16]}}]}]}
+    data.update(extra)
+    return data
+
+
+def error_line(err, command):
+    """The one ``sah <command>: error:`` line of a command's stderr (and no traceback)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"sah {command}: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def two_experiments(second_maskers):
+    """Study keys for a run of two experiments, one trial at a time, that can be stopped in
+    its second: chain ``first`` (2 trials of a sink) then chain ``second`` (16 trials of
+    ``second_maskers``)."""
+    return {"searcher": "optuna", "max_concurrent_trials": 1, "chains": [
+        {"name": "first", "num_samples": 2, "maskers": [
+            {"type": "SinkMaskerConfig", "sink_size": {"search": "randint", "low": 1, "high": 8}}]},
+        {"name": "second", "num_samples": 16, "maskers": second_maskers}]}
 
 
 def first_experiment_done(run_dir) -> bool:
@@ -113,23 +190,3 @@ def stop_in_second_experiment(run_dir):
     return stopper
 
 
-def assert_refused(tmp_path, data, *fragments):
-    """Run the study ``data`` (written to ``tmp_path/study.yaml``) and check it is refused
-    before anything is written: one line, starting with the study file, holding every
-    fragment. Returns the message."""
-    import pytest
-    import yaml
-
-    from sah.tuning.runner import RunOptions, run_study
-    from sah.infra.checks import ConfigError
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump(data, sort_keys=False))
-    results = tmp_path / "results"
-    with pytest.raises((ConfigError, FileExistsError, ValueError)) as info:
-        run_study(RunOptions(config=str(study), results_dir=str(results), progress=False))
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(str(study)), message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert not results.exists()  # nothing written
-    return message
