@@ -34,7 +34,7 @@ def anchors(path):
 def test_quest_multi_query_choices_are_documented():
     """Quest with several queries per call: each query bounds its own page by the keys up
     to its position, and pages already all active are skipped (sah's choices beyond the
-    spec; tests/test_hardening_core.py checks that the code does this)."""
+    spec; tests/test_maskers_top_k.py checks that the code does this)."""
     text = page("docs/maskers.md")
     assert "Quest, several queries per call (sah's choice beyond the spec)" in text
     assert "bounds its own page by the keys up to its position" in text
