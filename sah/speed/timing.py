@@ -164,6 +164,7 @@ def chain_call(attention: ResearchAttention, t: DecodeTensors):
     def call():
         return attention.custom_attention(None, t.queries, t.keys, t.values, None, t.scaling,
                                           0.0, kept, layer_idx=t.layer)
+    call.kept = kept  # type: ignore[attr-defined]  (the decoder's state, for inspection)
     return call
 
 

@@ -132,6 +132,8 @@ def _run_study(options: RunOptions) -> Path:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
         check_validate_names(study)  # before any embedded recording is made
+        from sah.tuning.steps.speed import check_speed_device
+        check_speed_device(study)
         sets = load_recording_sets(study)
         check_validate_texts(study, sets)
         described = sets.describe(fitting=bool(study.fit_hash_attention))
@@ -151,7 +153,7 @@ def _run_study(options: RunOptions) -> Path:
             import ray
             ray.shutdown()
         run_dir = progress.run_dir = run_dir.resolve()
-        return _validate(run_dir, study, read_trials(run_dir, study), sets, progress, options)
+        return _after_tuning(run_dir, study, read_trials(run_dir, study), sets, progress, options)
     num_layers = len(study.layers or recording.layer_ids)
     from sah.evaluate import default_group_size, layer_groups
     group = study.layers_per_report or default_group_size(num_layers)
@@ -244,6 +246,27 @@ def _run_study(options: RunOptions) -> Path:
             ray.shutdown()
         raise RunInterrupted(f"run stopped before every chain finished; finished trials are "
                              f"kept in {run_dir}; continue with --resume")
+    return _after_tuning(run_dir, study, rows, sets, progress, options)
+
+
+def _after_tuning(run_dir: Path, study: Any, rows: Any, sets: Any, progress: Progress,
+                  options: RunOptions) -> Path:
+    """The steps after tuning: speed (:mod:`sah.tuning.steps.speed`, unless ``speed.csv``
+    is there already), then validation."""
+    if study.speed is not None and not (run_dir / "speed.csv").is_file():
+        from sah.tuning.steps.speed import write_speed
+        started = time.time()
+        previous_term = forward_sigterm()
+        try:
+            write_speed(run_dir, study, rows, sets, progress=options.progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"run stopped while measuring the picks' speed; the tuning "
+                                 f"outputs are kept in {run_dir}; continue with --resume") from None
+        finally:
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+        progress.save(outputs_written=True)
+        log.info("phase speed: %.2f s", time.time() - started)
     if study.validate is not None:
         return _validate(run_dir, study, rows, sets, progress, options)
     return run_dir
