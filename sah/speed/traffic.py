@@ -87,12 +87,27 @@ def _pad_last(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     return torch.cat([x, torch.zeros(pad_shape, dtype=x.dtype, device=x.device)], dim=dim)
 
 
+def _count(x: torch.Tensor) -> torch.Tensor:
+    """Nonzero entries along the last dim of a 0/1 bool or uint8 tensor (a byte sum, which
+    torch vectorises)."""
+    return (x.view(torch.uint8) if x.dtype == torch.bool else x).sum(-1, dtype=torch.int32)
+
+
 def _block_any(x: torch.Tensor, block: int, query_block: int) -> torch.Tensor:
-    """``(b, h, q, n)`` bool -> ``(b, h, q_blocks, n_blocks)``: any True in each tile."""
+    """``(b, h, q, n)`` bool -> ``(b, h, q_blocks, n_blocks)`` bool: any True in each tile.
+    Reduced as bytes (and as 8-byte words when the block is a multiple of 8), which torch
+    vectorises, not as booleans."""
     b, h, q, n = x.shape
-    x = _pad_last(x, block, 3).view(b, h, q, -1, block).any(-1)
-    x = _pad_last(x, query_block, 2)
-    return x.view(b, h, -1, query_block, x.shape[-1]).any(3)
+    x = _pad_last(x.contiguous().view(torch.uint8), block, 3)
+    if block % 8 == 0:
+        x = x.view(torch.int64).view(b, h, q, -1, block // 8)  # 0/1 bytes: words are >= 0
+    else:
+        x = x.view(b, h, q, -1, block)
+    x = x.amax(-1) > 0
+    if query_block == 1:
+        return x
+    x = _pad_last(x.view(torch.uint8), query_block, 2)
+    return x.view(b, h, -1, query_block, x.shape[-1]).amax(3) > 0
 
 
 def block_density(active: torch.Tensor, allowed: torch.Tensor, block: int,
@@ -102,15 +117,25 @@ def block_density(active: torch.Tensor, allowed: torch.Tensor, block: int,
     bool, broadcastable to it. NaN when nothing is allowed."""
     if block < 1 or query_block < 1:
         raise ValueError(f"block {block}, query_block {query_block}: expected ints >= 1")
-    allowed = allowed.expand(active.shape)
-    allowed_blocks = _block_any(allowed, block, query_block)
+    allowed = allowed.view((1,) * (4 - allowed.dim()) + tuple(allowed.shape))
+    allowed_blocks = _block_any(allowed, block, query_block)  # un-broadcast: small
     active_blocks = _block_any(active & allowed, block, query_block)
-    per_row_allowed = allowed_blocks.sum(-1)
+    per_row_allowed = _count(allowed_blocks).expand(active_blocks.shape[:3])
     rows = per_row_allowed > 0
     if not bool(rows.any()):
         return float("nan")
-    share = active_blocks.sum(-1).double() / per_row_allowed.clamp_min(1).double()
+    share = _count(active_blocks).double() / per_row_allowed.clamp_min(1).double()
     return float(share[rows].mean())
+
+
+def _allowed_per_kv_head(allowed: torch.Tensor, shape: tuple, kv_heads: int) -> torch.Tensor:
+    """Allowed keys per (batch, KV head, query) ``(b, hk, q)`` float64."""
+    b, h, q, n = shape
+    if allowed.shape[1] == 1:
+        count = _count(allowed)  # (b|1, 1, q)
+    else:  # a per-head user mask: the group's first query head
+        count = _count(allowed.expand(shape).reshape(b, kv_heads, h // kv_heads, q, n)[:, :, 0])
+    return count.expand(b, kv_heads, q).double()
 
 
 # ---------------------------------------------------------------------- bytes
@@ -123,10 +148,10 @@ def bytes_ratio(active: torch.Tensor, allowed: torch.Tensor, kv_heads: int, read
     KV head, ``base_sample`` ``(b, h, q)`` extra keys read per row (adaptive sampling)."""
     b, h, q, n = active.shape
     g = h // kv_heads
-    allowed = allowed.expand(active.shape)
-    per_kv = (active & allowed).view(b, kv_heads, g, q, n).any(2)       # (b, hk, q, n)
-    allowed_count = allowed.reshape(b, kv_heads, g, q, n)[:, :, 0].sum(-1).double()  # (b, hk, q)
-    values_read = per_kv.sum(-1).double()
+    allowed = allowed.view((1,) * (4 - allowed.dim()) + tuple(allowed.shape))
+    union = (active & allowed).contiguous().view(torch.uint8).view(b, kv_heads, g, q, n).amax(2)
+    allowed_count = _allowed_per_kv_head(allowed, active.shape, kv_heads)  # (b, hk, q)
+    values_read = _count(union).double()
     if EVERY_KEY in readings or any(r is None for r in readings):
         keys_read = allowed_count
     else:
@@ -170,7 +195,7 @@ def mask_traffic(attention: Any, ctx: Any, layer: Optional[int], mask: Any,
     base = None
     for m in maskers:
         if key_reading(m) == BASE_SAMPLE:
-            counts = allowed.expand(ctx.mask_shape).sum(-1)
+            counts = _count(allowed).long().expand(ctx.mask_shape[:3])
             part = adaptive_base_sample(m, counts, ctx.dims.seq_len_keys)
             base = part if base is None else base + part
     out = {f"block_density_{size}": block_density(active, allowed, size) for size in BLOCKS}

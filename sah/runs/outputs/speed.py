@@ -105,8 +105,9 @@ def with_speed_section(summary: str, section_lines: List[str]) -> str:
 
 
 def plot_speed(study: Any, rows: Sequence[Dict[str, Any]], machine: str) -> bytes:
-    """Output error against the measured latency ratio, one colour per chain (each pick a
-    point), at the recording's keys (left) and at the long length (right)."""
+    """Output error against the measured latency ratio, one colour per chain (its ``best``
+    pick a star, its ``density_<t>`` picks dots), at the recording's keys (left) and at the
+    long length (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -122,8 +123,14 @@ def plot_speed(study: Any, rows: Sequence[Dict[str, Any]], machine: str) -> byte
                     and r.get("output_error") is not None and r["output_error"] > 0]
             if not mine:
                 continue
-            ax.scatter([r[column] for r in mine], [r["output_error"] for r in mine], s=26,
-                       color=colours(i % colours.N), label=chain, zorder=3)
+            colour = colours(i % colours.N)
+            for best in (True, False):  # each chain's best pick a star, its density picks dots
+                part = [r for r in mine if (r["pick"] == "best") == best]
+                if part:
+                    ax.scatter([r[column] for r in part], [r["output_error"] for r in part],
+                               s=70 if best else 26, marker="*" if best else "o", color=colour,
+                               label=chain if best or not any(r["pick"] == "best" for r in mine)
+                               else None, zorder=3)
         ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
