@@ -197,7 +197,7 @@ def test_speed_section_defaults_and_refusals():
     study = parse_study(_study({}), "x.yaml")
     assert study.speed.to_dict() == {"long_keys": 32768, "repeats": 3,
                                      "picks": ["best", "density_0.1"], "device": "cpu",
-                                     "dtype": "float32"}
+                                     "dtype": "float32", "threads": 1}
     assert parse_study(_study(None)).speed is None
     assert "speed" not in parse_study(_study(None)).to_dict()
     for bad, message in (({"long_keys": 0}, "x.yaml: speed.long_keys: got 0"),
@@ -205,6 +205,7 @@ def test_speed_section_defaults_and_refusals():
                          ({"picks": ["density_0.2"]}, "x.yaml: speed.picks[0]: got 'density_0.2'"),
                          ({"dtype": "float16"}, "x.yaml: speed.dtype: got 'float16'"),
                          ({"device": "tpu"}, "x.yaml: speed.device: got 'tpu'"),
+                         ({"threads": 0}, "x.yaml: speed.threads: got 0"),
                          ({"keys": 5}, "x.yaml: speed.keys: unknown key"),
                          ("yes", "x.yaml: speed: got 'yes'")):
         with pytest.raises(ConfigError) as err:

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from sah.attention import ResearchAttention, ResearchAttentionConfig
-from sah.evaluate import ContextCache, layer_indices
+from sah.evaluate import ContextCache, as_recording, layer_indices
 from sah.speed.timing import DTYPES, DecodeShape, Timing, decode_tensors, recorded_tensors, time_chain
 from sah.speed.traffic import BLOCKS, KV_BITS, mask_traffic
 
@@ -25,7 +25,9 @@ def traffic_figures(config: ResearchAttentionConfig, recording: object,
                     layers: Optional[Sequence[int]] = None, cache: Optional[ContextCache] = None,
                     kv_bits: int = KV_BITS) -> Dict[str, float]:
     """:data:`TRAFFIC_FIGURES` of ``config``'s masks on ``recording``'s layers (model layer
-    ids ``layers``, default all), each the mean over the layers."""
+    ids ``layers``, default all), each the mean over the layers. ``recording``: a
+    :class:`~sah.recording.format.Recording`, a file or an embedded recording name."""
+    recording = as_recording(recording, "traffic_figures: recording")
     attention = ResearchAttention.create_from_config(config)
     cache = cache if cache is not None else ContextCache()
     per_layer: Dict[str, List[float]] = {k: [] for k in TRAFFIC_FIGURES}
@@ -53,6 +55,7 @@ def latency(config: ResearchAttentionConfig, recording: object, keys: Optional[i
     """``config``'s warm decoding call against dense SDPA at the recording's model shape:
     on the recorded layer ``index`` (default the middle one; its last query and the keys it
     sees) when ``keys`` is None, else on a structured synthetic call of ``keys`` keys."""
+    recording = as_recording(recording, "latency: recording")
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     index = len(recording.layers) // 2 if index is None else index
     layer = int(recording.layers[index].layer)

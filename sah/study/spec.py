@@ -79,10 +79,11 @@ class SpeedSection:
     picks: List[str] = field(default_factory=list)   # resolved: never empty
     device: str = "cpu"
     dtype: str = "float32"
+    threads: int = 1  # torch CPU threads while timing
 
     def to_dict(self) -> Dict[str, Any]:
         return {"long_keys": self.long_keys, "repeats": self.repeats, "picks": list(self.picks),
-                "device": self.device, "dtype": self.dtype}
+                "device": self.device, "dtype": self.dtype, "threads": self.threads}
 
 
 @dataclass

@@ -7,7 +7,13 @@ speed:
   picks: [best, density_0.1]  # default: every pick: best and density_<t> per density target
   device: cpu          # cpu or cuda (checked before the run folder is made)
   dtype: float32       # float32 or bfloat16
+  threads: 1           # torch CPU threads while measuring (>= 1; at most the process's)
 ```
+
+``threads`` is 1 by default, as the run's other steps after Ray (validation, the
+HashAttention fit): on cores shared with other work, two threads wait for each other and
+the timings scatter (on a 2-core machine at load average 9-13, one call of Quest took
+14 ms with one thread and 95-392 ms with two, dense SDPA 24 and 36-56 ms).
 
 ``speed: {}`` takes every default. For each chain and each pick (its tuned config file) the
 step (:mod:`sah.tuning.steps.speed`) measures ``latency_ratio`` (the whole
@@ -27,7 +33,7 @@ from sah.infra.checks import ConfigError, short_repr
 from sah.study.spec import (DEFAULT_SPEED_LONG_KEYS, DEFAULT_SPEED_REPEATS, SpeedSection)
 from sah.study.validate import all_picks
 
-KEYS = ("long_keys", "repeats", "picks", "device", "dtype")
+KEYS = ("long_keys", "repeats", "picks", "device", "dtype", "threads")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 #: Longest ``long_keys`` accepted: the synthetic decoding call is built in memory.
@@ -74,4 +80,6 @@ def parse_speed_section(data: Any, density_targets: Sequence[float]) -> Optional
     _check(device in DEVICES, "speed.device", f"got {short_repr(device)}; use cpu or cuda")
     dtype = data.get("dtype", "float32")
     _check(dtype in DTYPES, "speed.dtype", f"got {short_repr(dtype)}; use float32 or bfloat16")
-    return SpeedSection(long_keys, repeats, [str(p) for p in picks], str(device), str(dtype))
+    threads = _int_in(data, "threads", 1, 1, 1024, "torch CPU threads while measuring")
+    return SpeedSection(long_keys, repeats, [str(p) for p in picks], str(device), str(dtype),
+                        threads)

@@ -116,8 +116,10 @@ def write_speed(run_dir: Path, study: Any, rows: List[Dict[str, Any]], sets: Any
     run_dir = Path(run_dir)
     say: Callable[[str], None] = ((lambda m: print(f"sah: speed: {m}", file=sys.stderr,
                                                    flush=True)) if progress else (lambda m: None))
+    from sah.infra.threads import torch_threads
     started = time.perf_counter()
-    speed_rows, machine = measure_picks(run_dir, study, rows, sets, say)
+    with torch_threads(study.speed.threads):
+        speed_rows, machine = measure_picks(run_dir, study, rows, sets, say)
     say(f"done in {time.perf_counter() - started:.0f} s")
     summary = run_dir / "summary.md"
     text = with_speed_section(summary.read_text() if summary.is_file() else "",
