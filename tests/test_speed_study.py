@@ -1,7 +1,8 @@
 """A study with `speed:` (real Ray Tune on a tiny synthetic recording): speed.csv holds the
 latency ratios, block densities and bytes ratio of every pick, its mask figures agree with
 sah.speed on the same tuned files, summary.md has the speed section with the machine,
-speed.png is drawn, and the finished run is complete for --resume."""
+speed.png is drawn, the finished run is complete for --resume, and a run stopped before
+the step finished measures again on --resume without running trials."""
 
 import csv
 
@@ -93,6 +94,17 @@ def test_study_measures_every_pick_speed(ray_session, rec_path, tmp_path, capsys
                          resume=True, progress=False))
     assert "already complete" in capsys.readouterr().err
     assert (run_dir / "speed.csv").stat().st_mtime_ns == before
+    # a run stopped before the step wrote speed.csv: --resume measures the picks again and
+    # runs no trial again; the summary keeps one speed section
+    (run_dir / "speed.csv").unlink()
+    trials_before = (run_dir / "trials.csv").read_text()
+    run_study(RunOptions(config=str(config), results_dir=str(tmp_path / "results"),
+                         resume=True, progress=False))
+    again = list(csv.DictReader(open(run_dir / "speed.csv", newline="")))
+    assert [(r["chain"], r["pick"], r["block_density_64"]) for r in again] == \
+        [(r["chain"], r["pick"], r["block_density_64"]) for r in rows]
+    assert (run_dir / "trials.csv").read_text() == trials_before
+    assert (run_dir / "summary.md").read_text().count("## Speed") == 1
 
 
 def test_speed_section_is_replaced_not_repeated():
