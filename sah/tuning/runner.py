@@ -21,6 +21,8 @@ experiments) and :mod:`~sah.tuning.signals` (stop signals).
 Ctrl-C or SIGTERM stops Ray Tune gracefully (its state is saved, finished trials kept);
 ``resume`` restores each unfinished experiment with ``Tuner.restore`` (finished trials are
 kept, unfinished ones run again from their start).
+A study with ``speed:`` then measures its picks' latency, block density and bytes per
+token (:mod:`~sah.tuning.steps.speed`; a run stopped there measures again on ``resume``).
 A study with ``validate:`` then runs its picks inside the model (after Ray has stopped;
 :mod:`~sah.tuning.steps.validation`); its texts are checked against the recordings with the
 rest, before the run folder is made. A run whose tuning finished but whose validation did
