@@ -23,7 +23,7 @@ LAYERS: List[List[str]] = [
      "sah.resources", "sah.maskers", "sah.per_head_native", "sah.layer_config",
      "sah.attention", "sah.plotting"],
     ["sah.recording"],
-    ["sah.evaluate", "sah.allocation", "sah.inmodel"],
+    ["sah.evaluate", "sah.allocation", "sah.inmodel", "sah.speed"],
     ["sah.study"],
     ["sah.runs"],
     ["sah.tuning"],

@@ -67,6 +67,13 @@ def test_default_study_validates_its_density_0_1_picks_on_held_out_text():
             assert not spans_overlap(window, rec[1:4]), (text, rec)
 
 
+def test_default_study_measures_every_pick_speed():
+    study = load_study(ROOT / "configs" / "default.yaml")
+    assert study.speed is not None and study.speed.long_keys == 32768
+    assert study.speed.picks == ["best"] + [f"density_{t:g}" for t in study.density_targets]
+    assert study.speed.repeats <= 5  # the default study stays under 10 minutes
+
+
 def test_default_study_pairs_counts_with_fractions():
     """The transfer question (does a count or a fraction keep its figures at 8192 tokens?)
     needs chain pairs that differ only in the unit of their sizes and score the SAME masks at

@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "transfer": ("sah.cli.transfer", "re-score a run's tuned configs on other recordings"),
     "validate": ("sah.cli.validate", "run chain configs inside the model against dense attention"),
     "allocate": ("sah.cli.allocate", "spend one density across a run chain's layers or heads"),
+    "speed": ("sah.cli.speed", "time a chain config's decoding call against dense attention"),
 }
 
 

@@ -113,9 +113,11 @@ class Progress:
                 and (self.run_dir / "summary.md").is_file())
 
     def complete(self, study: Study) -> bool:
-        """Tuning complete and, when the study validates its picks, validation too:
-        nothing left to resume."""
-        return self.tuning_complete(study) and (study.validate is None or self.validated)
+        """Tuning complete and, when the study validates its picks or measures their
+        speed, those steps too: nothing left to resume."""
+        return (self.tuning_complete(study) and (study.validate is None or self.validated)
+                and (getattr(study, "speed", None) is None
+                     or (self.run_dir / "speed.csv").is_file()))
 
     def wall_seconds(self, now: Optional[float] = None) -> float:
         """Total wall time over every part of the run, this one up to ``now``."""

@@ -25,6 +25,8 @@ allocate: null                 # {density_targets: [0.1], chains: [...], per_hea
 validate: {texts: [code@16384], tokens: 2048, positions: 128, picks: [density_0.1]}
                                # optional: run the picks inside the model after tuning
                                # (:mod:`sah.study.validate`)
+speed: {long_keys: 32768, repeats: 3}  # optional: each pick's latency, block density and
+                               # bytes per token beside its error (:mod:`sah.study.speed`)
 chains:
   - name: sink_local_oracle_top_k
     searcher: random           # optional per-chain override (also num_samples,
@@ -76,12 +78,13 @@ from sah.study.spec import (DEFAULT_CONFIGS_PER_TRIAL, DEFAULT_MAX_CONFIGURATION
                             MaskerSpec, Study)
 from sah.study.trial_resources import parse_trial_resources
 from sah.study.validate import parse_validate_section
+from sah.study.speed import parse_speed_section
 
 SEARCHERS = ("grid", "random", "optuna")
 TOP_KEYS = ("name", "recording", "recordings", "fit_recordings", "objective", "density_targets",
             "searcher", "multi_objective", "num_samples", "seed", "scheduler", "resources_per_trial", "max_concurrent_trials",
             "layers", "layers_per_report", "fit_hash_attention", "configs_per_trial",
-            "storage_path", "max_configurations", "validate", "chains", "allocate")
+            "storage_path", "max_configurations", "validate", "chains", "allocate", "speed")
 
 
 def _check(cond: bool, path: str, message: str) -> None:
@@ -197,11 +200,13 @@ def _parse(data: Any, overrides: Dict[str, Any], default_name: str, source: str)
         batchable = c.searcher in ("grid", "random") and scheduler is None
         c.configs_per_trial = min(per_trial, c.expected_trials()) if batchable else 1
     allocate = parse_allocate(data.get("allocate"), chains)
+    speed = parse_speed_section(data.get("speed"), [float(t) for t in targets])
     return Study(name, recordings, objective, [float(t) for t in targets], searcher, multi,
                  num_samples, seed, scheduler, cpus, gpus, max_conc,
                  [int(x) for x in layers] if layers else None, per_report, fit, chains, source,
                  per_trial, custom, storage, limit, fit_recordings,
-                 "recordings" if "recordings" in data else "recording", allocate, validate)
+                 "recordings" if "recordings" in data else "recording", allocate, validate,
+                 speed=speed)
 
 
 def _parse_scheduler(spec: Any) -> Optional[Dict[str, Any]]:

@@ -1,5 +1,5 @@
 """What a study is, as checked dataclasses: each masker of a chain (fixed fields and search
-domains), each chain, the study's sections (``allocate:``, ``validate:``) and the study itself.
+domains), each chain, the study's sections (``allocate:``, ``validate:``, ``speed:``) and the study itself.
 
 :mod:`sah.study.parse` builds them from YAML; nothing here reads files or imports Ray.
 """
@@ -20,6 +20,8 @@ DEFAULT_CONFIGS_PER_TRIAL = 8
 DEFAULT_MAX_CONFIGURATIONS = 100_000
 DEFAULT_VALIDATE_TOKENS = 2048
 DEFAULT_VALIDATE_POSITIONS = 128
+DEFAULT_SPEED_LONG_KEYS = 32768
+DEFAULT_SPEED_REPEATS = 3
 
 
 @dataclass
@@ -66,6 +68,22 @@ class MaskerSpec:
         out.update(copy.deepcopy(self.fixed))
         out.update({k: d.to_dict() for k, d in self.domains.items()})
         return out
+
+
+@dataclass
+class SpeedSection:
+    """The ``speed:`` section (:mod:`sah.study.speed`)."""
+
+    long_keys: int = DEFAULT_SPEED_LONG_KEYS
+    repeats: int = DEFAULT_SPEED_REPEATS
+    picks: List[str] = field(default_factory=list)   # resolved: never empty
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1  # torch CPU threads while timing
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"long_keys": self.long_keys, "repeats": self.repeats, "picks": list(self.picks),
+                "device": self.device, "dtype": self.dtype, "threads": self.threads}
 
 
 @dataclass
@@ -142,6 +160,7 @@ class Study:
     recordings_key: str = "recordings"  # the key the file used ("recording" for one)
     allocate: Optional[AllocateSpec] = None  # :mod:`sah.study.allocate`
     validate: Optional[ValidateSection] = None  # in-model validation of the picks
+    speed: Optional[SpeedSection] = None  # each pick's measured speed (:mod:`sah.study.speed`)
 
     @property
     def recording(self) -> str:
@@ -189,4 +208,6 @@ class Study:
             out["allocate"] = self.allocate.to_dict()
         if self.validate is not None:  # only when set: older run.yaml files still compare
             out["validate"] = self.validate.to_dict()
+        if self.speed is not None:  # only when set, as validate
+            out["speed"] = self.speed.to_dict()
         return out

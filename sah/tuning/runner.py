@@ -21,6 +21,8 @@ experiments) and :mod:`~sah.tuning.signals` (stop signals).
 Ctrl-C or SIGTERM stops Ray Tune gracefully (its state is saved, finished trials kept);
 ``resume`` restores each unfinished experiment with ``Tuner.restore`` (finished trials are
 kept, unfinished ones run again from their start).
+A study with ``speed:`` then measures its picks' latency, block density and bytes per
+token (:mod:`~sah.tuning.steps.speed`; a run stopped there measures again on ``resume``).
 A study with ``validate:`` then runs its picks inside the model (after Ray has stopped;
 :mod:`~sah.tuning.steps.validation`); its texts are checked against the recordings with the
 rest, before the run folder is made. A run whose tuning finished but whose validation did
@@ -132,6 +134,8 @@ def _run_study(options: RunOptions) -> Path:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
         check_validate_names(study)  # before any embedded recording is made
+        from sah.tuning.steps.speed import check_speed_device
+        check_speed_device(study)
         sets = load_recording_sets(study)
         check_validate_texts(study, sets)
         described = sets.describe(fitting=bool(study.fit_hash_attention))
@@ -151,7 +155,7 @@ def _run_study(options: RunOptions) -> Path:
             import ray
             ray.shutdown()
         run_dir = progress.run_dir = run_dir.resolve()
-        return _validate(run_dir, study, read_trials(run_dir, study), sets, progress, options)
+        return _after_tuning(run_dir, study, read_trials(run_dir, study), sets, progress, options)
     num_layers = len(study.layers or recording.layer_ids)
     from sah.evaluate import default_group_size, layer_groups
     group = study.layers_per_report or default_group_size(num_layers)
@@ -245,6 +249,27 @@ def _run_study(options: RunOptions) -> Path:
             ray.shutdown()
         raise RunInterrupted(f"run stopped before every chain finished; finished trials are "
                              f"kept in {run_dir}; continue with --resume")
+    return _after_tuning(run_dir, study, rows, sets, progress, options)
+
+
+def _after_tuning(run_dir: Path, study: Any, rows: Any, sets: Any, progress: Progress,
+                  options: RunOptions) -> Path:
+    """The steps after tuning: speed (:mod:`sah.tuning.steps.speed`, unless ``speed.csv``
+    is there already), then validation."""
+    if study.speed is not None and not (run_dir / "speed.csv").is_file():
+        from sah.tuning.steps.speed import write_speed
+        started = time.time()
+        previous_term = forward_sigterm()
+        try:
+            write_speed(run_dir, study, rows, sets, progress=options.progress)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"run stopped while measuring the picks' speed; the tuning "
+                                 f"outputs are kept in {run_dir}; continue with --resume") from None
+        finally:
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+        progress.save(outputs_written=True)
+        log.info("phase speed: %.2f s", time.time() - started)
     if study.validate is not None:
         return _validate(run_dir, study, rows, sets, progress, options)
     return run_dir
