@@ -3,7 +3,6 @@ how each built-in masker is counted, the interleaved decode timing (decoder-styl
 state), the `speed:` study section's parser, and `sah speed` (figures, JSON, refusals)."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -10,22 +10,18 @@ import pytest
 import yaml
 
 from sah.attention import ResearchAttentionConfig
-from sah.recording import load_recording, make_synthetic_recording, save_recording
+from sah.recording import load_recording
 from sah.runs.outputs.speed import COLUMNS
 from sah.speed import cpu_model, traffic_figures
 from sah.tuning.runner import RunOptions, run_study
+from tuning_support import recording_fixture
 
 pytestmark = pytest.mark.slow
 LONG_KEYS = 1024
 
 
-@pytest.fixture(scope="module")
-def rec_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rec") / "tiny.safetensors"
-    save_recording(make_synthetic_recording(num_layers=2, num_heads=4, num_kv_heads=2,
-                                            head_dim=16, num_keys=256, num_queries=4, seed=2),
-                   path)
-    return path
+rec_path = recording_fixture("tiny.safetensors", num_layers=2, num_heads=4, num_kv_heads=2,
+                             head_dim=16, num_keys=256, num_queries=4, seed=2)
 
 
 def study(tmp_path, rec_path):
