@@ -3,6 +3,7 @@ folders from elsewhere, the run folder's lock and killed runs."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,3 +64,40 @@ def completed_rows(run_dir):
     import csv
     with open(Path(run_dir) / "trials.csv", newline="") as fh:
         return [r for r in csv.DictReader(fh) if r["status"] == "completed"]
+
+
+_INTERRUPTED = {}
+
+
+def interrupted_run(base):
+    """A real run stopped with SIGTERM in its first experiment (once per test process,
+    under ``base``): chain ``sink_local`` (batched random) has some completed trials,
+    chain ``later`` (Optuna, the second experiment) none. Returns (study file, run folder);
+    copy the folder before changing it."""
+    if "run" in _INTERRUPTED:
+        return _INTERRUPTED["run"]
+    base = Path(base)
+    study = write_study(base, name="halfway")
+    data = yaml.safe_load(study.read_text())
+    data["chains"].append({"name": "later", "searcher": "optuna", "num_samples": 2,
+                           "maskers": [{"type": "LocalMaskerConfig", "window_size": {
+                               "search": "randint", "low": 8, "high": 64}}]})
+    study.write_text(yaml.safe_dump(data))
+    results = base / "results"
+    run_dir = results / "halfway"
+    proc = launch(study, results)
+    wait_for(proc, lambda: finished_batches(run_dir / "ray" / "_batched") >= 2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert 1 <= len(completed_rows(run_dir)) < NUM_SAMPLES, out
+    _INTERRUPTED["run"] = (study, run_dir)
+    return _INTERRUPTED["run"]
+
+
+def sah(*argv):
+    """``python3 -m sah.cli ARGV`` as a user runs it: (exit status, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "sah.cli", *map(str, argv)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
