@@ -180,7 +180,7 @@ def check_scaling(scaling: Any) -> float:
         value = float(scaling)
     except (TypeError, ValueError):
         value = math.nan
-    if isinstance(scaling, bool) or not math.isfinite(value) or value <= 0:
+    if isinstance(scaling, (bool, str, bytes)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"scaling: got {scaling!r}; expected a finite number > 0 (the "
                          f"softmax scale, default 1/sqrt(head_dim)), or None for the default")
     return value
