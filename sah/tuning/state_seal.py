@@ -5,9 +5,11 @@
 unpickling runs code. So every file of every experiment is signed while the run writes
 it: ``<run>/ray-state.sig.json`` lists each file's SHA-256 and an HMAC of that list made
 with this installation's key (:mod:`sah.infra.install_key`, kept outside the run folder).
-The list is signed again about once a second while Ray Tune runs (:class:`SealCallback`,
-files whose size and time did not change are not read again) and once more when the
-experiment stops, however it stops (done, Ctrl-C, SIGTERM, an error).
+The list is signed again about once a second while Ray Tune runs (:class:`SealCallback`;
+files whose size and time did not change are not read again, an unchanged list is not
+written again, and a big folder is signed less often, so that signing takes at most about
+a tenth of the driver's time) and once more when the experiment stops, however it stops
+(done, Ctrl-C, SIGTERM, an error).
 
 Before ``--resume`` starts anything, :func:`check_sealed` compares every experiment folder
 with its signed list: a folder from elsewhere, with a file changed, added or removed, or
@@ -123,14 +125,20 @@ def _read_seal(run_dir: Path) -> Dict[str, Any]:
     return experiments if isinstance(experiments, dict) else {}
 
 
-def seal(run_dir: Path, name: str, exp_dir: str, known: Optional[Dict[str, Any]] = None) -> None:
-    """Sign the files of experiment ``name`` (folder ``exp_dir``) in ``<run>/ray-state.sig.json``."""
+def seal(run_dir: Path, name: str, exp_dir: str, known: Optional[Dict[str, Any]] = None,
+         unless: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Sign the files of experiment ``name`` (folder ``exp_dir``) in
+    ``<run>/ray-state.sig.json``; nothing is written when they are ``unless`` (the files
+    signed last time). Returns the files signed."""
     files = experiment_files(exp_dir, known)
+    if unless is not None and files == unless:
+        return files
     experiments = _read_seal(run_dir)
     experiments[name] = {"files": files, "signature": sign(_message(name, files))}
     atomic_write_text(Path(run_dir) / SEAL_FILE,
                       json.dumps({"format": 1, "experiments": experiments}, indent=1,
                                  sort_keys=True))
+    return files
 
 
 def _difference(signed: Dict[str, str], found: Dict[str, str]) -> str:
@@ -185,21 +193,31 @@ class SealCallback(Callback):
 
     def __init__(self, run_dir: Path, name: str, exp_dir: str) -> None:
         self.run_dir, self.name, self.exp_dir = str(run_dir), name, str(exp_dir)
+        self._reset()
+
+    def _reset(self) -> None:
         self._known: Dict[str, Any] = {}
-        self._last = 0.0
+        self._signed: Optional[Dict[str, str]] = None
+        self._last, self._took = 0.0, 0.0
 
     def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_known"], state["_last"] = {}, 0.0
-        return state
+        return {"run_dir": self.run_dir, "name": self.name, "exp_dir": self.exp_dir}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     def seal_now(self) -> None:
-        seal(Path(self.run_dir), self.name, self.exp_dir,
-             None if _is_uri(self.exp_dir) else self._known)
+        start = time.monotonic()
+        self._signed = seal(Path(self.run_dir), self.name, self.exp_dir,
+                            None if _is_uri(self.exp_dir) else self._known, self._signed)
         self._last = time.monotonic()
+        self._took = self._last - start
 
     def on_step_end(self, iteration: int, trials: List[Any], **info: Any) -> None:
-        if not _is_uri(self.exp_dir) and time.monotonic() - self._last >= _EVERY:
+        # about once a second, less often for big folders: at most a tenth of the driver's time
+        if (not _is_uri(self.exp_dir)
+                and time.monotonic() - self._last >= max(_EVERY, 10 * self._took)):
             self.seal_now()
 
     def on_experiment_end(self, trials: List[Any], **info: Any) -> None:
