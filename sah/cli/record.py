@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sah.recording.default_model import load_model, load_tokenizer
+    from sah.recording.default_model import load_model, load_tokenizer, model_context_tokens
     from sah.recording.embedded import MAX_TOKENS
     from sah.recording.format import save_recording
     from sah.recording.recorder import record_attention
@@ -80,7 +80,12 @@ def run(args: argparse.Namespace) -> int:
     text = load_text(spec.text, "--text")  # read before the slow model load, to fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    # the text's length needs only the tokenizer: checked before the model loads
+    # the model's context and the text's length need only its config and tokenizer:
+    # checked before the model loads
+    context = model_context_tokens(args.model)
+    if context and args.tokens > context:
+        raise ValueError(f"--tokens: {args.tokens} is past the model's context of {context} "
+                         f"tokens (max_position_embeddings); give at most {context}")
     ids = token_window(load_tokenizer(args.model), text, spec.start, args.tokens,
                        f"--text {spec}")
     model, _ = load_model(args.model, device=device, attn_implementation=args.attn)
