@@ -43,6 +43,10 @@ def cell(path: Path, line: int, column: str, text: str, convert: Callable[[str],
     """``convert(text)``; a value it refuses is one line naming file, line, column, value."""
     try:
         return convert(text)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 (a parser's own error type, e.g. YAML's, included)
         raise ConfigError(f"{path}: line {line}: column {column} holds {short_repr(text)}, "
-                          f"not a {getattr(convert, '__name__', 'value')}; {FIX}") from None
+                          f"not {_KINDS.get(convert, 'a value of its search domain')}; {FIX}"
+                          ) from None
+
+
+_KINDS = {int: "a whole number", float: "a number"}

@@ -2,12 +2,16 @@
 per other chain, then the outputs.
 
 Order of work, so that bad input writes nothing: load and validate the study, check the
-run folder (an existing folder is only ever continued with ``resume``), join the cluster
+results folder and a local ``storage_path`` (writable), check the run folder (an existing
+folder is only ever continued with ``resume``, which takes the folder's lock at once,
+:mod:`~sah.runs.lock`; a new run takes it when it makes the folder), join the cluster
 (``--address``) and check that one of its nodes can hold a trial's resources (a local run
 checks this machine without starting Ray), find, make and load the scored and fit
 recordings and check them (:mod:`~sah.study.recordings`: no fit span overlapping a scored
 one, one model shape, the layers; on ``resume`` the content hashes ``run.yaml`` stored),
-load the weight files the study names; only then create the run folder, write
+verify on ``resume`` that Ray's saved state was signed by this installation
+(:mod:`~sah.tuning.state_seal`: nothing of a folder from elsewhere is unpickled), load the
+weight files the study names and check them against the recordings; only then create the run folder, write
 ``run.yaml``, fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched`` (or under ``storage_path``); an Optuna or ASHA chain's experiment
