@@ -48,6 +48,11 @@ if [ "$LATEST" = 1 ]; then
 else
     say "[3/3] installing sah (editable) with its dependencies (Ray, transformers, ...) and pytest,"
     say "      at the versions of constraints.txt"
-    "$PY" -m pip install -q -c constraints.txt -e ".[test]"
+    if ! "$PY" -m pip install -q -c constraints.txt -e ".[test]"; then
+        PYV=$("$PY" -c 'import platform; print(platform.python_version())')
+        echo "install.sh: the versions of constraints.txt could not be installed on Python $PYV" \
+             "(they were tested on the Python its first lines name); try: bash install.sh --latest" >&2
+        exit 1
+    fi
 fi
 say "done in $((SECONDS - START)) s"
