@@ -85,3 +85,24 @@ def test_the_callback_pickles_without_the_key_and_signs_new_files(signed, tmp_pa
     restored = pickle.loads(data)
     restored.on_experiment_end([])
     check_sealed(run_dir, [("exp", str(exp))])
+
+
+def test_a_cache_folder_that_cannot_hold_the_key_is_refused_before_the_run(tmp_path, monkeypatch):
+    import yaml
+
+    from sah.recording import make_synthetic_recording, save_recording
+    from sah.tuning.runner import RunOptions, run_study
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("SAH_CACHE_DIR", str(tmp_path / "a-file"))
+    rec = tmp_path / "rec.safetensors"
+    save_recording(make_synthetic_recording(num_layers=1, num_heads=2, num_kv_heads=1,
+                                            head_dim=8, num_keys=32, num_queries=2, seed=0), rec)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "k", "recording": str(rec), "searcher": "random",
+                                     "num_samples": 1, "chains": [{"name": "c", "maskers": [
+                                         {"type": "LocalMaskerConfig", "window_size": 4}]}]}))
+    with pytest.raises(ConfigError, match="cannot make or read this installation's key .*"
+                                          "set SAH_CACHE_DIR"):
+        run_study(RunOptions(config=str(study), results_dir=str(tmp_path / "results"),
+                             progress=False))
+    assert not (tmp_path / "results").exists()

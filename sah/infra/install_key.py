@@ -61,6 +61,19 @@ def installation_key() -> bytes:
     return key
 
 
+def check_installation_key() -> None:
+    """Make (or read) the key now, so a cache folder that cannot be written is one line
+    (:class:`~sah.infra.checks.ConfigError`) before a run starts, not an error inside it."""
+    from sah.infra.checks import ConfigError
+    try:
+        installation_key()
+    except OSError as exc:
+        raise ConfigError(f"{key_path()}: cannot make or read this installation's key "
+                          f"({getattr(exc, 'strerror', None) or exc}); set SAH_CACHE_DIR to a "
+                          f"folder you can write (it signs Ray Tune's state for --resume)"
+                          ) from None
+
+
 def _read(path: Path) -> Optional[bytes]:
     try:
         return path.read_bytes()

@@ -55,6 +55,7 @@ from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_
                                   versions)
 from sah.runs.folder import (Progress, _comparable, check_results_dir, check_run_folder,
                              check_writable_folder)
+from sah.infra.install_key import check_installation_key
 from sah.runs.lock import RunLock
 from sah.tuning.state_seal import check_sealed
 from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
@@ -159,6 +160,7 @@ def _run_study(options: RunOptions, locks: List[RunLock]) -> Path:
             except ConfigError as exc:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
+        check_installation_key()  # signs Ray's state as it is written (state_seal)
         check_validate_names(study)  # before any embedded recording is made
         sets = load_recording_sets(study)
         check_validate_texts(study, sets)
