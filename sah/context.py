@@ -17,7 +17,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -173,6 +173,19 @@ FEW_QUERY_ROWS = 16
 KEY_BLOCK = 8192
 
 
+def check_scaling(scaling: Any) -> float:
+    """The softmax scale of a call: a finite number > 0 (0 gives uniform weights, a negative
+    one inverts the softmax, NaN makes every output NaN); ``ValueError`` otherwise."""
+    try:
+        value = float(scaling)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(scaling, (bool, str, bytes)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scaling: got {scaling!r}; expected a finite number > 0 (the "
+                         f"softmax scale, default 1/sqrt(head_dim)), or None for the default")
+    return value
+
+
 class AttentionContext:
     """One attention call: inputs plus cached, parameter-free derived tensors."""
 
@@ -186,7 +199,8 @@ class AttentionContext:
         self.values = values
         #: the values' head dim (may differ from the queries' and keys' ``dims.head_dim``)
         self.value_dim = int(values.shape[-1])
-        self.scaling = float(scaling) if scaling is not None else 1.0 / math.sqrt(self.dims.head_dim)
+        self.scaling = (check_scaling(scaling) if scaling is not None
+                        else 1.0 / math.sqrt(self.dims.head_dim))
         self.query_positions = check_query_positions(query_positions, self.dims, keys.device)
         self.attention_mask = attention_mask
         #: True when this context serves many chains (a trial cache sets it): maskers may

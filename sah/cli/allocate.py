@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with more threads than free cores); the in-model check keeps "
                              "torch's default")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--partial", action="store_true",
+                        help="allow a run that did not finish (allocates from the trials that "
+                             "finished)")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -69,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--density: got {args.density:g}; expected a mean density in (0, 1]")
         ctx = open_run(Path(args.run))
         ctx.study.chain(args.chain)
+        from sah.runs.folder import check_finished
+        if args.chain in check_finished(ctx.run_dir, ctx.study, args.partial, "allocating"):
+            say(f"the run did not finish (--partial): chain {args.chain} allocates from the "
+                f"trials that finished")
         heldout = args.heldout or default_heldout(ctx.meta)
         text = None
         if not args.no_validate:

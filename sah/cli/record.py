@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sah.recording.default_model import load_model
+    from sah.recording.default_model import load_model, load_tokenizer, model_context_tokens
     from sah.recording.embedded import MAX_TOKENS
     from sah.recording.format import save_recording
     from sah.recording.recorder import record_attention
@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tokens ({args.tokens}) and --queries ({args.queries}) must be >= 1")
     if args.queries > args.tokens:
         raise ValueError(f"--queries ({args.queries}) cannot exceed --tokens ({args.tokens})")
+    if not 0 < args.query_fraction <= 1:  # also NaN
+        raise ValueError(f"--query-fraction: got {args.query_fraction:g}; give the final fraction "
+                         f"of the text the queries are spread over, in (0, 1] (default 0.25)")
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size: got {args.chunk_size}; give a token count >= 1")
     if args.model == "default" and args.tokens > MAX_TOKENS:
@@ -77,13 +80,20 @@ def run(args: argparse.Namespace) -> int:
     text = load_text(spec.text, "--text")  # read before the slow model load, to fail fast
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, device=device, attn_implementation=args.attn)
+    # the model's context and the text's length need only its config and tokenizer:
+    # checked before the model loads
+    context = model_context_tokens(args.model)
+    if context and args.tokens > context:
+        raise ValueError(f"--tokens: {args.tokens} is past the model's context of {context} "
+                         f"tokens (max_position_embeddings); give at most {context}")
+    ids = token_window(load_tokenizer(args.model), text, spec.start, args.tokens,
+                       f"--text {spec}")
+    model, _ = load_model(args.model, device=device, attn_implementation=args.attn)
     loaded = time.perf_counter()
     context = model_context(model)
     if context and args.tokens > context:
         raise ValueError(f"--tokens: {args.tokens} is past the model's context of {context} "
                          f"tokens (max_position_embeddings); give at most {context}")
-    ids = token_window(tokenizer, text, spec.start, args.tokens, f"--text {spec}")
     rec = record_attention(model, ids, layers=args.layers, num_queries=args.queries,
                            query_fraction=args.query_fraction, dtype=args.dtype,
                            progress=not args.no_progress, chunk_size=args.chunk_size,

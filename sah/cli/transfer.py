@@ -18,12 +18,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "prose@4096, ...) or a file; repeat for several")
     parser.add_argument("--format", default="markdown", choices=("markdown", "csv"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--partial", action="store_true",
+                        help="allow a run that did not finish: its picks come from the trials "
+                             "that finished (chains without one are named and left out)")
 
 
 def run(args: argparse.Namespace) -> int:
     from sah.runs.transfer import transfer, transfer_text
     try:
-        result = transfer(Path(args.run), args.recording, progress=not args.quiet)
+        result = transfer(Path(args.run), args.recording, progress=not args.quiet,
+                          partial=args.partial)
     except (ConfigError, RecordingError, FileNotFoundError) as exc:
         print(f"sah transfer: error: {exc}", file=sys.stderr)
         return 2

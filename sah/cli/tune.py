@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sah.tuning.runner import RunInterrupted, RunOptions, run_study
+    if args.quiet:  # a failed trial is in trials.csv (error_message) and the summary; Ray
+        # Tune would also log its full traceback (e.g. a worker killed by the OS)
+        import os
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     options = RunOptions(config=args.config, name=args.name, searcher=args.searcher,
                          num_samples=args.num_samples, seed=args.seed,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,

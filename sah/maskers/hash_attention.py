@@ -176,7 +176,33 @@ def _as_layer_weights(data: Any, where: str) -> LayerWeights:
             if not bool(torch.isfinite(t).all()):
                 raise ConfigError(f"{where}: {name}[{i}] contains NaN or infinite values; hash "
                                   f"weights must be finite (refit or re-export them)")
+    _check_structure(out, where)
     return out
+
+
+def _check_structure(weights: LayerWeights, where: str) -> None:
+    """Each hash (query, key) is a chain of (heads, d_in, d_out) matrices, each with its
+    (heads, d_out) bias, every d_in the previous d_out: what any call needs, before sizes."""
+    for side in ("query", "key"):
+        mats, biases = weights[f"{side}_matrix"], weights[f"{side}_bias"]
+        if not mats or len(mats) != len(biases):
+            raise ConfigError(f"{where}: the {side} hash has {len(mats)} matrices and "
+                              f"{len(biases)} biases; expected one bias per matrix, at least one")
+        for i, (w, b) in enumerate(zip(mats, biases)):
+            if w.dim() != 3 or b.dim() != 2:
+                raise ConfigError(f"{where}: {side}_matrix[{i}] has shape {tuple(w.shape)} and "
+                                  f"{side}_bias[{i}] {tuple(b.shape)}; expected (heads, d_in, "
+                                  f"d_out) and (heads, d_out)")
+            if tuple(b.shape) != (w.shape[0], w.shape[2]):
+                raise ConfigError(f"{where}: {side}_bias[{i}] has shape {tuple(b.shape)}; "
+                                  f"{side}_matrix[{i}] {tuple(w.shape)} needs {(w.shape[0], w.shape[2])}")
+            if i and (w.shape[0], w.shape[1]) != (mats[0].shape[0], mats[i - 1].shape[2]):
+                raise ConfigError(f"{where}: {side}_matrix[{i}] has shape {tuple(w.shape)}; after "
+                                  f"{side}_matrix[{i - 1}] {tuple(mats[i - 1].shape)} it must "
+                                  f"be ({mats[0].shape[0]}, {mats[i - 1].shape[2]}, d_out)")
+
+
+_NAME_HELP = f"expected names 'layer.<L>.<{'|'.join(WEIGHT_NAMES)}>.<I>' with whole numbers L, I"
 
 
 def _unflatten(flat: Dict[str, torch.Tensor], where: str) -> Dict[int, LayerWeights]:
@@ -185,15 +211,53 @@ def _unflatten(flat: Dict[str, torch.Tensor], where: str) -> Dict[int, LayerWeig
     for key, tensor in flat.items():
         parts = key.split(".")
         if len(parts) != 4 or parts[0] != "layer" or parts[2] not in WEIGHT_NAMES:
-            raise ConfigError(f"{where}: unexpected tensor name {key!r}; expected "
-                              f"'layer.<L>.<{'|'.join(WEIGHT_NAMES)}>.<I>'")
+            raise ConfigError(f"{where}: unexpected tensor name {key!r}; {_NAME_HELP}")
+        for part, what in ((parts[1], "layer"), (parts[3], "index")):
+            if not part.isdigit():
+                raise ConfigError(f"{where}: tensor {key!r}: its {what} {part!r} is not a whole "
+                                  f"number; {_NAME_HELP}")
         grouped.setdefault(int(parts[1]), {}).setdefault(parts[2], {})[int(parts[3])] = tensor
     out: Dict[int, LayerWeights] = {}
     for layer, names in grouped.items():
-        data = {name: [names.get(name, {})[i] for i in sorted(names.get(name, {}))]
-                for name in WEIGHT_NAMES}
+        for name in WEIGHT_NAMES:
+            found = sorted(names.get(name, {}))
+            if found != list(range(len(found))) or not found:
+                have = ", ".join(map(str, found)) or "none"
+                raise ConfigError(f"{where}: layer {layer}: tensors layer.{layer}.{name}.<I> "
+                                  f"have I = {have}; expected 0, 1, ... (one per hash layer)")
+        data = {name: [names[name][i] for i in sorted(names[name])] for name in WEIGHT_NAMES}
         out[layer] = _as_layer_weights(data, f"{where} layer {layer}")
     return out
+
+
+def check_weights_for(weights: Dict[int, LayerWeights], cfg_fields: Dict[str, Any],
+                      searched: Any, layers: Any, num_heads: int, num_kv_heads: int,
+                      head_dim: int, where: str) -> None:
+    """Weights loaded from a file against a study, before anything runs: every scored layer
+    present, the heads, KV heads and head dim of the recordings and, when the masker fixes
+    them (``searched`` names its searched fields), ``hat_bits`` and the MLP sizes."""
+    missing = [layer for layer in layers if int(layer) not in weights]
+    if missing:
+        raise ConfigError(f"{where}: no weights for layer(s) {', '.join(map(str, missing))} the "
+                          f"study scores; the file holds layers {sorted(weights)}")
+    sizes = ("hat_bits", "hat_mlp_layers", "hat_mlp_hidden_size")
+    cfg = HashAttentionTopKMaskerConfig(**{k: v for k, v in cfg_fields.items() if k in sizes})
+    for layer in layers:
+        w = weights[int(layer)]
+        try:
+            if not any(name in searched for name in sizes):
+                check_layer_weights(w, cfg, layer, num_heads, num_kv_heads, head_dim)
+                continue
+            for side, heads in (("query", (num_heads,)), ("key", (num_kv_heads, num_heads))):
+                first = w[f"{side}_matrix"][0]
+                if first.shape[0] not in heads or first.shape[1] != head_dim:
+                    raise ConfigError(f"layer {layer}: {side}_matrix[0] has shape "
+                                      f"{tuple(first.shape)}; the "
+                                      f"recordings need ({' or '.join(map(str, heads))}, "
+                                      f"{head_dim}, d_out)")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc} (recordings: {num_heads} heads, "
+                              f"{num_kv_heads} KV heads, head dim {head_dim})") from None
 
 
 def normalize_hat_weights(data: Any, where: str) -> Dict[int, LayerWeights]:

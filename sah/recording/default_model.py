@@ -73,6 +73,43 @@ def load_default_tokenizer() -> Any:
         hf_logging.set_verbosity(verbosity)
 
 
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer of ``model`` (as :func:`load_model` takes it) without its weights:
+    seconds instead of a model load, enough to check a text's length first."""
+    if model == "default":
+        return load_default_tokenizer()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    path = Path(model)
+    kw, where = (({"gguf_file": path.name}, str(path.parent))
+                 if path.suffix == ".gguf" and path.is_file() else ({}, model))
+    try:
+        return AutoTokenizer.from_pretrained(where, **kw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {model!r}: cannot load a tokenizer from it ({exc}); give a "
+                         f"local Hugging Face model directory, a .gguf file or 'default'") from None
+
+
+def model_context_tokens(model: str) -> int:
+    """The context length of a local model (``max_position_embeddings`` of its config, read
+    without the weights); 0 when it cannot be told (then the loaded model is checked)."""
+    if model == "default":
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    path = Path(model)
+    kw, where = (({"gguf_file": path.name}, str(path.parent))
+                 if path.suffix == ".gguf" and path.is_file() else ({}, model))
+    try:
+        cfg = AutoConfig.from_pretrained(where, **kw)
+    except (OSError, ValueError):
+        return 0
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return int(getattr(cfg, "max_position_embeddings", 0) or 0)
+
+
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"
                ) -> Tuple[Any, Any]:
     """``default`` -> the embedded model; otherwise a local Hugging Face model directory or a

@@ -25,7 +25,6 @@ For a chain of the run and a mean density target ``T``:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -43,6 +42,8 @@ from sah.runs.outputs.picks import best_row, completed, target_row
 from sah.runs.outputs.trials import load_run, row_config
 from sah.study.allocate import example_config, no_size_field
 from sah.infra.checks import ConfigError
+from sah.infra.csv_table import cell, read_table
+from sah.runs.outputs.per_layer import COLUMNS as PER_LAYER_COLUMNS
 
 #: A default size is covered by a run point within 10% of it (0.01 for shares).
 NEAR = 0.10
@@ -112,11 +113,11 @@ def _per_layer_table(run_dir: Path) -> Dict[Tuple[str, int], List[Tuple[str, int
             f"(or did not finish): run the study again with sah tune (or --resume it) to "
             f"produce it")
     table: Dict[Tuple[str, int], List[Tuple[str, int, float, float]]] = {}
-    with path.open(newline="") as fh:
-        for raw in csv.DictReader(fh):
-            table.setdefault((raw["chain"], int(raw["trial"])), []).append(
-                (raw["recording"], int(raw["layer"]), float(raw["output_error"]),
-                 float(raw["density"])))
+    for line, raw in read_table(path, PER_LAYER_COLUMNS):
+        table.setdefault((raw["chain"], cell(path, line, "trial", raw["trial"], int)), []).append(
+            (raw["recording"], cell(path, line, "layer", raw["layer"], int),
+             cell(path, line, "output_error", raw["output_error"], float),
+             cell(path, line, "density", raw["density"], float)))
     return table
 
 

@@ -192,6 +192,23 @@ class RunArtefacts:
         self.loaded.update(load_artefacts(todo, fitted))
         return self.loaded
 
+    def check_shapes(self, study: Study, recording: Any) -> None:
+        """Every loaded weight file against the maskers naming it and the study's
+        recordings (layers, heads, KV heads, head dim; hash sizes the masker fixes):
+        refused with one line before anything runs."""
+        from sah.maskers.hash_attention import check_weights_for
+        layers = list(study.layers or recording.layer_ids)
+        for chain in study.chains:
+            for masker in chain.maskers:
+                value = masker.fixed.get(FILE_FIELD)
+                if value not in self.loaded:
+                    continue
+                art = self.items[value]
+                check_weights_for(self.loaded[value].weights, masker.fixed, masker.domains,
+                                  layers, recording.num_heads, recording.num_kv_heads,
+                                  recording.head_dim,
+                                  f"{study.source}: {masker.path}.{FILE_FIELD} {art.value}")
+
     def needed(self, config: ResearchAttentionConfig) -> List[Artefact]:
         """The artefacts a config names."""
         values = [getattr(c, FILE_FIELD, None) for c in config.masker_configs]

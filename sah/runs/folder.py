@@ -24,22 +24,27 @@ _VALIDATION = "_validation"  # "complete" once the study's picks were validated 
 
 
 def check_results_dir(results_dir: Path) -> None:
-    """``--results-dir`` must be a folder this process can write in (or create): checked by
-    creating and removing a temporary folder in it (or in its nearest existing parent), so
-    a refused run leaves nothing behind."""
-    path = Path(results_dir)
+    """``--results-dir`` must be a folder this process can write in (or create)."""
+    check_writable_folder(Path(results_dir), "--results-dir",
+                          "pass a folder you can write to (default: results)")
+
+
+def check_writable_folder(path: Path, flag: str, fix: str) -> None:
+    """``path`` must be a folder this process can write in (or create): checked by creating
+    and removing a temporary folder in it (or in its nearest existing parent), so a refused
+    run leaves nothing behind. ``flag`` names the option in the one-line refusal."""
+    path = Path(path)
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
         where = "is a file" if probe == path else f"lies under {probe}, which is a file"
-        raise ConfigError(f"--results-dir {path}: {where}, not a folder; pass a folder "
-                          f"(default: results)")
+        raise ConfigError(f"{flag} {path}: {where}, not a folder; {fix}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".sah-write-test-", dir=probe))
     except OSError as exc:
-        raise ConfigError(f"--results-dir {path}: cannot write in {probe} ({exc.strerror or exc}); "
-                          f"pass a folder you can write to") from None
+        raise ConfigError(f"{flag} {path}: cannot write in {probe} ({exc.strerror or exc}); "
+                          f"{fix}") from None
 
 
 def read_run_yaml(run_dir: Path, fix: str) -> Dict[str, Any]:
@@ -89,6 +94,28 @@ def read_progress(run_dir: Path) -> Dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def unfinished_chains(run_dir: Path, study: Study) -> List[str]:
+    """The chains of a run whose tuning did not finish (``progress.json``), all of them when
+    the run's final outputs (``summary.md``) were never written: empty for a finished run."""
+    data = read_progress(run_dir)
+    if not (Path(run_dir) / "summary.md").is_file():
+        return [c.name for c in study.chains if data.get(c.name) != "complete"] or \
+            [c.name for c in study.chains]
+    return [c.name for c in study.chains if data.get(c.name) != "complete"]
+
+
+def check_finished(run_dir: Path, study: Study, partial: bool, what: str) -> List[str]:
+    """Refuse (one line) a run whose tuning did not finish unless ``partial`` (the
+    ``--partial`` flag); returns the unfinished chains."""
+    missing = unfinished_chains(run_dir, study)
+    if missing and not partial:
+        raise ConfigError(f"{run_dir}: the run did not finish (chain(s) {', '.join(missing)} "
+                          f"not complete in progress.json); {what} would use only the trials "
+                          f"that finished. Finish it with sah tune --resume, or pass --partial "
+                          f"to go ahead with the finished trials")
+    return missing
 
 
 class Progress:

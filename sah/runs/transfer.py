@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sah.runs.artefacts import RunArtefacts
 from sah.runs.outputs.picks import best_row, target_row
+from sah.runs.folder import check_finished
 from sah.runs.outputs.trials import load_run, row_config
 from sah.infra.checks import ConfigError
 
@@ -124,13 +125,22 @@ def _fit_overlaps(meta: Dict[str, Any], label: str, rec: Any) -> Optional[str]:
     return None
 
 
-def transfer(run_dir: Path, names: Sequence[str], progress: bool = False) -> Transfer:
-    """Score the run's tuned configs (best and density-target picks) on ``names``."""
+def transfer(run_dir: Path, names: Sequence[str], progress: bool = False,
+             partial: bool = False) -> Transfer:
+    """Score the run's tuned configs (best and density-target picks) on ``names``. A run
+    that did not finish is refused unless ``partial``; then the chains without a finished
+    trial are named in the notes. A run without any finished trial is refused."""
     from sah.evaluate import ContextCache, evaluate_config
     run_dir = Path(run_dir)
     if not names:
         raise ConfigError("--recording: give at least one recording to transfer to")
     study, rows, meta = load_run(run_dir)
+    unfinished = check_finished(run_dir, study, partial, "transferring its picks")
+    picks = _picks(study, rows)
+    if not picks:
+        raise ConfigError(f"{run_dir / 'trials.csv'}: no completed trial in any chain "
+                          f"({len(rows)} row(s)); nothing to transfer: finish the run with sah "
+                          f"tune --resume (or run the study again)")
     scored = meta.get("recordings") or ([meta["recording"]] if meta.get("recording") else [])
     first = scored[0] if scored else {}
     recs = _load_recordings(names)
@@ -141,7 +151,12 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False) -> Tra
         note = _fit_overlaps(meta, label, rec)
         if note:
             notes.append(note)
-    picks = _picks(study, rows)
+    if unfinished:
+        notes.append(f"the run did not finish (--partial): chain(s) {', '.join(unfinished)} "
+                     f"are incomplete; their picks come from the trials that finished")
+    left_out = [c.name for c in study.chains if all(p[0] != c.name for p in picks)]
+    if left_out:
+        notes.append(f"chain(s) {', '.join(left_out)} have no completed trial and are left out")
     artefacts = RunArtefacts.of_run(study, run_dir)  # weight files, read from the run folder
     bar = None
     if progress:

@@ -98,17 +98,25 @@ def experiments(study: Study) -> List[Tuple[str, Members]]:
     return out
 
 
+def experiment_dirs(study: Study, ray_dir: str) -> List[Tuple[str, str]]:
+    """(name, folder) of every Ray experiment of the study under ``ray_dir``."""
+    return [(name, _join(str(ray_dir), name)) for name, _ in experiments(study)]
+
+
 def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: str,
-                   num_groups: int, progress: bool):
+                   num_groups: int, progress: bool, run_dir: Path):
     """Fit (or restore and continue) one experiment kept under ``ray_dir`` (a local folder
     or a URI, :func:`experiment_root`); returns its ResultGrid and whether it was
-    interrupted."""
+    interrupted. Its files are signed as Ray writes them (:mod:`~sah.tuning.state_seal`;
+    ``--resume`` checked the signature before anything started)."""
     from ray import tune
 
     from sah.tuning.progress import TrialProgress
+    from sah.tuning.state_seal import SealCallback
     exp_dir = _join(str(ray_dir), name)
+    sealer = SealCallback(run_dir, name, exp_dir)
     callbacks = [TrialProgress({c.name: c.expected_trials() for _, c in members},
-                               enabled=progress)]
+                               enabled=progress), sealer]
     index, chain = members[0]
     if chain.batched:
         from sah.tuning.batching import batched_param_space
@@ -146,6 +154,7 @@ def run_experiment(name: str, members: Members, study: Study, trainable: Any, ra
         grid = tuner.fit()
     finally:
         callbacks[0].close()
+        sealer.seal_now()  # however the experiment stopped: its last state is signed
     interrupted = sentinel_installed and signal.getsignal(signal.SIGINT) is _second_interrupt
     if sentinel_installed:
         signal.signal(signal.SIGINT, previous_int)

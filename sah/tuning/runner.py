@@ -2,12 +2,16 @@
 per other chain, then the outputs.
 
 Order of work, so that bad input writes nothing: load and validate the study, check the
-run folder (an existing folder is only ever continued with ``resume``), join the cluster
+results folder and a local ``storage_path`` (writable), check the run folder (an existing
+folder is only ever continued with ``resume``, which takes the folder's lock at once,
+:mod:`~sah.runs.lock`; a new run takes it when it makes the folder), join the cluster
 (``--address``) and check that one of its nodes can hold a trial's resources (a local run
 checks this machine without starting Ray), find, make and load the scored and fit
 recordings and check them (:mod:`~sah.study.recordings`: no fit span overlapping a scored
 one, one model shape, the layers; on ``resume`` the content hashes ``run.yaml`` stored),
-load the weight files the study names; only then create the run folder, write
+verify on ``resume`` that Ray's saved state was signed by this installation
+(:mod:`~sah.tuning.state_seal`: nothing of a folder from elsewhere is unpickled), load the
+weight files the study names and check them against the recordings; only then create the run folder, write
 ``run.yaml``, fit HashAttention weights if asked, start Ray and run the experiments. Grid and random
 chains are batched (:mod:`sah.tuning.batching`) and share one experiment in
 ``<run>/ray/_batched`` (or under ``storage_path``); an Optuna or ASHA chain's experiment
@@ -39,18 +43,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
 from sah.runs.artefacts import RunArtefacts
 from sah.tuning.cluster import check_trial_resources, trial_request, tune_resources
-from sah.tuning.experiments import experiment_root, experiments, run_experiment, storage_location
+from sah.tuning.experiments import (experiment_dirs, experiment_root, experiments, is_uri,
+                                    run_experiment, storage_location)
 from sah.runs.outputs import collect_rows, read_trials, write_outputs
 from sah.infra.files import atomic_write_text
 from sah.tuning.ray_setup import (REPO_ROOT, join_cluster, planned_nodes, start_local_ray,
                                   versions)
-from sah.runs.folder import Progress, _comparable, check_results_dir, check_run_folder
+from sah.runs.folder import (Progress, _comparable, check_results_dir, check_run_folder,
+                             check_writable_folder)
+from sah.infra.install_key import check_installation_key
+from sah.runs.lock import RunLock
+from sah.tuning.state_seal import check_sealed
 from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
 from sah.study.recordings import check_resume_hashes, load_recording_sets
 from sah.study.parse import load_study
@@ -102,18 +111,38 @@ def run_study(options: RunOptions) -> Path:
     weights load only with ``options.allow_pickle`` (or the process's opt-in,
     :mod:`sah.infra.pickle_opt_in`); the driver reads them and ships the tensors to the trials."""
     from sah.infra.pickle_opt_in import allow_pickle
-    with allow_pickle(options.allow_pickle):
-        return _run_study(options)
+    locks: List[RunLock] = []
+    try:
+        with allow_pickle(options.allow_pickle):
+            return _run_study(options, locks)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
-def _run_study(options: RunOptions) -> Path:
+def _lock(run_dir: Path, locks: List[RunLock]) -> None:
+    """Hold the run folder's lock (:mod:`sah.runs.lock`) until :func:`run_study` returns."""
+    lock = RunLock(run_dir).acquire()
+    locks.append(lock)
+    if lock.took_over:
+        print(f"{lock.path}: took over the lock of process {lock.took_over.get('pid')} "
+              f"(started {lock.took_over.get('started')}), which no longer runs",
+              file=sys.stderr)
+
+
+def _run_study(options: RunOptions, locks: List[RunLock]) -> Path:
     started = time.time()
     study = load_study(options.config or DEFAULT_STUDY, options.overrides())
     run_dir = Path(options.results_dir) / study.name
     from sah.tuning.steps.hash_fit import attach_weights
     attach_weights(study, run_dir)
     check_results_dir(Path(options.results_dir))
+    if study.storage_path and not is_uri(study.storage_path):
+        check_writable_folder(Path(study.storage_path).expanduser(), "--storage-path",
+                              "pass a folder you can write to (or a URI such as s3://...)")
     check_run_folder(run_dir, study, options.resume)
+    if options.resume:  # before anything else: a second resume of the run stops here
+        _lock(run_dir, locks)
     progress = Progress(run_dir, started)
     if options.resume and progress.complete(study):
         print(f"{run_dir}: already complete (every chain finished, outputs written); nothing "
@@ -133,6 +162,7 @@ def _run_study(options: RunOptions) -> Path:
             except ConfigError as exc:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
+        check_installation_key()  # signs Ray's state as it is written (state_seal)
         check_validate_names(study)  # before any embedded recording is made
         from sah.tuning.steps.speed import check_speed_device
         check_speed_device(study)
@@ -140,11 +170,15 @@ def _run_study(options: RunOptions) -> Path:
         check_validate_texts(study, sets)
         described = sets.describe(fitting=bool(study.fit_hash_attention))
         if options.resume and (run_dir / "run.yaml").is_file():
-            check_resume_hashes(run_dir, yaml.safe_load((run_dir / "run.yaml").read_text()),
-                                described)
+            meta = yaml.safe_load((run_dir / "run.yaml").read_text())
+            check_resume_hashes(run_dir, meta, described)
+            if not validate_only:  # Ray's saved state is read back only if we signed it
+                check_sealed(run_dir, experiment_dirs(
+                    study, experiment_root(run_dir, (meta or {}).get("ray_storage"))))
         recording = sets.scored[0].recording
         artefacts = RunArtefacts.of_run(study, run_dir)
         artefacts.load(fitted=False)  # weight files given in the study: read and checked now
+        artefacts.check_shapes(study, recording)
     except BaseException:
         if started_ray:
             import ray
@@ -169,7 +203,13 @@ def _run_study(options: RunOptions) -> Path:
 
     # ---- from here on, the run folder is ours
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=options.resume)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=options.resume)
+    except FileExistsError:
+        raise FileExistsError(f"{run_dir} was just made by another run of the same name; pass "
+                              f"--name to start a new run") from None
+    if created:
+        _lock(run_dir, locks)
     run_dir = progress.run_dir = run_dir.resolve()
     if not (run_dir / "run.yaml").is_file():
         try:
@@ -188,6 +228,7 @@ def _run_study(options: RunOptions) -> Path:
                                progress=options.progress)
         log.info("phase hash_fit: %.2f s", time.time() - fit_started)
     artefacts.load(fitted=True)
+    artefacts.check_shapes(study, recording)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress bars, not Ray's tables
     from ray import tune
@@ -212,7 +253,7 @@ def _run_study(options: RunOptions) -> Path:
         for name, members in experiments(study):
             exp_started = time.time()
             grid, stopped = run_experiment(name, members, study, trainable, ray_dir,
-                                           num_groups, options.progress)
+                                           num_groups, options.progress, run_dir)
             log.info("phase experiment %s: %.2f s", name, time.time() - exp_started)
             grids.update({chain.name: grid for _, chain in members})
             if stopped or len(grid) < sum(c.expected_ray_trials() for _, c in members):

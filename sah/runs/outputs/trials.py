@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Tuple
 import yaml
 
 from sah.attention import ResearchAttentionConfig
+from sah.infra.checks import ConfigError, short_repr
+from sah.infra.csv_table import FIX, cell, read_table
 from sah.runs.folder import read_run_yaml
 from sah.study.space import Domain, plain_value
 from sah.study.spec import ChainSpec, Study
@@ -200,18 +202,26 @@ def read_trials(run_dir: Path, study: Study) -> List[Dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trials table; is {run_dir} a finished sah run?")
     rows = []
-    with path.open(newline="") as fh:
-        for raw in csv.DictReader(fh):
+    for line, raw in read_table(path, ("chain", "trial", "trial_id", "status")):
+        try:
             chain = study.chain(raw["chain"])
-            row: Dict[str, Any] = {"chain": raw["chain"], "trial": int(raw["trial"]),
-                                   "trial_id": raw["trial_id"], "node_id": raw.get("node_id", ""),
-                                   "status": raw["status"]}
-            for name, domain in chain.domains.items():
-                row[name] = coerce(domain, raw[name]) if raw.get(name, "") != "" else None
-            for name in (*FIGURES, *recording_columns(study)):
-                row[name] = float(raw[name]) if raw.get(name, "") != "" else None
-            row["error_message"] = raw.get("error_message", "")
-            rows.append(row)
+        except (ConfigError, KeyError, ValueError):
+            raise ConfigError(f"{path}: line {line}: column chain holds "
+                              f"{short_repr(raw['chain'])}, not a chain of the run's study "
+                              f"({', '.join(c.name for c in study.chains)}); {FIX}") from None
+        row: Dict[str, Any] = {"chain": raw["chain"],
+                               "trial": cell(path, line, "trial", raw["trial"], int),
+                               "trial_id": raw["trial_id"], "node_id": raw.get("node_id", ""),
+                               "status": raw["status"]}
+        for name, domain in chain.domains.items():
+            text = raw.get(name, "")
+            row[name] = (cell(path, line, name, text, lambda t, d=domain: coerce(d, t))
+                         if text != "" else None)
+        for name in (*FIGURES, *recording_columns(study)):
+            text = raw.get(name, "")
+            row[name] = cell(path, line, name, text, float) if text != "" else None
+        row["error_message"] = raw.get("error_message", "")
+        rows.append(row)
     return rows
 
 
