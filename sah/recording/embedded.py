@@ -145,7 +145,7 @@ class _Maker:
 
     def make(self, item: EmbeddedRecording, path: Path) -> Path:
         from sah.recording.recorder import record_attention
-        from sah.recording.texts import token_window
+        from sah.recording.texts import token_window, tokenization_metadata
 
         spec = item.spec()
         start = time.perf_counter()
@@ -160,6 +160,7 @@ class _Maker:
                                          "text_sha256": text.sha256,
                                          "token_start": item.start,
                                          "token_end": item.start + item.num_tokens,
+                                         "tokenization": tokenization_metadata(tokenizer),
                                          "embedded_spec": spec})
         rec.metadata["make_seconds"] = round(time.perf_counter() - start, 1)
         saved = save_recording(rec, path)

