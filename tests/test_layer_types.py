@@ -179,3 +179,16 @@ def test_a_layer_type_sah_does_not_know_is_named():
     cfg.layer_types = ["full_attention", "linear_attention", "full_attention"]
     with pytest.raises(UnknownLayerType, match="layer 1 has layer type 'linear_attention'"):
         layer_types_from_config(cfg)
+
+
+def test_inspect_shows_each_layers_type_and_counts_top_mass_in_its_window(tmp_path):
+    from sah.recording.inspect import format_summary, summarize
+
+    rec = sliding_recording(tmp_path)
+    info = summarize(rec, top_fraction=1 / WINDOW)
+    assert [st["type"] for st in info["layers"]] == [f"sliding (window {WINDOW})", "full"]
+    # the top 1/W of a W-key window is its single largest weight
+    ctx = rec.context(0)
+    largest = float(ctx.probabilities.amax(-1).mean())
+    assert info["layers"][0]["top_mass"] == pytest.approx(largest, abs=1e-5)
+    assert f"sliding (window {WINDOW})" in format_summary(info)
