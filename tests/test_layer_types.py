@@ -192,3 +192,23 @@ def test_inspect_shows_each_layers_type_and_counts_top_mass_in_its_window(tmp_pa
     largest = float(ctx.probabilities.amax(-1).mean())
     assert info["layers"][0]["top_mass"] == pytest.approx(largest, abs=1e-5)
     assert f"sliding (window {WINDOW})" in format_summary(info)
+
+
+def _registered_configs():
+    from sah.maskers import MaskerRegistry
+    return [MaskerRegistry.config_class(name) for name in MaskerRegistry.config_names()]
+
+
+@pytest.mark.parametrize("config_class", _registered_configs(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("layer_type", [LayerType("sliding", 24), LayerType("chunked", 96)],
+                         ids=lambda t: t.kind)
+def test_every_masker_adds_only_positions_the_layer_allows(config_class, layer_type):
+    torch.manual_seed(4)
+    q, k, v = torch.randn(1, 4, 8, 32), torch.randn(1, 2, 300, 32), torch.randn(1, 2, 300, 32)
+    ctx = AttentionContext(q, k, v, layer_type=layer_type,
+                           query_positions=torch.arange(200, 300, 12)[:8])
+    chain = ResearchAttentionConfig(masker_configs=[config_class()])
+    evaluation, mask = ResearchAttention.create_from_config(chain).evaluate(ctx)
+    # a full mask stands for every allowed position (nothing stored)
+    assert mask.is_full() or not bool((mask.active() & ~ctx.allowed_full).any())
+    assert math.isfinite(evaluation.output_error) and 0.0 <= evaluation.density <= 1.0
