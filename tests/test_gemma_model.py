@@ -79,3 +79,26 @@ def test_gemma_windows_start_with_its_bos():
     ids = token_window(tokenizer, text, 0, 512)[0].tolist()
     plain = tokenizer(text.content[:20000], add_special_tokens=False)["input_ids"]
     assert len(ids) == 512 and ids == [tokenizer.bos_token_id] + plain[:511]
+
+
+def test_a_study_validates_in_the_model_it_names_up_to_that_models_context():
+    from sah.infra.checks import ConfigError
+    from sah.study.validate import parse_validate_section
+
+    data = {"texts": ["code@16384"], "tokens": 16384, "positions": 128}
+    section = parse_validate_section({**data, "model": "gemma-3-270m"}, [0.1])
+    assert section.model == "gemma-3-270m" and section.to_dict()["model"] == "gemma-3-270m"
+    with pytest.raises(ConfigError, match="validate.tokens: .*8192"):
+        parse_validate_section(data, [0.1])  # the embedded model's context
+    with pytest.raises(ConfigError, match="validate.tokens: .*32768"):
+        parse_validate_section({**data, "tokens": 40000, "model": "gemma-3-270m"}, [0.1])
+    assert "model" not in parse_validate_section({**data, "tokens": 2048}, [0.1]).to_dict()
+
+
+def test_gemma_long_context_study_file_parses():
+    from sah.study.parse import load_study
+
+    study = load_study(ROOT / "configs" / "gemma3_long_context.yaml")
+    assert study.validate.model == "gemma-3-270m" and study.validate.tokens == 8192
+    assert study.recordings and study.fit_recordings
+    assert not set(study.fit_recordings) & set(study.recordings)

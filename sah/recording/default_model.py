@@ -73,6 +73,26 @@ def load_default_tokenizer() -> Any:
         hf_logging.set_verbosity(verbosity)
 
 
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer of ``model`` (as :func:`load_model` takes it) without its weights."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    if model == "default":
+        return load_default_tokenizer()
+    if model == "gemma-3-270m":
+        from sah.recording.gemma_model import gemma_model_path
+        path = gemma_model_path()
+    else:
+        path = Path(model)
+    try:
+        if path.suffix == ".gguf" and path.is_file():
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(model))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {model!r}: cannot load a tokenizer from it ({exc})") from None
+
+
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"
                ) -> Tuple[Any, Any]:
     """``default`` -> the embedded model; ``gemma-3-270m`` -> the optional Gemma-3-270M
