@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from sah.recording.cache import cache_dir  # noqa: F401 (also imported from here)
 from sah.recording.format import FORMAT_VERSION, RecordingError, load_recording, save_recording
 from sah.recording.texts import ALIASES, TEXT_NAMES, load_text
 
@@ -88,15 +88,6 @@ class EmbeddedRecording:
         label = f"{self.text}-{self.num_tokens}" + (f"@{self.start}" if self.start else "")
         return (cache_dir(cache) / "recordings"
                 / f"{label}-{hashlib.sha256(spec).hexdigest()[:12]}.safetensors")
-
-
-def cache_dir(override: Union[str, Path, None] = None) -> Path:
-    if override is not None:
-        return Path(override)
-    if os.environ.get("SAH_CACHE_DIR"):
-        return Path(os.environ["SAH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sah"
 
 
 def parse_embedded(name: Any, where: str = "recording") -> Optional[EmbeddedRecording]:

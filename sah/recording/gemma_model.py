@@ -12,7 +12,7 @@ The registry ships the 253 MB GGUF in four parts (``gemma-3-270m-q4_k_m.gguf.par
 ``part03``, one per ``-partN`` package, joined in that order); the main package holds the
 expected sha256 (``data/SHA256SUMS``) and the terms. sah never imports these packages: it
 finds their files with ``importlib.util.find_spec``, joins the parts into
-``<sah cache>/models/gemma-3-270m-q4_k_m.gguf`` (:func:`sah.recording.embedded.cache_dir`:
+``<sah cache>/models/gemma-3-270m-q4_k_m.gguf`` (:func:`sah.recording.cache.cache_dir`:
 ``$SAH_CACHE_DIR``, else ``$XDG_CACHE_HOME/sah`` or ``~/.cache/sah``), checks the sha256
 and only then renames it into place (a file lock makes concurrent callers wait for one
 assembler). A ``.sha256`` note beside it, written after the check, spares re-hashing
@@ -109,7 +109,7 @@ def _note(path: Path) -> str:
 
 def gemma_model_path(cache: Union[str, Path, None] = None) -> Path:
     """The joined, sha256-checked GGUF in sah's cache, assembled on first use."""
-    from sah.recording.embedded import cache_dir
+    from sah.recording.cache import cache_dir
 
     parts, expected = gemma_sources()
     folder = cache_dir(cache) / "models"
