@@ -117,3 +117,20 @@ def test_a_layer_type_sah_does_not_know_is_refused_before_anything_is_written(tm
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "layer 0 has layer type 'conv'" in lines[0], proc.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "lfm2"]
+
+
+def test_a_sliding_window_cache_is_refused_with_the_fix(small_gemma):
+    from transformers import DynamicCache
+
+    from sah.attention import ResearchAttention
+    from sah.inmodel import sparse_attention_in
+
+    model, _ = _load(small_gemma)
+    ids = torch.randint(0, 49152, (1, 40), generator=torch.Generator().manual_seed(3))
+    cache = DynamicCache(config=model.config)  # the model's own: window layers keep 8 keys
+    dense = ResearchAttention.create_from_config(ResearchAttentionConfig(masker_configs=[]))
+    with torch.no_grad():
+        model(input_ids=ids[:, :32], use_cache=True, cache=cache)
+        with sparse_attention_in(model, dense, figures=False):
+            with pytest.raises(ValueError, match="layer 0 .*sliding-window cache.*DynamicCache"):
+                model(input_ids=ids[:, 32:], use_cache=True, cache=cache)

@@ -93,6 +93,12 @@ class _Session:
                                f"layers apart")
         positions = query_positions(position_ids, queries.shape[0])
         layer_type = self.layer_types[int(layer)]
+        if positions is not None and positions.numel() and int(positions.max()) >= keys.shape[2]:
+            raise ValueError(
+                f"layer {layer} ({layer_type.describe()}): the cache holds {keys.shape[2]} keys "
+                f"for a query at position {int(positions.max())}: a sliding-window cache drops "
+                f"keys; run the model with a full cache (transformers' DynamicCache() without "
+                f"the model config), as sah's own passes do")
         output, _, mask = self.attention.custom_attention(
             module, queries, keys, values, attention_mask, scaling, 0.0,
             sparse_meta_data=self.sparse_meta_data, layer_idx=int(layer),
