@@ -212,3 +212,13 @@ def test_every_masker_adds_only_positions_the_layer_allows(config_class, layer_t
     # a full mask stands for every allowed position (nothing stored)
     assert mask.is_full() or not bool((mask.active() & ~ctx.allowed_full).any())
     assert math.isfinite(evaluation.output_error) and 0.0 <= evaluation.density <= 1.0
+
+
+def test_contexts_cached_for_a_recording_in_memory_follow_its_layer_types():
+    from sah.evaluate import recording_key
+
+    rec = make_synthetic_recording(num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                                   num_keys=128, num_queries=4)
+    full_key = recording_key(rec)
+    rec.metadata["layer_types"] = {"0": {"type": "sliding", "window": 16}}
+    assert recording_key(rec) != full_key
