@@ -138,15 +138,15 @@ def layer_types_metadata(types: Dict[int, LayerType]) -> Dict[str, Dict[str, Any
 
 def read_layer_types(meta: Any, layers: List[int], where: str) -> Dict[int, LayerType]:
     """The ``layer_types`` metadata of a recording holding ``layers``: every layer full
-    when absent; ``ValueError`` naming ``where`` when malformed or not covering a layer."""
+    when absent; ``ValueError`` naming ``where`` when malformed or missing a layer."""
     if meta is None:
         return {layer: FULL for layer in layers}
     if not isinstance(meta, dict):
         raise ValueError(f"{where}: metadata 'layer_types' is {type(meta).__name__}, not an "
                          f"object of layer id -> layer type")
     missing = [layer for layer in layers if str(layer) not in meta]
-    if missing or len(meta) != len(layers):
+    if missing:  # entries for layers a recording no longer holds are harmless
         raise ValueError(f"{where}: metadata 'layer_types' covers layers {sorted(meta)} but "
-                         f"the recording holds {layers}")
+                         f"the recording holds {layers} (no type for layer {missing[0]})")
     return {layer: LayerType.from_dict(meta[str(layer)], f"{where}: layer_types[{layer}]")
             for layer in layers}
