@@ -102,3 +102,23 @@ def test_gemma_long_context_study_file_parses():
     assert study.validate.model == "gemma-3-270m" and study.validate.tokens == 8192
     assert study.recordings and study.fit_recordings
     assert not set(study.fit_recordings) & set(study.recordings)
+
+
+@needs_gemma
+@pytest.mark.slow
+def test_gemma_local_window_of_512_is_dense_on_its_sliding_layer_only():
+    from sah.attention import ResearchAttentionConfig
+    from sah.evaluate import evaluate_config
+    from sah.maskers import LocalMaskerConfig
+    from sah.recording.default_model import load_model
+    from sah.recording.recorder import record_attention
+
+    model, tokenizer = load_model("gemma-3-270m")
+    ids = token_window(tokenizer, load_text("docs"), 0, 2048)
+    rec = record_attention(model, ids, layers=[0, 5], progress=False)
+    assert rec.metadata["layer_types"] == {"0": {"type": "sliding", "window": 512},
+                                           "5": {"type": "full"}}
+    chain = ResearchAttentionConfig(masker_configs=[LocalMaskerConfig(window_size=512)])
+    sliding, full = evaluate_config(chain, rec).layers
+    assert sliding.output_error < 1e-6 and sliding.density == 1.0
+    assert full.output_error > 0.1 and full.density < 0.5
