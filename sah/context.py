@@ -8,7 +8,8 @@ attention output.
 
 Shapes: queries ``(b, h, q, d)``; keys and values ``(b, hk, n, d)`` with ``h % hk == 0``;
 query ``i`` sits at absolute key position ``query_positions[i]`` (default ``n - q + i``)
-and may see keys ``j <= query_positions[i]``.
+and may see keys ``j <= query_positions[i]`` that its layer type allows
+(:mod:`sah.layer_types`: full, sliding window, chunked; full by default).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from functools import cached_property
 from typing import Any, Optional, Tuple
 
 import torch
+
+from sah.layer_types import FULL, LayerType
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,11 @@ class AttentionContext:
     def __init__(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  scaling: Optional[float] = None,
                  query_positions: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None) -> None:
+                 attention_mask: Optional[torch.Tensor] = None,
+                 layer_type: Optional[LayerType] = None) -> None:
         self.dims = check_attention_inputs(queries, keys, values)
+        #: which keys a query may see in this layer (full causal, sliding window, chunked)
+        self.layer_type = layer_type if layer_type is not None else FULL
         self.queries = queries
         self.keys = keys
         self.values = values
@@ -229,11 +235,18 @@ class AttentionContext:
             return pos.view(1, 1, -1, 1)
         return pos.view(pos.shape[0], 1, pos.shape[1], 1)
 
+    @property
+    def size_keys(self) -> int:
+        """The key count sizes given as fractions resolve against: the most keys one query
+        of this layer may see (``n``; ``min(W, n)`` in a sliding layer of window ``W``)."""
+        return self.layer_type.keys_allowed(self.dims.seq_len_keys)
+
     # ------------------------------------------------------------------ allowed
     @cached_property
     def allowed(self) -> torch.Tensor:
-        """Boolean, broadcastable to ``(b, h, q, n)``: causal and user attention mask."""
-        allowed = self.key_index.view(1, 1, 1, -1) <= self.positions_4d
+        """Boolean, broadcastable to ``(b, h, q, n)``: causal (within the layer type's
+        window or chunk) and user attention mask."""
+        allowed = self.layer_type.allowed(self.key_index.view(1, 1, 1, -1), self.positions_4d)
         am = self.attention_mask
         if am is not None:
             if am.dtype == torch.bool:

@@ -115,7 +115,7 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
         logits = sampled_dot_products(left, key_matrix, ptr, row_of, lin).mul_(ctx.scaling)
         position = ctx.positions_4d.expand(d.batch_size, d.num_heads, -1, 1).reshape(rows)
         allowed = idx <= position[row_of]
-        if ctx.attention_mask is not None:
+        if ctx.attention_mask is not None or not ctx.layer_type.is_full:  # window, chunk
             per_batch = d.num_heads * d.seq_len_queries
             batch = torch.div(row_of, per_batch, rounding_mode="floor")
             head = torch.div(row_of % per_batch, d.seq_len_queries, rounding_mode="floor")

@@ -100,8 +100,9 @@ def recording_key(recording: Recording) -> str:
         if meta.get(name):
             return str(meta[name])
     digest = hashlib.sha256()
+    types = (meta["layer_types"],) if "layer_types" in meta else ()  # older keys unchanged
     digest.update(repr((recording.scaling, recording.layer_ids,
-                        recording.query_positions.tolist())).encode())
+                        recording.query_positions.tolist()) + types).encode())
     for lr in recording.layers:
         for t in (lr.queries, lr.keys, lr.values):
             digest.update(repr((tuple(t.shape), str(t.dtype))).encode())

@@ -42,7 +42,7 @@ def native_add_mask(masker: Any, ctx: AttentionContext, groups: Groups, previous
         return None
     field = fields[0]
     per_head = masker.per_head[field]
-    n = ctx.dims.seq_len_keys
+    n = ctx.size_keys
     if cls is SinkMasker and field == "sink_size":
         size = _sizes(per_head, n, ctx.device)
         picks = (ctx.key_index.view(1, 1, 1, -1) < size) & ctx.allowed
@@ -65,7 +65,7 @@ def _sizes(values: Sequence[Any], num_keys: int, device: torch.device) -> torch.
 
 def _top_k(masker: Any, ctx: AttentionContext, groups: Groups, previous_mask: Mask,
            meta: Optional[Dict[Any, Any]], kwargs: Dict[str, Any]) -> Mask:
-    k = _sizes(masker.per_head["heavy_size"], ctx.dims.seq_len_keys, ctx.device)
+    k = _sizes(masker.per_head["heavy_size"], ctx.size_keys, ctx.device)
     if int(k.max()) == 0:
         return previous_mask
     scorer = masker.masker_for(groups[0][0])  # scores do not depend on heavy_size

@@ -175,8 +175,21 @@ def test_transfer_rescores_the_tuned_configs(finished, recs, capsys):
     assert "| chain | pick | trial | recording |" in out
     assert out.count("| hat | best |") == 2
     assert "fit overlaps the run's fit recording fit" in out
-    assert main(["transfer", str(finished), "--recording", str(recs["wide"]), "--quiet"]) == 2
-    assert "num_heads is 2" in capsys.readouterr().err
+    # another model's recording (another shape): scored over its own layers, without the
+    # picks that carry the run's model (HashAttention's fitted hashes), with a note
+    assert main(["transfer", str(finished), "--recording", str(recs["wide"]), "--quiet",
+                 "--format", "csv"]) == 0
+    table = read_csv_text(capsys.readouterr().out)
+    wide = load_recording(recs["wide"])
+    kept = [(c, p, row) for c, p, row in expected if c != "hat"]
+    assert [(r["chain"], r["pick"]) for r in table] == [(c, p) for c, p, _ in kept]
+    for line, (chain, _, row) in zip(table, kept):
+        ev = evaluate_config(row_config(study.chain(chain), row), wide, wide.layer_ids)
+        assert line["recording"] == "wide" and float(line["output_error"]) == ev.output_error
+    assert main(["transfer", str(finished), "--recording", str(recs["wide"]), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ("wide is another model (2 heads, 1 KV, head dim 16; the run's: 4 heads, 2 KV, "
+            "head dim 16)") in out and "hat left out" in out
 
 
 def read_csv_text(text):

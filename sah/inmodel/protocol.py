@@ -143,9 +143,12 @@ class InModelValidator:
 
     # ------------------------------------------------------------------ passes
     def new_cache(self) -> Any:
+        """A full cache in every layer, never the model's sliding-window layers: a window
+        layer's queries then see every key so far (masked to the window by the model and
+        by sah), ``crop`` works at any length and key ``j`` stays token ``j``."""
         from transformers import DynamicCache
 
-        return DynamicCache(config=self.model.config)
+        return DynamicCache()
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache: Any, last_only: bool = False) -> torch.Tensor:

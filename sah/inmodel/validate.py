@@ -27,6 +27,9 @@ def _default_context(model: ModelArg) -> Optional[int]:
         from sah.recording.embedded import MAX_TOKENS
 
         return MAX_TOKENS
+    if model == "gemma-3-270m":
+        from sah.recording.gemma_model import GEMMA_MAX_TOKENS
+        return GEMMA_MAX_TOKENS
     return None
 
 

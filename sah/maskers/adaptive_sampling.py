@@ -97,7 +97,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
         if previous_mask.is_full() or cfg.base_rate_sampling == 0:
             return previous_mask
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
-        n = ctx.dims.seq_len_keys
+        n = ctx.size_keys  # sizes: a share of the keys the layer allows
         start = resolve_size(cfg.init_offset, n)
         end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, n)  # (b|1, 1, q, 1)
         index = ctx.key_index.view(1, 1, 1, -1)

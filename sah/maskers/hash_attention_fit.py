@@ -172,13 +172,13 @@ def fit_hash_attention(source: Source, hat_bits: int = 32, hat_mlp_layers: int =
     report = HashFitReport(recall_k=0, steps=steps, seconds=0.0)
 
     def recall(w: LayerWeights, ctxs: List[AttentionContext]) -> float:
-        return sum(hash_top_k_recall(w, c, max(1, resolve_size(recall_size, c.dims.seq_len_keys)),
+        return sum(hash_top_k_recall(w, c, max(1, resolve_size(recall_size, c.size_keys)),
                                      hat_mlp_activation) for c in ctxs) / len(ctxs)
 
     for done, (layer, ctxs) in enumerate(contexts.items(), 1):
         layer_start = time.perf_counter()
         d = ctxs[0].dims
-        report.recall_k = max(1, resolve_size(recall_size, d.seq_len_keys))
+        report.recall_k = max(1, resolve_size(recall_size, ctxs[0].size_keys))
         init = random_hat_weights(d.num_heads, d.num_kv_heads, d.head_dim, hat_bits,
                                   hat_mlp_layers, hat_mlp_hidden_size, seed + layer)
         report.recall_before[layer] = recall(init, ctxs)

@@ -175,7 +175,7 @@ class QuestTopKMasker(FixedMasker):
         cfg = self.config
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
         d = ctx.dims
-        heavy = resolve_size(cfg.heavy_size, d.seq_len_keys)  # 0 keys still means 3 pages
+        heavy = resolve_size(cfg.heavy_size, ctx.size_keys)  # 0 keys still means 3 pages
         size = cfg.page_size
         lo, hi = self.kept_page_bounds(ctx, sparse_meta_data, kwargs.get("layer_idx"))
         pages = lo.shape[2]

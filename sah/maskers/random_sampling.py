@@ -153,7 +153,7 @@ class RandomSamplingMasker(SamplingMasker):
         if previous_mask.is_full():
             return previous_mask
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
-        m = round(self.config.sampling_rate * ctx.dims.seq_len_keys)
+        m = round(self.config.sampling_rate * ctx.size_keys)
         if m == 0:
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)

@@ -32,7 +32,7 @@ class SinkMasker(FixedMasker):
         if previous_mask.is_full():
             return previous_mask
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
-        size = resolve_size(self.config.sink_size, ctx.dims.seq_len_keys)
+        size = resolve_size(self.config.sink_size, ctx.size_keys)
         if size == 0:
             return previous_mask
         picks = (ctx.key_index.view(1, 1, 1, -1) < size) & ctx.allowed

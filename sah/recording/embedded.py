@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from sah.recording.cache import cache_dir  # noqa: F401 (also imported from here)
 from sah.recording.format import FORMAT_VERSION, RecordingError, load_recording, save_recording
 from sah.recording.texts import ALIASES, TEXT_NAMES, load_text
 
@@ -90,15 +90,6 @@ class EmbeddedRecording:
                 / f"{label}-{hashlib.sha256(spec).hexdigest()[:12]}.safetensors")
 
 
-def cache_dir(override: Union[str, Path, None] = None) -> Path:
-    if override is not None:
-        return Path(override)
-    if os.environ.get("SAH_CACHE_DIR"):
-        return Path(os.environ["SAH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sah"
-
-
 def parse_embedded(name: Any, where: str = "recording") -> Optional[EmbeddedRecording]:
     """The embedded recording ``name`` stands for, or None if it is not such a name (then
     it is a file path). A name of a known text with a bad size raises ``ValueError``."""
@@ -145,7 +136,7 @@ class _Maker:
 
     def make(self, item: EmbeddedRecording, path: Path) -> Path:
         from sah.recording.recorder import record_attention
-        from sah.recording.texts import token_window
+        from sah.recording.texts import token_window, tokenization_metadata
 
         spec = item.spec()
         start = time.perf_counter()
@@ -160,6 +151,7 @@ class _Maker:
                                          "text_sha256": text.sha256,
                                          "token_start": item.start,
                                          "token_end": item.start + item.num_tokens,
+                                         "tokenization": tokenization_metadata(tokenizer),
                                          "embedded_spec": spec})
         rec.metadata["make_seconds"] = round(time.perf_counter() - start, 1)
         saved = save_recording(rec, path)

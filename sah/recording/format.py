@@ -11,7 +11,8 @@ attention sees them), and ``query_positions`` ``(q,)`` int64 absolute key positi
 ``scaling``, ``dtype``, ``query_positions``, ``num_tokens``, ``text_source`` and
 ``content_hash``, plus any extra keys the maker adds (for example ``generator`` for synthetic
 data; recordings of a text add ``text_name``, ``text_sha256``, ``token_start`` and
-``token_end``, the token span ``[token_start, token_end)`` of the text they hold).
+``token_end``, the token span ``[token_start, token_end)`` of the text they hold), and
+``layer_types``: each layer's attention type (:mod:`sah.layer_types`; absent = all full).
 
 ``content_hash`` is ``"sha256:<hex>"`` over every tensor's name, dtype, shape and bytes, in
 name order (the layer ids and query positions are tensor names and a tensor), then, from
@@ -42,13 +43,14 @@ import torch
 
 from sah.context import AttentionContext
 from sah.infra.files import atomic_write_with
+from sah.layer_types import LayerType, read_layer_types
 
 FORMAT_NAME = "sah-recording"
 FORMAT_VERSION = 2
 #: Format versions :func:`load_recording` reads (each verified with its own hash definition).
 READABLE_VERSIONS = (1, 2)
 #: Metadata covered by the content hash (format version >= 2), when present.
-HASHED_METADATA = ("scaling", "text_sha256", "token_start", "token_end")
+HASHED_METADATA = ("scaling", "text_sha256", "token_start", "token_end", "layer_types")
 METADATA_KEY = "sah"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 REQUIRED_METADATA = (
@@ -117,6 +119,11 @@ class Recording:
     def text_source(self) -> str:
         return str(self.metadata.get("text_source", "unknown"))
 
+    def layer_type(self, index: int) -> LayerType:
+        """The attention type of the ``index``-th recorded layer (full when not stored)."""
+        layer = self.layers[index].layer
+        return read_layer_types(self.metadata.get("layer_types"), self.layer_ids, "recording")[layer]
+
     def context(self, index: int, device: Union[str, torch.device, None] = None,
                 dtype: Optional[torch.dtype] = torch.float32) -> AttentionContext:
         """The :class:`AttentionContext` of the ``index``-th recorded layer.
@@ -130,7 +137,8 @@ class Recording:
         return AttentionContext(lr.queries.to(dev, dtype or lr.queries.dtype),
                                 lr.keys.to(dev, dtype or lr.keys.dtype),
                                 lr.values.to(dev, dtype or lr.values.dtype), scaling=self.scaling,
-                                query_positions=self.query_positions.to(dev))
+                                query_positions=self.query_positions.to(dev),
+                                layer_type=self.layer_type(index))
 
     def validate(self, source: str = "recording") -> None:
         """Raise :class:`RecordingError` unless shapes, dtypes, positions and values agree."""
@@ -191,6 +199,10 @@ def validate_recording(rec: Recording, source: str = "recording") -> None:
         fail("query positions must be strictly increasing")
     if not (isinstance(rec.scaling, (int, float)) and math.isfinite(rec.scaling) and rec.scaling > 0):
         fail(f"scaling must be a finite positive number; got {rec.scaling!r}")
+    try:
+        read_layer_types(rec.metadata.get("layer_types"), ids, "layer_types")
+    except ValueError as exc:
+        fail(f"{exc}; re-make it")
 
 
 def content_hash(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, Any]] = None,

@@ -32,14 +32,15 @@ def layer_statistics(rec: Recording, index: int, edge_keys: int = 128,
     pos = ctx.positions_4d
     first = p[..., :edge_keys].sum(-1)
     last = (p * (keys > pos - edge_keys)).sum(-1)  # p is 0 beyond each query's position
-    visible = (pos + 1).expand(p.shape[:3] + (1,)).squeeze(-1)  # keys each query may see
+    visible = ctx.allowed_full.sum(-1)  # keys each query may see (its window in window layers)
     k_top = torch.clamp((visible.float() * top_fraction).ceil().long(), min=1)
     kmax = int(k_top.max())
     top_sorted = p.topk(min(kmax, n), dim=-1).values
     take = torch.arange(top_sorted.shape[-1]).view(1, 1, 1, -1) < k_top.unsqueeze(-1)
     top = (top_sorted * take).sum(-1)
     ent = -(p * torch.log2(p.clamp_min(1e-30))).sum(-1)
-    return {"layer": rec.layers[index].layer, "first_mass": float(first.mean()),
+    return {"layer": rec.layers[index].layer, "type": rec.layer_type(index).describe(),
+            "first_mass": float(first.mean()),
             "last_mass": float(last.mean()), "top_mass": float(top.mean()),
             "entropy_bits": float(ent.mean())}
 
@@ -118,10 +119,10 @@ def format_summary(info: Dict[str, Any]) -> str:
     e, t = info["edge_keys"], info["top_fraction"]
     lines += ["", "softmax mass per layer (mean over heads and queries):",
               f"{'layer':>5}  {'first ' + str(e):>10}  {'last ' + str(e):>10}  "
-              f"{'top ' + format(t * 100, 'g') + '%':>8}  {'entropy':>8}"]
+              f"{'top ' + format(t * 100, 'g') + '%':>8}  {'entropy':>8}  type"]
     for st in info["layers"]:
         lines.append(f"{st['layer']:>5}  {st['first_mass']:>10.3f}  {st['last_mass']:>10.3f}  "
-                     f"{st['top_mass']:>8.3f}  {st['entropy_bits']:>6.2f} b")
+                     f"{st['top_mass']:>8.3f}  {st['entropy_bits']:>6.2f} b  {st['type']}")
     uniform = min(1.0, e / max(1, s["num_keys"]))
     lines.append(f"(uniform attention would give about {uniform:.3f} to the first/last {e} "
                  f"keys and {t:.3f} to the top {t * 100:g}%; entropy at most "

@@ -15,13 +15,21 @@ Queries are decode-style: one teacher-forced pass over ``n`` tokens; the query a
 **Chunked prefill** (texts longer than ``chunk_size`` tokens, default
 :data:`DEFAULT_CHUNK_TOKENS`): the text goes through the model in chunks of ``chunk_size``
 tokens with a KV cache (transformers' ``DynamicCache``), as a serving engine's chunked
-prefill does. A chunk's attention call sees the chunk's queries and every key so far, so
+prefill does. The cache is a full one (``DynamicCache()`` without the model's config) in
+every model: a sliding-window cache would hand a window layer only its last keys, and the
+recording holds every key (the layer's window is applied when it is scored; the model
+masks it in the forward pass either way).
+A chunk's attention call sees the chunk's queries and every key so far, so
 each chosen query is taken from the chunk that holds it, and the keys/values of the chosen
 layers are taken once, from the last chunk's call, which sees all of them. Attention
 scores, the mask and the MLP activations then scale with ``chunk_size x n`` and
 ``chunk_size`` instead of ``n x n`` and ``n``; what stays is linear in ``n`` (the cache and
 the recorded tensors). Layers after the last chosen one are never run. Texts of at most
 ``chunk_size`` tokens take the single-pass path unchanged.
+
+Each recorded layer's attention type (full, sliding window, chunked; :mod:`sah.layer_types`)
+is read from the model's config and stored as ``layer_types``; a model with a layer type
+sah does not know is refused before its forward pass.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
+from sah.layer_types import layer_types_from_config, layer_types_metadata
 from sah.recording.format import LayerRecording, Recording, RecordingError, STORAGE_DTYPES
 from sah.recording.positions import decode_query_positions
 
@@ -227,7 +236,7 @@ def _run_forward(model: torch.nn.Module, input_ids: torch.Tensor, chunk_size: in
         return 1
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()  # full layers: never the model's sliding-window layers
     name = _cache_argument(model)
     chunks = 0
     for begin in range(0, n, chunk_size):
@@ -277,6 +286,7 @@ def record_attention(model: torch.nn.Module, input_ids: torch.Tensor,
     n = int(input_ids.shape[1])
     num_layers, heads, kv_heads, head_dim = model_shape(model)
     chosen = parse_layers(layers, num_layers)
+    types = layer_types_from_config(model.config)  # UnknownLayerType before any forward pass
     if query_positions is None:
         query_positions = decode_query_positions(n, num_queries, query_fraction)
     query_positions = torch.as_tensor(query_positions, dtype=torch.int64).cpu()
@@ -321,6 +331,7 @@ def record_attention(model: torch.nn.Module, input_ids: torch.Tensor,
         "model_class": type(model).__name__,
         "num_tokens": n,
         "attn_implementation": base,
+        "layer_types": layer_types_metadata({i: types[i] for i in chosen}),
         "prefill_chunk_tokens": min(chunk_size, int(run_ids.shape[1])),
         "prefill_chunks": num_chunks,
         "record_seconds": round(time.perf_counter() - start, 3),

@@ -15,9 +15,13 @@ text's sha256, so a text that differs between installs is told apart):
 A *text spec* names a text and, optionally, where to start in it: ``NAME`` or
 ``NAME@START`` (``START`` a token offset, e.g. ``prose@8192``), where ``NAME`` is one of
 the names above or a file path (an existing file whose name contains ``@`` is taken whole).
-A window of a text is the ``count`` token ids from ``START`` of the text tokenised without
-special tokens; its *span* ``[START, START + count)`` together with the text's sha256 is
-what recordings and validation runs store, so overlapping uses of one text can be refused.
+A window of a text is ``count`` token ids in the model's own convention: the special
+tokens its tokenizer puts before a text (:func:`special_prefix`: Gemma's ``<bos>``; none
+for SmolLM2, whose windows are the text's tokens alone), then the text tokenised without
+special tokens from token ``START``, up to ``count`` ids in all. Its *span*
+``[START, START + count - len(prefix))`` (text tokens) together with the text's sha256 is
+what recordings and validation runs store, so overlapping uses of one text can be refused;
+recordings also store the convention (:func:`tokenization_metadata`).
 """
 
 from __future__ import annotations
@@ -199,11 +203,36 @@ def parse_text_spec(spec: str, where: str = "--text") -> TextSpec:
     return TextSpec(text, offset)
 
 
+def special_prefix(tokenizer) -> List[int]:
+    """The ids ``tokenizer`` puts before every text when it adds its special tokens
+    (Gemma: ``[<bos>]``; SmolLM2: none)."""
+    sample = "Hello world"
+    plain = list(tokenizer(sample, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(sample)["input_ids"])
+    cut = len(full) - len(plain)
+    if cut > 0 and full[cut:] == plain:
+        return full[:cut]
+    if cut >= 0 and full[:len(plain)] == plain:  # special tokens after the text only
+        return []
+    raise ValueError(f"the tokenizer's special tokens are not a prefix of the text's tokens "
+                     f"({full} against {plain}); sah cannot follow its convention")
+
+
+def tokenization_metadata(tokenizer) -> Dict[str, object]:
+    """The convention a window follows, as recordings store it: ``prefix_ids`` and
+    ``prefix_tokens`` (what :func:`special_prefix` puts before the text)."""
+    prefix = special_prefix(tokenizer)
+    return {"prefix_ids": prefix, "prefix_tokens": tokenizer.convert_ids_to_tokens(prefix)}
+
+
 def token_window(tokenizer, text: Text, start: int, count: int, where: str = "--text"):
-    """The ``count`` token ids from token ``start`` of ``text`` (tokenised without special
-    tokens) as a ``(1, count)`` int64 tensor. Only a prefix long enough is tokenised."""
+    """``count`` ids as a ``(1, count)`` int64 tensor: the tokenizer's special prefix
+    (:func:`special_prefix`), then the text's tokens from token ``start`` (tokenised without
+    special tokens). Only a prefix of the text long enough is tokenised."""
     import torch
 
+    prefix = special_prefix(tokenizer)
+    count -= len(prefix)
     need = start + count
     chars = max(4096, need * 8)
     while True:
@@ -217,7 +246,7 @@ def token_window(tokenizer, text: Text, start: int, count: int, where: str = "--
         raise ValueError(f"{where}: {text.name} has {len(ids)} tokens; {count} tokens from "
                          f"token {start} need {need}. Lower the token count or the start, or "
                          f"give a longer text")
-    return torch.tensor([ids[start:need]], dtype=torch.int64)
+    return torch.tensor([prefix + ids[start:need]], dtype=torch.int64)
 
 
 def spans_overlap(a: Tuple[str, int, int], b: Tuple[str, int, int]) -> bool:

@@ -9,9 +9,14 @@ tuned at 2048 tokens whose error ratio at 8192 tokens stays near 1 transfers; a 
 ratio far from 1 says its sizes do not scale with the context (an int count of keys
 covers a smaller share of a longer context, a float fraction the same share).
 
-The recordings must have the run's model shape (heads, KV heads, head dim) and hold the
-run's layers. A recording whose text span overlaps one the run fitted HashAttention on
-is flagged (its HashAttention figures are optimistic).
+A recording of the run's model shape (heads, KV heads, head dim) must hold the run's
+layers. A recording of **another model** (another shape, e.g. Gemma-3-270M against a
+SmolLM2 run) is scored over its own recorded layers, each with its own layer type (a
+fraction size is a fraction of the keys each layer allows), and only with the picks that
+carry nothing of the run's model: picks with ``layer_overrides`` (per-layer or per-head
+values) or HashAttention (hashes fitted on the run's model's heads) are left out for it,
+with a note. A recording whose text span overlaps one the run fitted HashAttention on is
+flagged (its HashAttention figures are optimistic).
 """
 
 from __future__ import annotations
@@ -100,14 +105,29 @@ def _load_recordings(names: Sequence[str]) -> List[Tuple[str, Any]]:
             for label, name in zip(labels, names)]
 
 
+SHAPE_KEYS = ("num_heads", "num_kv_heads", "head_dim")
+
+
+def _other_model(described: Dict[str, Any], rec: Any) -> Optional[str]:
+    """How the recording's model shape differs from the run's, or None when it is the same."""
+    mine = {key: getattr(rec, key) for key in SHAPE_KEYS}
+    if all(described.get(key) in (None, mine[key]) for key in SHAPE_KEYS):
+        return None
+    def shape(s: Dict[str, Any]) -> str:
+        return f"{s.get('num_heads')} heads, {s.get('num_kv_heads')} KV, head dim {s.get('head_dim')}"
+    return f"{shape(mine)}; the run's: {shape(described)}"
+
+
+def _model_specific(config: Any) -> bool:
+    """Whether a config carries values of the run's model: per-layer or per-head values,
+    or HashAttention (hashes fitted on its heads)."""
+    from sah.maskers import HashAttentionTopKMaskerConfig
+    return bool(config.layer_overrides) or any(
+        isinstance(m, HashAttentionTopKMaskerConfig) for m in config.masker_configs)
+
+
 def _check_shape(run_dir: Path, described: Dict[str, Any], label: str, rec: Any,
                  layers: List[int]) -> None:
-    for key, value in (("num_heads", rec.num_heads), ("num_kv_heads", rec.num_kv_heads),
-                       ("head_dim", rec.head_dim)):
-        if described.get(key) is not None and described[key] != value:
-            raise ConfigError(f"--recording {label}: {key} is {value} but the run "
-                              f"{run_dir} was scored with {key} {described[key]}; transfer "
-                              f"to a recording of the same model")
     missing = [x for x in layers if x not in rec.layer_ids]
     if missing:
         raise ConfigError(f"--recording {label}: lacks layer {missing[0]} of the run's layers "
@@ -146,8 +166,19 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False,
     recs = _load_recordings(names)
     layers = list(study.layers or first.get("layers") or recs[0][1].layer_ids)
     notes = []
+    own_layers: Dict[str, List[int]] = {}  # another model's recordings: their own layers
     for label, rec in recs:
-        _check_shape(run_dir, first, label, rec, layers)
+        other = _other_model(first, rec)
+        if other is None:
+            _check_shape(run_dir, first, label, rec, layers)
+        else:
+            own_layers[label] = rec.layer_ids
+            left = sorted({c for c, _, row in picks
+                           if _model_specific(row_config(study.chain(c), row))})
+            notes.append(f"{label} is another model ({other}): scored over its own layers "
+                         f"{rec.layer_ids}" + (f"; {', '.join(left)} left out (per-layer "
+                                               f"values or hashes fitted on the run's model)"
+                                               if left else ""))
         note = _fit_overlaps(meta, label, rec)
         if note:
             notes.append(note)
@@ -168,8 +199,13 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False,
         for label, rec in recs:
             cache = ContextCache(max_recordings=1)
             for i, (chain, _, row) in enumerate(picks):
-                config = artefacts.resolved(row_config(study.chain(chain), row))
-                figures[i, label] = evaluate_config(config, rec, layers, cache=cache)
+                plain = row_config(study.chain(chain), row)
+                if label in own_layers and _model_specific(plain):
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                figures[i, label] = evaluate_config(artefacts.resolved(plain), rec,
+                                                    own_layers.get(label, layers), cache=cache)
                 if bar is not None:
                     bar.update(1)
             cache.clear()
@@ -178,7 +214,8 @@ def transfer(run_dir: Path, names: Sequence[str], progress: bool = False,
             bar.close()
     out = [TransferRow(chain, pick, row["trial"], label, row["output_error"], row["density"],
                        figures[i, label].output_error, figures[i, label].density)
-           for i, (chain, pick, row) in enumerate(picks) for label, _ in recs]
+           for i, (chain, pick, row) in enumerate(picks) for label, _ in recs
+           if (i, label) in figures]
     return Transfer(study.name, [str(item.get("name")) for item in scored], layers,
                     [(label, rec.num_keys) for label, rec in recs], out, notes)
 

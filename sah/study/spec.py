@@ -41,10 +41,14 @@ class ValidateSection:
     tokens: int = DEFAULT_VALIDATE_TOKENS
     positions: int = DEFAULT_VALIDATE_POSITIONS
     picks: List[str] = field(default_factory=list)   # resolved: never empty
+    model: str = "default"   # default | gemma-3-270m | a local model folder or .gguf file
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"texts": list(self.texts), "tokens": self.tokens, "positions": self.positions,
-                "picks": list(self.picks)}
+        out = {"texts": list(self.texts), "tokens": self.tokens, "positions": self.positions,
+               "picks": list(self.picks)}
+        if self.model != "default":  # studies of the embedded model keep their form
+            out["model"] = self.model
+        return out
 
 
 @dataclass

@@ -6,11 +6,13 @@ validate:
   tokens: 2048             # the protocol's window (sah.inmodel.protocol), at most 8192
   positions: 128           # last positions run sparse, 1 <= positions <= tokens - 1
   picks: [density_0.1]     # default: every pick: best and density_<t> for each density target
+  model: default           # default (SmolLM2), gemma-3-270m, or a local model folder / .gguf
 ```
 
 After tuning, each chain's chosen picks (``best``: ``tuned/<chain>.yaml``; ``density_<t>``:
 ``tuned/<chain>.density_<t>.yaml``) run inside the embedded model with
-:func:`sah.inmodel.validate_configs` (:mod:`sah.tuning.steps.validation`).
+:func:`sah.inmodel.validate_configs` (:mod:`sah.tuning.steps.validation`), or inside
+``model`` when given (``gemma-3-270m``: up to 32768 tokens; see ``docs/models.md``).
 
 Checked with the rest of the study (:func:`parse_validate_section`: every field, texts
 existing, picks naming the study's density targets) and, before the run folder exists,
@@ -27,7 +29,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from sah.infra.checks import ConfigError, short_repr
 from sah.study.spec import DEFAULT_VALIDATE_POSITIONS, DEFAULT_VALIDATE_TOKENS, ValidateSection
 
-KEYS = ("texts", "tokens", "positions", "picks")
+KEYS = ("texts", "tokens", "positions", "picks", "model")
 BEST = "best"
 
 
@@ -74,11 +76,17 @@ def parse_validate_section(data: Any, density_targets: Sequence[float]) -> Optio
             raise ConfigError(str(exc)) from None
     tokens = data.get("tokens", DEFAULT_VALIDATE_TOKENS)
     positions = data.get("positions", DEFAULT_VALIDATE_POSITIONS)
+    model = data.get("model", "default")
+    _check(isinstance(model, str) and model.strip() != "", "validate.model",
+           f"got {short_repr(model)}; expected default, gemma-3-270m or a local model folder "
+           f"or .gguf file")
     from sah.inmodel.protocol import check_protocol
     from sah.recording.embedded import MAX_TOKENS
+    from sah.recording.gemma_model import GEMMA_MAX_TOKENS, GEMMA_NAME
+    context = {"default": MAX_TOKENS, GEMMA_NAME: GEMMA_MAX_TOKENS}.get(model)
     try:
-        check_protocol(tokens, positions, MAX_TOKENS, ("validate.tokens", "validate.positions"),
-                       "the embedded model")
+        check_protocol(tokens, positions, context, ("validate.tokens", "validate.positions"),
+                       "the embedded model" if model == "default" else f"model {model}")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     known = all_picks(density_targets)
@@ -91,7 +99,8 @@ def parse_validate_section(data: Any, density_targets: Sequence[float]) -> Optio
                f"for each of density_targets)")
         _check(pick not in picks[:i], f"validate.picks[{i}]",
                f"got {short_repr(pick)} again; list each pick once")
-    return ValidateSection([str(t) for t in texts], tokens, positions, [str(p) for p in picks])
+    return ValidateSection([str(t) for t in texts], tokens, positions, [str(p) for p in picks],
+                           model)
 
 
 # ---------------------------------------------------------------- against the recordings
@@ -161,10 +170,14 @@ def check_validate_texts(study: Any, sets: Any) -> None:
 
 def check_text_lengths(study: Any) -> None:
     """Each validation window fits in its text (``tokens + 1`` ids from ``START``)."""
-    from sah.recording.default_model import load_default_tokenizer
+    from sah.recording.default_model import load_default_tokenizer, load_tokenizer
     from sah.recording.texts import load_text, parse_text_spec, token_window
     section = study.validate
-    tokenizer = load_default_tokenizer()
+    model = getattr(section, "model", "default")
+    try:
+        tokenizer = load_default_tokenizer() if model == "default" else load_tokenizer(model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{study.source}: validate.model: {exc}") from None
     for i, spec in enumerate(section.texts):
         where = f"{study.source}: validate.texts[{i}]"
         parsed = parse_text_spec(spec, where)

@@ -201,7 +201,7 @@ def recall_figures(weights: Dict[int, Any], recording: Any, opts: Dict[str, Any]
             continue
         ctx = recording.context(index)
         d = ctx.dims
-        k = max(1, resolve_size(size["recall_size"], d.seq_len_keys))
+        k = max(1, resolve_size(size["recall_size"], ctx.size_keys))
         init = random_hat_weights(d.num_heads, d.num_kv_heads, d.head_dim, size["hat_bits"],
                                   size["hat_mlp_layers"], size["hat_mlp_hidden_size"],
                                   size["seed"] + lr.layer)

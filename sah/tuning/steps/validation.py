@@ -131,12 +131,13 @@ def _run_validation(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
 
         from sah.recording.default_model import load_model
         start = time.perf_counter()
-        loaded, tokenizer = load_model("default")
+        loaded, tokenizer = load_model(getattr(section, "model", "default"))
         if next(loaded.parameters()).dtype != torch.float32:  # GGUF: dequantised already
             loaded = loaded.float()
         model = (loaded, tokenizer)
         timing["model_seconds"] = time.perf_counter() - start
-        say(f"loaded the embedded model in {timing['model_seconds']:.0f} s")
+        say(f"loaded the model ({getattr(section, 'model', 'default')}) in "
+            f"{timing['model_seconds']:.0f} s")
     for text, configs in todo.items():
         by_name = {members[0].config: members for members in configs.values()}
         loaded_configs = {name: ResearchAttentionConfig.from_file(run_dir / name)
