@@ -213,7 +213,9 @@ def top_p_positions_fast(scores: torch.Tensor, candidates: torch.Tensor,
     shape = candidates.shape
     n = shape[-1]
     device = scores.device
-    masked = torch.where(candidates, scores.float(), torch.full((), float("-inf"), device=device))
+    # row-contiguous whatever the layout of the scores (torch.where keeps a strided one)
+    masked = torch.where(candidates, scores.float(),
+                         torch.full((), float("-inf"), device=device)).contiguous()
     row_max = masked.amax(-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = masked.sub_(row_max).exp_()  # 0 on non-candidates, in [0, 1]
