@@ -37,7 +37,7 @@ def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Ten
 
     A view that may broadcast (stride 0) over heads or queries when the allowed positions
     and the previous picks do (sink + local): treat it as read-only."""
-    if previous_mask.is_empty():
+    if previous_mask.is_empty(scan=False):  # (a dense mask of zeros: the same result below)
         return ctx.allowed_full
     return (ctx.allowed & ~compact(previous_mask.active())).expand(ctx.mask_shape)
 
