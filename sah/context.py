@@ -166,7 +166,8 @@ def sampled_dot_products(left: torch.Tensor, matrix: torch.Tensor, ptr: torch.Te
 
 
 #: Up to this many query rows per KV head (group size x queries) count as "few" (decoding):
-#: Quest then scores its page bounds against the positive and negative parts of the query.
+#: the logits of 2 or more such rows are computed as K q^T, and Quest scores its page
+#: bounds against the positive and negative parts of the query.
 FEW_QUERY_ROWS = 16
 
 #: Keys per block when converting half-precision keys/values to float32 on the fly.
@@ -259,19 +260,26 @@ class AttentionContext:
         """``s * Q K^T`` in float32, ``(b, h, q, n)``; ``-inf`` where not allowed."""
         d = self.dims
         # fold the query-head group into the query axis: one (g*q, d) x (d, n) product per KV
-        # head, reading each key once (no expanded copy of K). Always in this orientation
-        # (query rows times a transposed view of K), also for one query row: the other
-        # orientation (K q^T) runs up to 2.5x slower than a pass over K on some BLAS
-        # builds (MKL on AVX-512 Xeons), this one streams K at memory speed.
+        # head, reading each key once (no expanded copy of K). One query row per KV head
+        # (decoding without GQA) and many rows: query rows times a transposed view of K,
+        # which streams K at memory speed, where K q^T ran 1.7-2x slower (MKL, AVX-512
+        # Xeon). A few rows (GQA decoding, 2..FEW_QUERY_ROWS): K q^T, 1.5x faster than
+        # q K^T on that CPU (benchmark/perf_chain.py --limits times both).
         q = self.queries.float().reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
                                          d.head_dim)
+        few_rows = 1 < q.shape[2] <= FEW_QUERY_ROWS
+
+        def product(block):
+            if few_rows:
+                return torch.matmul(block, q.transpose(-1, -2)).transpose(-1, -2)
+            return torch.matmul(q, block.transpose(-1, -2))
+
         if self.keys.dtype == torch.float32:
-            logits = torch.matmul(q, self.keys.transpose(-1, -2))
+            logits = product(self.keys).contiguous()
         else:  # convert keys block by block: no full float32 copy of K
             logits = torch.empty(q.shape[:-1] + (d.seq_len_keys,), dtype=torch.float32, device=self.device)
             for start in range(0, d.seq_len_keys, KEY_BLOCK):
-                block = self.keys[:, :, start:start + KEY_BLOCK].float()
-                logits[..., start:start + KEY_BLOCK] = torch.matmul(q, block.transpose(-1, -2))
+                logits[..., start:start + KEY_BLOCK] = product(self.keys[:, :, start:start + KEY_BLOCK].float())
         logits = logits.view(d.mask_shape)
         logits.mul_(self.scaling)
         if self.every_key_allowed:  # decoding: nothing to hide (no pass over the logits)
