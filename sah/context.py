@@ -168,8 +168,9 @@ def sampled_dot_products(left: torch.Tensor, matrix: torch.Tensor, ptr: torch.Te
     return (left[row_of].float() * matrix.index_select(0, lin).float()).sum(-1)
 
 
-#: Up to this many query rows per KV head (group size x queries), the logits are computed
-#: as K q^T (one streaming pass over the keys); more rows use q K^T (a matrix product).
+#: Up to this many query rows per KV head (group size x queries) count as "few" (decoding):
+#: the logits of 2 or more such rows are computed as K q^T, and Quest scores its page
+#: bounds against the positive and negative parts of the query.
 FEW_QUERY_ROWS = 16
 
 #: Keys per block when converting half-precision keys/values to float32 on the fly.
@@ -264,6 +265,14 @@ class AttentionContext:
         return allowed
 
     @cached_property
+    def every_key_allowed(self) -> bool:
+        """True when every query may see every key: no user mask and every query at the
+        last key (a decoding step), so :attr:`allowed` holds no False."""
+        pos = self.query_positions
+        return self.attention_mask is None and (
+            pos.numel() == 0 or int(pos.min()) >= self.dims.seq_len_keys - 1)
+
+    @cached_property
     def allowed_full(self) -> torch.Tensor:
         return self.allowed.expand(self.mask_shape)
 
@@ -278,12 +287,14 @@ class AttentionContext:
         """``s * Q K^T`` in float32, ``(b, h, q, n)``; ``-inf`` where not allowed."""
         d = self.dims
         # fold the query-head group into the query axis: one (g*q, d) x (d, n) product per KV
-        # head, reading each key once (no expanded copy of K)
+        # head, reading each key once (no expanded copy of K). One query row per KV head
+        # (decoding without GQA) and many rows: query rows times a transposed view of K,
+        # which streams K at memory speed, where K q^T ran 1.7-2x slower (MKL, AVX-512
+        # Xeon). A few rows (GQA decoding, 2..FEW_QUERY_ROWS): K q^T, 1.5x faster than
+        # q K^T on that CPU (benchmark/perf_chain.py --limits times both).
         q = self.queries.float().reshape(d.batch_size, d.num_kv_heads, d.group_size * d.seq_len_queries,
                                          d.head_dim)
-        # few query rows per KV head (decoding): K q^T streams the keys once, where q K^T
-        # (a batched product with one or a few rows) runs several times slower
-        few_rows = q.shape[2] <= FEW_QUERY_ROWS
+        few_rows = 1 < q.shape[2] <= FEW_QUERY_ROWS
 
         def product(block):
             if few_rows:
@@ -298,6 +309,8 @@ class AttentionContext:
                 logits[..., start:start + KEY_BLOCK] = product(self.keys[:, :, start:start + KEY_BLOCK].float())
         logits = logits.view(d.mask_shape)
         logits.mul_(self.scaling)
+        if self.every_key_allowed:  # decoding: nothing to hide (no pass over the logits)
+            return logits
         return logits.masked_fill_(~self.allowed, float("-inf"))
 
     @cached_property

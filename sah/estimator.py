@@ -132,9 +132,11 @@ def _sparse_output_gathered(ctx: AttentionContext, mask: Mask) -> SparseOutput:
     dv = ctx.value_dim
     value_matrix, value_start = row_matrix(ctx.values)
     lin = value_start[kv_of_row][row_of] + idx  # each active key's row in value_matrix
-    if ctx.values.dtype == torch.float32 and lin.numel() * dv > GATHER_MAX_ENTRIES:
-        # many active keys: a CSR x dense product reads each value row in place (no
-        # (nnz, dv) intermediate, which costs more to allocate than to compute)
+    big_values = ctx.values.numel() * ctx.values.element_size() > SMALL_VALUES_BYTES
+    if ctx.values.dtype == torch.float32 and (big_values or lin.numel() * dv > GATHER_MAX_ENTRIES):
+        # many active keys, or values read from memory (long contexts): a CSR x dense
+        # product reads each active value row once, in place (no (nnz, dv) copy, which
+        # costs more to write and read back than the product itself)
         num = csr_matrix(ptr, lin, u, (rows, value_matrix.shape[0])) @ value_matrix
     else:
         num = _gathered_weighted_values(value_matrix, ptr, row_of, lin, u, rows)

@@ -101,7 +101,8 @@ class AdaptiveSamplingMasker(SamplingMasker):
         start = resolve_size(cfg.init_offset, n)
         end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, n)  # (b|1, 1, q, 1)
         index = ctx.key_index.view(1, 1, 1, -1)
-        window = candidate_positions(ctx, previous_mask) & (index >= start) & (index < end)
+        in_range = (index >= start) & (index < end)  # (b|1, 1, q, n): small
+        window = candidate_positions(ctx, previous_mask) & in_range
         count = row_counts(window)  # N, (b, h, q, 1)
         sampled_rows = count >= 2
         if not bool(sampled_rows.any()):
@@ -110,7 +111,7 @@ class AdaptiveSamplingMasker(SamplingMasker):
 
         e = ctx.exp_scores
         zero = torch.zeros((), device=ctx.device)
-        if previous_mask.is_empty():
+        if previous_mask.is_empty(scan=False):  # (a dense mask of zeros sums to 0 below)
             static = torch.zeros_like(ctx.row_sum)
         elif previous_mask.is_binary():  # deterministic picks only: every W is 1
             static = torch.where(previous_mask.active(), e, zero).sum(-1, keepdim=True)

@@ -107,9 +107,11 @@ def bound_score(queries: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> to
     if queries.shape[-2] <= FEW_QUERY_ROWS:
         # few query rows (decoding): the bound is hi where q_c >= 0 and lo where q_c < 0,
         # so the sum is hi . max(q, 0) + lo . min(q, 0): two products streaming the bounds
-        # once each (the same value up to float rounding)
-        upper = hi @ queries.clamp_min(0).transpose(-1, -2) + lo @ queries.clamp_max(0).transpose(-1, -2)
-        return upper.transpose(-1, -2).contiguous()
+        # once each (the same value up to float rounding), as query rows times a transposed
+        # view of the bounds (the orientation that runs at memory speed, see
+        # AttentionContext.logits)
+        upper = queries.clamp_min(0) @ hi.transpose(-1, -2)
+        return upper.add_(queries.clamp_max(0) @ lo.transpose(-1, -2))
     mid = (lo + hi) * 0.5
     half_span = (hi - lo).abs() * 0.5
     return queries @ mid.transpose(-1, -2) + queries.abs() @ half_span.transpose(-1, -2)

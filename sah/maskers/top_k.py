@@ -37,7 +37,7 @@ def candidate_positions(ctx: AttentionContext, previous_mask: Mask) -> torch.Ten
 
     A view that may broadcast (stride 0) over heads or queries when the allowed positions
     and the previous picks do (sink + local): treat it as read-only."""
-    if previous_mask.is_empty():
+    if previous_mask.is_empty(scan=False):  # (a dense mask of zeros: the same result below)
         return ctx.allowed_full
     return (ctx.allowed & ~compact(previous_mask.active())).expand(ctx.mask_shape)
 
@@ -199,46 +199,60 @@ def top_p_positions_fast(scores: torch.Tensor, candidates: torch.Tensor,
                          top_p: float) -> torch.Tensor:
     """:func:`top_p_positions` without a full sort. Each row's candidate weights are
     binned by their float32 bit pattern (monotone in the weight); bucket masses locate the
-    bucket holding the last key needed, and only that bucket is sorted (a partial
-    ``topk``). Same set as the reference, ties at the threshold included, except when
+    bucket holding the last key needed, and only that bucket's keys are compacted and
+    sorted. Same set as the reference, ties at the threshold included, except when
     ``top_p`` x the mass lies within float64 rounding (about 1e-16 relative) of a partial
-    sum, which the two sum in a different order."""
+    sum, which the two sum in a different order.
+
+    Passes over the ``(rows, n)`` weights: the weights themselves, their buckets (int32),
+    one weighted bincount, one comparison with the chosen bucket and its compaction, and
+    the final comparison with the threshold (no second bincount, no ``topk`` over
+    whole rows: both ran several times slower than a pass)."""
     if top_p >= 1.0 or top_p <= 0.0:
         return top_p_positions(scores, candidates, top_p)
     shape = candidates.shape
     n = shape[-1]
-    masked = torch.where(candidates, scores.float(), torch.full((), float("-inf"), device=scores.device))
+    device = scores.device
+    # row-contiguous whatever the layout of the scores (torch.where keeps a strided one)
+    masked = torch.where(candidates, scores.float(),
+                         torch.full((), float("-inf"), device=device)).contiguous()
     row_max = masked.amax(-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = masked.sub_(row_max).exp_()  # 0 on non-candidates, in [0, 1]
     w = weights.view(-1, n)
     rows = w.shape[0]
     flags = candidates.reshape(-1, n)
-    bucket = torch.bitwise_right_shift(w.view(torch.int32), _BUCKET_SHIFT).long()
-    bucket = bucket.masked_fill_(~flags, _NUM_BUCKETS)  # non-candidates: a bucket left out
-    slot = bucket + torch.arange(rows, device=w.device).unsqueeze(1) * (_NUM_BUCKETS + 1)
+    # int32 buckets; non-candidates (and NaN patterns) go to a bucket left out
+    bucket = torch.bitwise_right_shift(w.view(torch.int32), _BUCKET_SHIFT).clamp_(0, _NUM_BUCKETS)
+    bucket.masked_fill_(~flags, _NUM_BUCKETS)
+    offset = torch.arange(rows, device=device, dtype=torch.int32).unsqueeze(1) * (_NUM_BUCKETS + 1)
+    slot = (bucket + offset).view(-1)
     size = rows * (_NUM_BUCKETS + 1)
-    mass = torch.bincount(slot.view(-1), weights=w.reshape(-1).double(), minlength=size)
-    count = torch.bincount(slot.view(-1), minlength=size)
+    mass = torch.bincount(slot, weights=w.reshape(-1).double(), minlength=size)
     mass = mass.view(rows, -1)[:, :_NUM_BUCKETS]
-    count = count.view(rows, -1)[:, :_NUM_BUCKETS]
     # mass in the buckets strictly above each bucket, summed from the top down
     inclusive = mass.flip(-1).cumsum(-1).flip(-1)
     above = torch.nn.functional.pad(inclusive[:, 1:], (0, 1))
     target = top_p * inclusive[:, :1]  # top_p x the candidates' mass
-    # the last key needed sits in the lowest non-empty bucket whose first key is needed
-    holds = (count > 0) & (above < target)
+    # the last key needed sits in the lowest bucket holding mass whose first key is needed
+    # (keys of weight 0 are never needed: the mass above them is the whole mass)
+    holds = (mass > 0) & (above < target)
     found = holds.any(-1, keepdim=True)
-    last = torch.where(found, holds.to(torch.int8).argmax(-1, keepdim=True), 0)
-    in_last = (bucket == last) & found
-    width = int(count.gather(1, last).max())
-    values = torch.where(in_last, w, torch.full((), -1.0, device=w.device))
-    values = values.topk(max(width, 1), dim=-1, sorted=True).values  # that bucket, descending
+    last = torch.where(found, holds.to(torch.int8).argmax(-1, keepdim=True), -1)  # -1: no bucket
+    # that bucket's keys, compacted per row (padding -1) and sorted in descending order
+    row_of, key = (bucket == last.to(torch.int32)).nonzero(as_tuple=True)
+    counts = torch.bincount(row_of, minlength=rows)
+    width = max(int(counts.max()) if rows else 0, 1)
+    ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
+    at = row_of * width + torch.arange(row_of.numel(), device=device) - ptr[row_of]
+    values = torch.full((rows * width,), -1.0, device=device)
+    values.index_copy_(0, at, w.reshape(-1).index_select(0, row_of * n + key))
+    values = values.view(rows, width).sort(dim=-1, descending=True).values
     valid = values >= 0
     values64 = values.clamp_min(0).double()
-    before = above.gather(1, last) + values64.cumsum(-1) - values64
-    counted = valid & (before < target)
-    threshold = torch.where(counted, values, torch.full((), float("inf"), device=w.device))
+    before = above.gather(1, last.clamp_min(0)) + values64.cumsum(-1) - values64
+    counted = valid & (before < target) & found
+    threshold = torch.where(counted, values, torch.full((), float("inf"), device=device))
     threshold = threshold.amin(-1, keepdim=True)
     return (flags & (w >= threshold)).view(shape)
 
