@@ -266,11 +266,13 @@ class AttentionContext:
 
     @cached_property
     def every_key_allowed(self) -> bool:
-        """True when every query may see every key: no user mask and every query at the
-        last key (a decoding step), so :attr:`allowed` holds no False."""
+        """True when every query may see every key: no user mask, every query at the last
+        key (a decoding step) and a layer whose window or chunk holds every key, so
+        :attr:`allowed` holds no False."""
         pos = self.query_positions
-        return self.attention_mask is None and (
-            pos.numel() == 0 or int(pos.min()) >= self.dims.seq_len_keys - 1)
+        n = self.dims.seq_len_keys
+        return self.attention_mask is None and self.layer_type.keys_allowed(n) >= n and (
+            pos.numel() == 0 or int(pos.min()) >= n - 1)
 
     @cached_property
     def allowed_full(self) -> torch.Tensor:

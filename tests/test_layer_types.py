@@ -222,3 +222,21 @@ def test_contexts_cached_for_a_recording_in_memory_follow_its_layer_types():
     full_key = recording_key(rec)
     rec.metadata["layer_types"] = {"0": {"type": "sliding", "window": 16}}
     assert recording_key(rec) != full_key
+
+
+def test_a_decode_step_in_a_sliding_layer_does_not_see_keys_outside_its_window():
+    """The decode fast path (every key allowed) must not apply when the window is shorter
+    than the keys: the chain's output equals dense attention over the window only."""
+    import torch
+
+    from sah import AttentionContext, LocalMaskerConfig, ResearchAttention, ResearchAttentionConfig
+    from sah.layer_types import LayerType
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 1, 8, generator=g), torch.randn(1, 1, 64, 8, generator=g),
+               torch.randn(1, 1, 64, 8, generator=g))
+    ctx = AttentionContext(q, k, v, layer_type=LayerType("sliding", 16))
+    assert not ctx.every_key_allowed
+    attention = ResearchAttention.create_from_config(
+        ResearchAttentionConfig([LocalMaskerConfig(window_size=16)]))
+    evaluation, _ = attention.evaluate(ctx)
+    assert evaluation.output_error < 1e-5 and abs(evaluation.density - 1.0) < 1e-9
