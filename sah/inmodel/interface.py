@@ -78,6 +78,7 @@ class _Session:
         self.observer = observer
         self.sparse_meta_data: Dict[Any, Any] = {}
         self.layers: List[LayerFigures] = []
+        self.dense_prefill = False  # True: calls with several queries run dense (a prompt)
 
     def attend(self, module: Any, queries: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -87,6 +88,10 @@ class _Session:
             raise RuntimeError(f"{type(module).__name__} has no layer_idx; sah cannot tell its "
                                f"layers apart")
         positions = query_positions(position_ids, queries.shape[0])
+        if self.dense_prefill and queries.shape[2] > 1:
+            ctx = AttentionContext(queries, keys, values, scaling=scaling,
+                                   query_positions=positions, attention_mask=attention_mask)
+            return dense_attention(ctx).to(queries.dtype)
         output, _, mask = self.attention.custom_attention(
             module, queries, keys, values, attention_mask, scaling, 0.0,
             sparse_meta_data=self.sparse_meta_data, layer_idx=int(layer),
