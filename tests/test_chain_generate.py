@@ -56,9 +56,9 @@ def test_generate_equals_the_chain_step_by_step_and_keeps_magic_pig_and_quest_st
     ResearchAttentionConfig.from_dict(CHAIN).to_file(path)
     with torch.no_grad(), chain_attention(model, path) as session:
         out = model.generate(prompt, max_new_tokens=NEW, do_sample=False, min_new_tokens=NEW,
-                             output_scores=True, return_dict_in_generate=True)
+                             output_logits=True, return_dict_in_generate=True)
     assert model.config._attn_implementation == "sdpa"  # restored on exit
-    scores = torch.cat([s.float() for s in out.scores])
+    scores = torch.cat([s.float() for s in out.logits])
     tokens = out.sequences[0, PROMPT:]
     # the state a decoder keeps: MagicPig's codes and Quest's page bounds, per layer,
     # covering every key the last step saw (prompt + generated tokens but the last)
@@ -86,13 +86,13 @@ def test_dense_prefill_runs_only_the_generated_tokens_sparse(model_and_tokenizer
     with torch.no_grad():
         dense_first = model(input_ids=prompt).logits[0, -1]
         with chain_attention(model, sink_local, dense_prefill=True):
-            out = model.generate(prompt, max_new_tokens=2, do_sample=False, output_scores=True,
+            out = model.generate(prompt, max_new_tokens=2, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
         with chain_attention(model, sink_local):
             sparse = model.generate(prompt, max_new_tokens=1, do_sample=False,
-                                    output_scores=True, return_dict_in_generate=True)
-    assert torch.allclose(out.scores[0][0].float(), dense_first.float(), atol=1e-3)
-    assert float((sparse.scores[0][0].float() - dense_first.float()).abs().max()) > 1e-2
+                                    output_logits=True, return_dict_in_generate=True)
+    assert torch.allclose(out.logits[0][0].float(), dense_first.float(), atol=1e-3)
+    assert float((sparse.logits[0][0].float() - dense_first.float()).abs().max()) > 1e-2
 
 
 def test_chain_of_refuses_a_missing_file(tmp_path):

@@ -82,9 +82,6 @@ def _check_mode(args: argparse.Namespace) -> None:
     if not args.text:
         raise ValueError("--text: no text given; name one (docs, code, prose, manual) or give "
                          "a UTF-8 text file")
-    if args.tokens and len(args.tokens) > 1:
-        raise ValueError(f"--tokens is given {len(args.tokens)} times; without --task give "
-                         f"one window length")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         from sah.inmodel import validate_configs
 
         positions = DEFAULT_POSITIONS if args.positions is None else args.positions
-        results = validate_configs(configs, args.text, (args.tokens or [DEFAULT_TOKENS])[0],
+        # without --task the last --tokens counts, as before --tokens became repeatable
+        results = validate_configs(configs, args.text, (args.tokens or [DEFAULT_TOKENS])[-1],
                                    positions, model=args.model, device=device, progress=say)
     print(results.table())
     if args.json:
