@@ -83,6 +83,7 @@ class _Session:
         self.observer = observer
         self.sparse_meta_data: Dict[Any, Any] = {}
         self.layers: List[InModelLayerFigures] = []
+        self.dense_prefill = False  # True: calls with several queries run dense (a prompt)
 
     def attend(self, module: Any, queries: torch.Tensor, keys: torch.Tensor,
                values: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -99,6 +100,11 @@ class _Session:
                 f"for a query at position {int(positions.max())}: a sliding-window cache drops "
                 f"keys; run the model with a full cache (transformers' DynamicCache() without "
                 f"the model config), as sah's own passes do")
+        if self.dense_prefill and queries.shape[2] > 1:
+            ctx = AttentionContext(queries, keys, values, scaling=scaling,
+                                   query_positions=positions, attention_mask=attention_mask,
+                                   layer_type=layer_type)
+            return dense_attention(ctx).to(queries.dtype)
         output, _, mask = self.attention.custom_attention(
             module, queries, keys, values, attention_mask, scaling, 0.0,
             sparse_meta_data=self.sparse_meta_data, layer_idx=int(layer),

@@ -36,18 +36,40 @@ class AllocateSpec:
 
 
 @dataclass
+class RetrievalTaskSpec:
+    """One entry of ``validate.tasks``: a retrieval task (:mod:`sah.inmodel.retrieval`)
+    at some prompt lengths on some picks."""
+
+    task: str
+    lengths: List[int]
+    samples: int = 10
+    text: Optional[str] = None                      # the niah haystack (default docs)
+    picks: List[str] = field(default_factory=list)  # resolved: never empty
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {"task": self.task, "lengths": list(self.lengths), "samples": self.samples,
+               "picks": list(self.picks)}
+        if self.text is not None:
+            out["text"] = self.text
+        return out
+
+
+@dataclass
 class ValidateSection:
-    texts: List[str]
+    texts: List[str]                                 # empty only when tasks are given
     tokens: int = DEFAULT_VALIDATE_TOKENS
     positions: int = DEFAULT_VALIDATE_POSITIONS
     picks: List[str] = field(default_factory=list)   # resolved: never empty
     model: str = "default"   # default | gemma-3-270m | a local model folder or .gguf file
+    tasks: List[RetrievalTaskSpec] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         out = {"texts": list(self.texts), "tokens": self.tokens, "positions": self.positions,
                "picks": list(self.picks)}
         if self.model != "default":  # studies of the embedded model keep their form
             out["model"] = self.model
+        if self.tasks:  # only when set: older run.yaml files still compare
+            out["tasks"] = [t.to_dict() for t in self.tasks]
         return out
 
 

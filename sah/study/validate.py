@@ -29,7 +29,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from sah.infra.checks import ConfigError, short_repr
 from sah.study.spec import DEFAULT_VALIDATE_POSITIONS, DEFAULT_VALIDATE_TOKENS, ValidateSection
 
-KEYS = ("texts", "tokens", "positions", "picks", "model")
+KEYS = ("texts", "tokens", "positions", "picks", "model", "tasks")
 BEST = "best"
 
 
@@ -57,10 +57,11 @@ def parse_validate_section(data: Any, density_targets: Sequence[float]) -> Optio
     unknown = sorted(set(map(str, data)) - set(KEYS))
     _check(not unknown, f"validate.{unknown[0]}" if unknown else "validate",
            f"unknown key; validate takes {', '.join(KEYS)}")
-    texts = data.get("texts")
-    _check(isinstance(texts, list) and bool(texts), "validate.texts",
+    texts = data.get("texts", [] if data.get("tasks") else None)
+    _check(isinstance(texts, list) and (bool(texts) or "texts" not in data), "validate.texts",
            f"got {short_repr(texts)}; expected a non-empty list of held-out texts (docs, code, "
-           f"prose, NAME@START, or a UTF-8 file), e.g. [code@16384]")
+           f"prose, NAME@START, or a UTF-8 file), e.g. [code@16384] (leave it out when "
+           f"validate.tasks is given)")
     from sah.recording.texts import load_text, parse_text_spec
     for i, spec in enumerate(texts):
         where = f"validate.texts[{i}]"
@@ -99,8 +100,10 @@ def parse_validate_section(data: Any, density_targets: Sequence[float]) -> Optio
                f"for each of density_targets)")
         _check(pick not in picks[:i], f"validate.picks[{i}]",
                f"got {short_repr(pick)} again; list each pick once")
+    from sah.study.retrieval_tasks import parse_tasks
+    tasks = parse_tasks(data.get("tasks"), [str(p) for p in picks])
     return ValidateSection([str(t) for t in texts], tokens, positions, [str(p) for p in picks],
-                           model)
+                           model, tasks)
 
 
 # ---------------------------------------------------------------- against the recordings
@@ -178,6 +181,8 @@ def check_text_lengths(study: Any) -> None:
         tokenizer = load_default_tokenizer() if model == "default" else load_tokenizer(model)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"{study.source}: validate.model: {exc}") from None
+    from sah.study.retrieval_tasks import check_task_lengths
+    check_task_lengths(study.source, section.tasks, tokenizer)
     for i, spec in enumerate(section.texts):
         where = f"{study.source}: validate.texts[{i}]"
         parsed = parse_text_spec(spec, where)

@@ -322,14 +322,13 @@ def _validate(run_dir: Path, study: Any, rows: Any, sets: Any, progress: Progres
     ``validation.csv``, ``offline_vs_online.png`` and ``summary.md`` with its validation
     section. A stop keeps every validated row; ``--resume`` runs only the missing ones."""
     from sah.runs.outputs import write_validation_outputs
-    from sah.tuning.steps.validation import run_validation
+    from sah.tuning.steps.validation import run_validation_steps
     started = time.time()
     previous_term = forward_sigterm()
     forget_hook = at_forced_exit(lambda: progress.save(outputs_written=True))
     try:
-        validation_rows, timing = run_validation(run_dir, study, rows,
-                                                 model=options.validation_model,
-                                                 progress=options.progress)
+        validation_rows, retrieval_rows, timing = run_validation_steps(
+            run_dir, study, rows, model=options.validation_model, progress=options.progress)
     except KeyboardInterrupt:
         progress.save(outputs_written=True)
         raise RunInterrupted(f"run stopped during in-model validation; the tuning outputs and "
@@ -342,7 +341,7 @@ def _validate(run_dir: Path, study: Any, rows: Any, sets: Any, progress: Progres
     with signals_deferred():
         now = time.time()
         write_validation_outputs(run_dir, study, rows, validation_rows, sets,
-                                 progress.wall_seconds(now), timing)
+                                 progress.wall_seconds(now), timing, retrieval_rows)
         progress.save(outputs_written=True, now=now, validated=True)
     log.info("phase validation: %.2f s", time.time() - started)
     return run_dir

@@ -9,6 +9,8 @@
 - :mod:`~sah.runs.outputs.mask_resources`: ``resources/<chain>.json``;
 - :mod:`~sah.runs.outputs.validation`: ``validation.csv``, ``offline_vs_online.png`` and
   the validation section of ``summary.md`` (studies with ``validate:``);
+- :mod:`~sah.runs.outputs.retrieval`: ``retrieval.csv``, ``retrieval_<task>.png`` and the
+  retrieval section of ``summary.md`` (``validate.tasks``);
 - :mod:`~sah.infra.files`: atomic writes.
 
 :func:`write_outputs` writes them all.
@@ -29,6 +31,7 @@ from sah.runs.outputs.trials import (COMPLETED, FAILED, FIGURES, STOPPED, UNFINI
                                        collect_rows, load_run, read_trials, row_config,
                                        rows_to_csv)
 from sah.runs.outputs.tuned import config_header, write_tuned
+from sah.runs.outputs.retrieval import retrieval_markdown, write_retrieval_files
 from sah.runs.outputs.validation import (plot_offline_vs_online, validation_csv,
                                            validation_markdown)
 from sah.study.spec import Study
@@ -68,18 +71,26 @@ def summary_meta(run_dir: Path, study: Study, sets: Any, wall_seconds: float) ->
 
 def write_validation_outputs(run_dir: Path, study: Study, rows: List[Dict[str, Any]],
                              validation_rows: List[Dict[str, Any]], sets: Any,
-                             wall_seconds: float, timing: Optional[Dict[str, float]] = None
-                             ) -> None:
+                             wall_seconds: float, timing: Optional[Dict[str, float]] = None,
+                             retrieval_rows: Optional[List[Dict[str, Any]]] = None) -> None:
     """``validation.csv``, ``offline_vs_online.png`` and ``summary.md`` again, with its
-    validation section (:mod:`~sah.runs.outputs.validation`)."""
+    validation section (:mod:`~sah.runs.outputs.validation`; when ``validate.texts`` is
+    given), and with ``validate.tasks`` ``retrieval.csv``, ``retrieval_<task>.png`` and
+    the retrieval section (:mod:`~sah.runs.outputs.retrieval`)."""
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "validation.csv", validation_csv(validation_rows))
-    atomic_write_bytes(run_dir / "offline_vs_online.png",
-                       plot_offline_vs_online(study, validation_rows))
+    lines: List[str] = []
+    if study.validate.texts:
+        atomic_write_text(run_dir / "validation.csv", validation_csv(validation_rows))
+        atomic_write_bytes(run_dir / "offline_vs_online.png",
+                           plot_offline_vs_online(study, validation_rows))
+        lines = validation_markdown(study, validation_rows, timing)
+    if retrieval_rows:
+        write_retrieval_files(run_dir, retrieval_rows, atomic_write_bytes, atomic_write_text)
+        lines += retrieval_markdown(study, retrieval_rows, validation_rows)
     meta = summary_meta(run_dir, study, sets, wall_seconds)
     summary = run_dir / "summary.md"
     kept = _other_sections(summary.read_text() if summary.is_file() else "")
-    meta["validation_lines"] = kept + validation_markdown(study, validation_rows, timing)
+    meta["validation_lines"] = kept + lines
     atomic_write_text(summary, summary_markdown(study, rows, meta))
 
 
@@ -91,7 +102,7 @@ def _other_sections(text: str) -> List[str]:
     keep = False
     for i, line in enumerate(lines):
         if line.startswith("## "):
-            keep = line.strip() != "## In-model validation"
+            keep = line.strip() not in ("## In-model validation", "## Retrieval inside the model")
             if keep and kept == [] and i > 0 and lines[i - 1] == "":
                 kept.append("")
         if keep:

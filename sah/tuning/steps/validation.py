@@ -91,13 +91,63 @@ def run_validation(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
     """Validate the study's picks; returns every ``validation.csv`` row (those of earlier
     parts of the run included) and this part's timing (model load, dense passes).
     ``model``: an already loaded ``(model, tokenizer)`` of the embedded model (float32)."""
+    validation, _, timing = run_validation_steps(run_dir, study, rows, model, progress)
+    return validation, timing
+
+
+def run_validation_steps(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
+                         model: Optional[Tuple[Any, Any]] = None, progress: bool = True
+                         ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], Dict[str, float]]:
+    """:func:`run_validation` (when ``validate.texts`` is given), then the retrieval tasks
+    (:mod:`sah.tuning.steps.retrieval`, when ``validate.tasks`` is), one model load for
+    both: ``(validation rows, retrieval rows, timing)``."""
+    from sah.tuning.steps.retrieval import run_retrieval
+
+    loader = _ModelLoader(model, progress, getattr(study.validate, "model", "default"))
     with torch_threads(VALIDATION_THREADS):
-        return _run_validation(run_dir, study, rows, model, progress)
+        validation = (_run_validation(run_dir, study, rows, loader, progress)
+                      if study.validate.texts else [])
+        start = time.perf_counter()
+        retrieval = (run_retrieval(run_dir, study, targets(study, rows, Path(run_dir)), loader,
+                                   _say(progress))
+                     if study.validate.tasks else [])
+        if study.validate.tasks:
+            loader.timing["retrieval_seconds"] = time.perf_counter() - start
+    return validation, retrieval, loader.timing
+
+
+def _say(progress: bool) -> Callable[[str], None]:
+    return ((lambda m: print(f"sah: validation: {m}", file=sys.stderr, flush=True))
+            if progress else (lambda m: None))
+
+
+class _ModelLoader:
+    """The embedded model, loaded on first use (or the one given), and the step's timing."""
+
+    def __init__(self, model: Optional[Tuple[Any, Any]], progress: bool,
+                 name: str = "default") -> None:
+        self.model = model
+        self.name = name  # validate.model: default | gemma-3-270m | a local model
+        self.say = _say(progress)
+        self.timing = {"model_seconds": 0.0, "dense_seconds": 0.0}
+
+    def __call__(self) -> Tuple[Any, Any]:
+        if self.model is None:
+            import torch
+
+            from sah.recording.default_model import load_model
+            start = time.perf_counter()
+            loaded, tokenizer = load_model(self.name)
+            if next(loaded.parameters()).dtype != torch.float32:  # GGUF: dequantised already
+                loaded = loaded.float()
+            self.model = (loaded, tokenizer)
+            self.timing["model_seconds"] = time.perf_counter() - start
+            self.say(f"loaded the model ({self.name}) in {self.timing['model_seconds']:.0f} s")
+        return self.model
 
 
 def _run_validation(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
-                    model: Optional[Tuple[Any, Any]], progress: bool
-                    ) -> Tuple[List[Dict[str, Any]], Dict[str, float]]:
+                    loader: "_ModelLoader", progress: bool) -> List[Dict[str, Any]]:
     from sah.attention import ResearchAttentionConfig
     from sah.inmodel import validate_configs
 
@@ -114,30 +164,18 @@ def _run_validation(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
                 and key not in seen:
             done.append(r)
             seen.add(key)
-    say: Callable[[str], None] = ((lambda m: print(f"sah: validation: {m}", file=sys.stderr,
-                                                   flush=True)) if progress else (lambda m: None))
-    timing = {"model_seconds": 0.0, "dense_seconds": 0.0}
+    say = _say(progress)
+    timing = loader.timing
     todo: Dict[str, Dict[Tuple[str, int], List[Target]]] = {}
     for text in section.texts:
         for t in wanted:
             if (t.chain, t.pick, text) not in seen:
                 todo.setdefault(text, {}).setdefault(t.key, []).append(t)
     if not todo:
-        return _ordered(done, wanted, section.texts), timing
+        return _ordered(done, wanted, section.texts)
     say(f"{sum(len(v) for v in todo.values())} config(s) x text to run inside the model "
         f"({len(wanted)} picks, {len(section.texts)} text(s))")
-    if model is None:
-        import torch
-
-        from sah.recording.default_model import load_model
-        start = time.perf_counter()
-        loaded, tokenizer = load_model(getattr(section, "model", "default"))
-        if next(loaded.parameters()).dtype != torch.float32:  # GGUF: dequantised already
-            loaded = loaded.float()
-        model = (loaded, tokenizer)
-        timing["model_seconds"] = time.perf_counter() - start
-        say(f"loaded the model ({getattr(section, 'model', 'default')}) in "
-            f"{timing['model_seconds']:.0f} s")
+    model = loader()
     for text, configs in todo.items():
         by_name = {members[0].config: members for members in configs.values()}
         loaded_configs = {name: ResearchAttentionConfig.from_file(run_dir / name)
@@ -156,4 +194,4 @@ def _run_validation(run_dir: Path, study: Any, rows: List[Dict[str, Any]],
                                    where=("validate.tokens", "validate.positions",
                                           "validate.texts"))
         timing["dense_seconds"] += sum(d.seconds for d in results.dense)
-    return _ordered(done, wanted, section.texts), timing
+    return _ordered(done, wanted, section.texts)
