@@ -162,12 +162,12 @@ def _run_study(options: RunOptions, locks: List[RunLock]) -> Path:
             except ConfigError as exc:
                 prefix = f"chains[{i}]." if chain.resources is not None else ""
                 raise ConfigError(f"{study.source}: {prefix}{exc}") from None
-        check_installation_key()  # signs Ray's state as it is written (state_seal)
         check_validate_names(study)  # before any embedded recording is made
         from sah.tuning.steps.speed import check_speed_device
         check_speed_device(study)
         sets = load_recording_sets(study)
         check_validate_texts(study, sets)
+        check_installation_key()  # signs Ray's state as it is written (state_seal)
         described = sets.describe(fitting=bool(study.fit_hash_attention))
         if options.resume and (run_dir / "run.yaml").is_file():
             meta = yaml.safe_load((run_dir / "run.yaml").read_text())
