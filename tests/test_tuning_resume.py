@@ -21,7 +21,7 @@ from sah.tuning.runner import RunInterrupted, RunOptions, run_study
 from tuning_support import save_synthetic, stop_in_second_experiment, two_experiments, write_study
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmark" / "run_optimize_configs.py"
-NUM_SAMPLES = 32
+NUM_SAMPLES = 16
 STABLE = ("chain", "trial", "status", "SinkMaskerConfig_sink_size", "LocalMaskerConfig_window_size",
           "output_error", "density", "score")
 

