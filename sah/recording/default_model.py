@@ -60,7 +60,8 @@ def load_default_model(device: str = "cpu", attn_implementation: str = "sdpa") -
 @functools.lru_cache(maxsize=1)
 def load_default_tokenizer() -> Any:
     """The default model's tokenizer alone (offline; no weights are loaded; kept for the
-    process: loading it parses the GGUF file, several seconds)."""
+    process: parsing the GGUF file takes several seconds; the cached float32 copy, when
+    there is one, much less)."""
     path = default_model_path()
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers.utils import logging as hf_logging
@@ -159,9 +160,9 @@ def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa
         if kw:  # a .gguf file: converted once, then read from sah's cache
             loaded, tokenizer = load_gguf_model(Path(where) / kw["gguf_file"], attn_implementation)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+            tokenizer = AutoTokenizer.from_pretrained(where)
             loaded = AutoModelForCausalLM.from_pretrained(
-                where, attn_implementation=attn_implementation, **kw)
+                where, attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {model!r}: cannot load a causal LM from it ({exc}); give a "
                          f"local Hugging Face model directory, a .gguf file, 'default' or "
