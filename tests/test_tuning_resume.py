@@ -99,15 +99,44 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
         assert a == b
 
 
+def stop_before_first_trial(monkeypatch, experiment):
+    """Send this process a real SIGTERM at Ray Tune's first step of ``experiment``, before
+    that step makes a trial (the step is skipped): the stop a Ctrl-C gives when it lands
+    between an experiment's start and its first trial. Ray Tune then saves a state that
+    lists no trials, which it cannot restore by itself."""
+    from ray.tune.execution.tune_controller import TuneController
+    step = TuneController.step
+    sent = []
+
+    def stepping(controller):
+        if (controller._storage.experiment_dir_name == experiment and not sent
+                and not controller.get_trials()):
+            sent.append(controller)
+            os.kill(os.getpid(), signal.SIGTERM)
+        if sent and sent[0] is controller and not controller.get_trials():
+            return None  # no trial made until Ray Tune's loop sees the stop
+        return step(controller)
+
+    monkeypatch.setattr(TuneController, "step", stepping)
+    return sent
+
+
+def saved_trials(exp_dir):
+    """The trials listed by an experiment's newest saved state (read as JSON)."""
+    newest = sorted(Path(exp_dir).glob("experiment_state-*.json"))[-1]
+    return json.loads(newest.read_text())["trial_data"]
+
+
+@pytest.mark.slow
 def test_resumed_run_reports_the_total_wall_time_and_a_finished_run_is_already_complete(
-        ray_session, tmp_path, capsys):
-    """A stopped run (a real SIGTERM during its second experiment), resumed, reports in
-    summary.md the wall time over both parts, not the resumed part's; --resume on a finished
-    run says "already complete" without starting an experiment, drawing a bar or touching
-    Ray's state or the summary."""
-    # big enough that the second experiment takes a while
+        ray_session, tmp_path, capsys, monkeypatch):
+    """A run stopped by a real SIGTERM in its second experiment, before that experiment made
+    its first trial (Ray Tune saved a state without trials), resumes to the end: every
+    trial of both experiments, and summary.md reports the wall time over both parts, not the
+    resumed part's; --resume on a finished run says "already complete" without starting an
+    experiment, drawing a bar or touching Ray's state or the summary."""
     rec = save_synthetic(tmp_path / "rec.safetensors", num_heads=4, num_kv_heads=2, head_dim=32,
-                         num_keys=2048, num_queries=64, seed=4)
+                         num_keys=256, num_queries=16, seed=4)
     study = write_study(tmp_path / "s.yaml", {
         "name": "parts", "recording": str(rec), "seed": 3, **two_experiments([
             {"type": "LocalMaskerConfig", "window_size": {"search": "randint", "low": 1, "high": 300}}])})
@@ -115,19 +144,21 @@ def test_resumed_run_reports_the_total_wall_time_and_a_finished_run_is_already_c
     run_dir = results / "parts"
     options = RunOptions(config=str(study), results_dir=str(results), progress=False)
 
-    stopper = stop_in_second_experiment(run_dir)
+    sent = stop_before_first_trial(monkeypatch, "second")
     with pytest.raises(RunInterrupted):
         run_study(options)
-    stopper.join()
+    assert sent and saved_trials(run_dir / "ray" / "second") == []
     first_part = json.loads((run_dir / "progress.json").read_text())
     assert first_part["first"] == "complete" and "second" not in first_part
     assert len(first_part["_wall_seconds"]) == 1 and not (run_dir / "summary.md").exists()
+    time.sleep(1.1)  # the first part lasts long enough to tell the total from the second part
 
     options.resume = True
     run_study(options)
     progress = json.loads((run_dir / "progress.json").read_text())
     parts = progress["_wall_seconds"]
     assert len(parts) == 2 and progress["_outputs"] == "complete"
+    assert len(saved_trials(run_dir / "ray" / "second")) == 16
     shown = float(re.search(r"wall time (\d+) s", (run_dir / "summary.md").read_text()).group(1))
     assert abs(shown - sum(parts)) <= 0.51 and shown > parts[1] + 1  # the total, not part 2
 

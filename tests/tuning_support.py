@@ -165,9 +165,10 @@ def first_experiment_done(run_dir) -> bool:
 def stop_in_second_experiment(run_dir):
     """Start a thread that sends this process a real SIGTERM once the run in ``run_dir`` is in
     its second experiment (``first`` complete in progress.json: Ray Tune copies trial results
-    into the run folder only now and then, so they are no sign of a running experiment)
-    while the run's own SIGTERM handler and Ray Tune's stop handler are in place (the
-    default handler would end pytest). Returns the thread."""
+    into the run folder only now and then, so they are no sign of a running experiment) and
+    that experiment has made its first trial (its folder under ``<run>/ray/second``), while
+    the run's own SIGTERM handler and Ray Tune's stop handler are in place (the default
+    handler would end pytest). Returns the thread."""
     import os
     import signal
     import threading
@@ -176,7 +177,7 @@ def stop_in_second_experiment(run_dir):
     def stop():
         deadline = time.time() + 300
         while time.time() < deadline:
-            if first_experiment_done(run_dir):
+            if first_experiment_done(run_dir) and any((run_dir / "ray" / "second").glob("trial_*")):
                 handler = signal.getsignal(signal.SIGTERM)
                 tune_stop = signal.getsignal(signal.SIGINT)  # Ray Tune's, inside an experiment
                 if ("forward_sigterm" in getattr(handler, "__qualname__", "")

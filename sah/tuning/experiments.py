@@ -103,6 +103,39 @@ def experiment_dirs(study: Study, ray_dir: str) -> List[Tuple[str, str]]:
     return [(name, _join(str(ray_dir), name)) for name, _ in experiments(study)]
 
 
+def _saved_trials(exp_dir: str) -> Optional[int]:
+    """How many trials the newest saved state of the experiment in ``exp_dir`` lists (None
+    when it has none). Read as plain JSON: nothing in it is unpickled here."""
+    import json
+
+    import pyarrow.fs as pafs
+    fs, base = (pafs.FileSystem.from_uri(exp_dir) if is_uri(exp_dir)
+                else (pafs.LocalFileSystem(), exp_dir))
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True))
+    states = sorted(i.path for i in infos if i.type == pafs.FileType.File
+                    and i.base_name.startswith("experiment_state-")
+                    and i.base_name.endswith(".json"))
+    if not states:
+        return None
+    with fs.open_input_stream(states[-1]) as fh:
+        try:
+            state = json.loads(fh.readall())
+        except ValueError:
+            return None
+    trials = state.get("trial_data") if isinstance(state, dict) else None
+    return len(trials) if isinstance(trials, list) else None
+
+
+def _forget_unstarted(exp_dir: str) -> None:
+    """Remove the folder of an experiment stopped before its first trial was made: Ray Tune
+    cannot restore a state without trials (it fails and runs nothing), and nothing in it
+    is worth keeping."""
+    import pyarrow.fs as pafs
+    fs, base = (pafs.FileSystem.from_uri(exp_dir) if is_uri(exp_dir)
+                else (pafs.LocalFileSystem(), exp_dir))
+    fs.delete_dir(base)
+
+
 def run_experiment(name: str, members: Members, study: Study, trainable: Any, ray_dir: str,
                    num_groups: int, progress: bool, run_dir: Path):
     """Fit (or restore and continue) one experiment kept under ``ray_dir`` (a local folder
@@ -123,7 +156,11 @@ def run_experiment(name: str, members: Members, study: Study, trainable: Any, ra
         space = batched_param_space(members, study.seed)
     else:
         space = _param_space(chain)
-    if tune.Tuner.can_restore(exp_dir):
+    restorable = tune.Tuner.can_restore(exp_dir)
+    if restorable and _saved_trials(exp_dir) == 0:  # stopped before its first trial
+        _forget_unstarted(exp_dir)
+        restorable = False
+    if restorable:
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, param_space=space,
                                    resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
