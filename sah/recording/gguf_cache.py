@@ -45,6 +45,20 @@ def _ready(folder: Optional[Path]) -> bool:
     return folder is not None and (folder / MARKER).is_file()
 
 
+def load_gguf_config(gguf: Path) -> Any:
+    """The model config of ``gguf`` without its weights (from the converted copy when there
+    is one)."""
+    from transformers import AutoConfig
+
+    folder = converted_folder(gguf)
+    if _ready(folder):
+        try:
+            return AutoConfig.from_pretrained(str(folder))
+        except Exception:  # noqa: BLE001 (a damaged copy: read the GGUF file itself)
+            pass
+    return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def load_gguf_tokenizer(gguf: Path) -> Any:
     """The tokenizer of ``gguf`` (from the converted copy when there is one)."""
     from transformers import AutoTokenizer

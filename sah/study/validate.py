@@ -191,3 +191,42 @@ def check_text_lengths(study: Any) -> None:
                          section.tokens + 1, where)
         except ValueError as exc:
             raise ConfigError(f"{exc} (validate.tokens {section.tokens} + 1 target)") from None
+
+
+def check_validate_layers(study: Any, sets: Any) -> None:
+    """HashAttention weights for every layer of the validation model: in-model validation
+    applies each chain in all of the model's layers, and a HashAttention chain needs hash
+    weights fitted for each of them, so a fit on a subset of layers would fail after tuning
+    (minutes into the run). Refused here, before the run folder exists."""
+    section = getattr(study, "validate", None)
+    if section is None or not study.fit_hash_attention:
+        return
+    hashed = [c.name for c in study.chains
+              if any(m.config_class.__name__ == "HashAttentionTopKMaskerConfig"
+                     for m in c.maskers)]
+    if not hashed:
+        return
+    fitted = (study.fit_hash_attention.get("layers")
+              or sets.fit_or_scored[0].recording.layer_ids)  # study.layers: not with validate
+    from sah.recording.default_model import model_num_layers
+    try:
+        num_layers = model_num_layers(section.model)
+    except ValueError as exc:
+        raise ConfigError(f"{study.source}: validate.model: {exc}") from None
+    missing = sorted(set(range(num_layers)) - {int(x) for x in fitted})
+    if not missing:
+        return
+    where = ("fit_hash_attention.layers" if study.fit_hash_attention.get("layers") else
+             f"{'fit_recordings' if study.fit_recordings else 'recordings'}[0] "
+             f"({sets.fit_or_scored[0].label})")
+    raise ConfigError(
+        f"{study.source}: validate: chain {hashed[0]!r} runs HashAttention in all "
+        f"{num_layers} layers of model {section.model!r}, but the hash weights are fitted on "
+        f"layers {_layer_list(fitted)} (from {where}), missing {_layer_list(missing)}; fit "
+        f"every layer (record the fit recording with `sah record --layers all`; leave "
+        f"fit_hash_attention.layers unset) or drop validate")
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    shown = [int(x) for x in layers]
+    return str(shown) if len(shown) <= 8 else f"[{', '.join(map(str, shown[:6]))}, ...] ({len(shown)})"

@@ -64,7 +64,7 @@ from sah.tuning.signals import at_forced_exit, forward_sigterm, signals_deferred
 from sah.study.recordings import check_resume_hashes, load_recording_sets
 from sah.study.parse import load_study
 from sah.tuning.trainable import SharedRecording, TrialTask, run_trial
-from sah.study.validate import check_validate_names, check_validate_texts
+from sah.study.validate import check_validate_layers, check_validate_names, check_validate_texts
 from sah.infra.checks import ConfigError
 
 DEFAULT_STUDY = REPO_ROOT / "configs" / "default.yaml"
@@ -167,6 +167,7 @@ def _run_study(options: RunOptions, locks: List[RunLock]) -> Path:
         check_speed_device(study)
         sets = load_recording_sets(study)
         check_validate_texts(study, sets)
+        check_validate_layers(study, sets)
         check_installation_key()  # signs Ray's state as it is written (state_seal)
         described = sets.describe(fitting=bool(study.fit_hash_attention))
         if options.resume and (run_dir / "run.yaml").is_file():

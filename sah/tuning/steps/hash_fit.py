@@ -127,8 +127,8 @@ def _prepare(study: Study, fit_recordings: Any, run_dir: Path, scored: Optional[
     from sah.maskers.hash_attention_fit import fit_hash_attention
     fit = _labelled(fit_recordings)
     opts = fit_options(study)
-    if study.layers and "layers" not in opts:
-        opts["layers"] = list(study.layers)
+    if study.layers and "layers" not in opts and getattr(study, "validate", None) is None:
+        opts["layers"] = list(study.layers)  # validation runs every layer: it needs them all
     cached = _cache_folder(list(fit.values()), opts)
     started = time.perf_counter()
     if (cached / "weights.safetensors").is_file() and (cached / "report.json").is_file():
