@@ -214,6 +214,29 @@ def test_every_masker_adds_only_positions_the_layer_allows(config_class, layer_t
     assert math.isfinite(evaluation.output_error) and 0.0 <= evaluation.density <= 1.0
 
 
+@pytest.mark.parametrize("sampler", [
+    dict(type="AdaptiveSamplingMaskerConfig", base_rate_sampling=0.3, init_offset=0,
+         local_offset=2),
+    dict(type="RandomSamplingMaskerConfig", sampling_rate=0.05)], ids=lambda d: d["type"])
+def test_samplers_draw_inside_a_window_shorter_than_the_keys(sampler):
+    """Rows are as wide as the call's keys (300) while sizes resolve against the window
+    (24): the draw lands inside each query's window and only there."""
+    from sah.maskers.base import MaskerConfig
+    torch.manual_seed(5)
+    q, k, v = torch.randn(1, 4, 8, 32), torch.randn(1, 2, 300, 32), torch.randn(1, 2, 300, 32)
+    ctx = AttentionContext(q, k, v, layer_type=LayerType("sliding", 24),
+                           query_positions=torch.arange(200, 300, 12)[:8])
+    chain = ResearchAttentionConfig([SinkMaskerConfig(sink_size=0), LocalMaskerConfig(window_size=2),
+                                     MaskerConfig.from_dict(sampler)])
+    meta = {}
+    mask = ResearchAttention.create_from_config(chain).compute_mask(ctx, meta, layer_idx=0)
+    active = mask.active()
+    assert not bool((active & ~ctx.allowed_full).any())
+    per_row = active.sum(-1)
+    assert bool((per_row > 2).all()) and bool((per_row <= 24).all()), per_row
+    assert math.isfinite(sparse_attention(ctx, mask).output.abs().sum().item())
+
+
 def test_contexts_cached_for_a_recording_in_memory_follow_its_layer_types():
     from sah.evaluate import recording_key
 

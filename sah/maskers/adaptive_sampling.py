@@ -97,9 +97,10 @@ class AdaptiveSamplingMasker(SamplingMasker):
         if previous_mask.is_full() or cfg.base_rate_sampling == 0:
             return previous_mask
         ctx = self.context(keys, queries, values, attention_mask, scaling, kwargs)
-        n = ctx.size_keys  # sizes: a share of the keys the layer allows
-        start = resolve_size(cfg.init_offset, n)
-        end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, n)  # (b|1, 1, q, 1)
+        allowed_keys = ctx.size_keys  # sizes: a share of the keys the layer allows
+        n = ctx.dims.seq_len_keys  # the row width of every (b, h, q, n) tensor
+        start = resolve_size(cfg.init_offset, allowed_keys)
+        end = ctx.positions_4d + 1 - resolve_size(cfg.local_offset, allowed_keys)  # (b|1, 1, q, 1)
         index = ctx.key_index.view(1, 1, 1, -1)
         in_range = (index >= start) & (index < end)  # (b|1, 1, q, n): small
         window = candidate_positions(ctx, previous_mask) & in_range

@@ -226,6 +226,11 @@ def _chunk_seconds(rows: Sequence[Dict[str, Any]]) -> float:
     return sum(seen.values())
 
 
+def _model_words(section: Any) -> str:
+    model = getattr(section, "model", "default")
+    return "the embedded model" if model == "default" else f"`{model}`"
+
+
 def validation_markdown(study: Any, rows: Sequence[Dict[str, Any]],
                         timing: Optional[Dict[str, float]] = None) -> List[str]:
     """The validation section of ``summary.md``."""
@@ -236,8 +241,8 @@ def validation_markdown(study: Any, rows: Sequence[Dict[str, Any]],
     fit = loglog_fit(points)
     worse = far_worse(points, fit)
     lines = ["", "## In-model validation", "",
-             f"Picks {', '.join(f'`{p}`' for p in section.picks)} of each chain, run inside the "
-             f"embedded model with the chain in every layer, on {', '.join(f'`{t}`' for t in section.texts)} "
+             f"Picks {', '.join(f'`{p}`' for p in section.picks)} of each chain, run inside "
+             f"{_model_words(section)} with the chain in every layer, on {', '.join(f'`{t}`' for t in section.texts)} "
              f"({section.tokens} tokens, the last {section.positions} sparse; docs/validation.md): {len(points)} configs, "
              f"{_chunk_seconds(rows):.0f} s of sparse chunks"
              + "".join(f"; {what} {timing[key]:.0f} s" for key, what in
