@@ -14,7 +14,6 @@ from sah import (AdaptiveSamplingMaskerConfig, AttentionContext, HashAttentionTo
                  SinkMaskerConfig, StridedPatternConfig)
 from sah.estimator import evaluate_mask, sparse_attention
 from sah.maskers.magic_pig import KEPT_CODES_KEY, collision_probability
-from sah.maskers.random_sampling import random_ranks, smallest_positions
 from sah.maskers.top_k import (recent_first_order, top_k_positions, top_k_positions_presorted,
                                top_p_positions, top_p_positions_fast)
 
@@ -95,29 +94,6 @@ def test_bucketed_top_p_with_one_heavy_bucket():
     for top_p in (0.1, 0.5, 0.77):
         assert torch.equal(top_p_positions_fast(scores, candidates, top_p),
                            top_p_positions(scores, candidates, top_p))
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_noise_cut_sampling_equals_the_full_ranking(seed, monkeypatch):
-    """smallest_positions: the compacted path, the full-sort path and the random ranking
-    pick the same keys (ties to the lowest index)."""
-    g = torch.Generator().manual_seed(seed)
-    candidates = torch.rand(2, 3, 4, 300, generator=g) < 0.8
-    count = candidates.sum(-1, keepdim=True)
-    budget = torch.minimum(torch.randint(0, 60, (2, 3, 4, 1), generator=g), count)
-    noise = torch.rand(candidates.shape, generator=torch.Generator().manual_seed(seed))
-    noise = torch.where(candidates, noise, torch.full((), 2.0))
-    if seed % 4 == 0:  # float32 draws can tie: make many
-        noise = torch.where(candidates, (noise * 64).floor() / 64, noise)
-    fast = smallest_positions(noise, budget, count)
-    full_sort = smallest_positions(noise, budget.clamp_max(count), torch.ones_like(count))
-    order = torch.sort(noise, dim=-1, stable=True).indices
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(300).expand(order.shape))
-    assert torch.equal(fast, ranks < budget)
-    assert torch.equal(full_sort, ranks < budget)
-    ref = candidates & (random_ranks(candidates, torch.Generator().manual_seed(seed)) < budget)
-    if seed % 4:
-        assert torch.equal(fast, ref)
 
 
 # ---------------------------------------------------------------------- estimator paths

@@ -78,21 +78,6 @@ def test_context_sorted_logits_are_the_rows_in_descending_order():
     assert torch.all(sorted_values[..., 1:] <= sorted_values[..., :-1])
 
 
-@pytest.mark.parametrize("seed", range(15))
-def test_partial_topk_sampling_equals_the_full_rank_draw(seed):
-    """The topk path of sample_without_replacement draws exactly the set the full random
-    ranking draws from the same generator state (the budget smallest noises)."""
-    from sah.maskers.random_sampling import random_ranks, sample_without_replacement
-    g = torch.Generator().manual_seed(seed)
-    candidates = torch.rand(2, 3, 4, 64, generator=g) < 0.7
-    for top in (1, 5, 16):
-        budget = torch.randint(0, top + 1, (2, 3, 4, 1), generator=g)
-        fast = sample_without_replacement(candidates, budget, torch.Generator().manual_seed(seed))
-        ref = candidates & (random_ranks(candidates, torch.Generator().manual_seed(seed)) < budget)
-        assert torch.equal(fast, ref)
-        assert torch.equal(fast.sum(-1, keepdim=True), torch.minimum(budget, candidates.sum(-1, keepdim=True)))
-
-
 @pytest.mark.parametrize("chain", [
     [{"type": "SinkMaskerConfig", "sink_size": 3}, {"type": "OracleTopKConfig", "heavy_size": 0.2}],
     [{"type": "LocalMaskerConfig", "window_size": 4}, {"type": "OracleTopPMaskerConfig", "top_p": 0.7}],
