@@ -21,7 +21,7 @@ def write_study(tmp_path, name="stopme"):
     """A random chain in batches of 2 with trials slow enough to stop between them."""
     rec = tmp_path / "rec.safetensors"
     save_recording(make_synthetic_recording(num_layers=6, num_heads=8, num_kv_heads=2,
-                                            head_dim=64, num_keys=8192, num_queries=256, seed=5),
+                                            head_dim=64, num_keys=8192, num_queries=512, seed=5),
                    rec)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({

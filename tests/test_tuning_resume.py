@@ -50,7 +50,7 @@ def stable_rows(path):
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     rec = tmp_path / "rec.safetensors"
     save_recording(make_synthetic_recording(num_layers=6, num_heads=8, num_kv_heads=2,
-                                            head_dim=64, num_keys=8192, num_queries=256, seed=5),
+                                            head_dim=64, num_keys=8192, num_queries=512, seed=5),
                    rec)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({
