@@ -74,11 +74,10 @@ def candidate_span(flat: torch.Tensor, count: torch.Tensor) -> Tuple[torch.Tenso
     if flat.dtype == torch.bool and flat.is_contiguous() and n % 8 == 0 and n >= 64:
         # scan 8 flags at a time (as int64 words), then the 8 bytes of the first and last
         # non-zero word: 8x fewer elements than argmax over every flag
-        words = flat.view(torch.uint8).view(rows, n // 8, 8).view(torch.int64).squeeze(-1)
-        nonzero = (words != 0).to(torch.uint8)
+        octets = flat.view(torch.uint8).view(rows, n // 8, 8)
+        nonzero = (octets.view(torch.int64).squeeze(-1) != 0).to(torch.uint8)
         first = nonzero.argmax(-1)
         last = n // 8 - 1 - nonzero.flip(-1).argmax(-1)
-        octets = flat.view(torch.uint8).view(rows, n // 8, 8)
         at = torch.stack([first, last], 1).unsqueeze(-1).expand(rows, 2, 8)
         edge = octets.gather(1, at)  # (rows, 2, 8): the first and the last non-zero word
         lo = first * 8 + edge[:, 0].argmax(-1)

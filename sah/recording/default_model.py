@@ -104,26 +104,10 @@ def _local_source(model: str) -> Tuple[Dict[str, str], str]:
     return {}, str(model)
 
 
-def model_context_tokens(model: str) -> int:
-    """The context length of a local model (``max_position_embeddings`` of its config, read
-    without the weights); 0 when it cannot be told (then the loaded model is checked)."""
-    if model == "default":
-        return 0
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoConfig
-
-    try:
-        kw, where = _local_source(model)
-        cfg = AutoConfig.from_pretrained(where, **kw)
-    except (OSError, ValueError):
-        return 0
-    cfg = getattr(cfg, "text_config", None) or cfg
-    return int(getattr(cfg, "max_position_embeddings", 0) or 0)
-
-
-def model_num_layers(model: str) -> int:
-    """How many decoder layers ``model`` (as :func:`load_model` takes it) has, read from its
-    config without the weights; a ValueError says why it cannot be read."""
+def model_config(model: str) -> Any:
+    """The (text) config of ``model`` as :func:`load_model` takes it, read without the
+    weights (a GGUF model's from its converted copy when there is one); a ValueError says
+    why it cannot be read."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
 
@@ -138,8 +122,25 @@ def model_num_layers(model: str) -> int:
         raise ValueError(f"--model {model!r}: cannot read its config ({exc}); give a local "
                          f"Hugging Face model directory, a .gguf file, 'gemma-3-270m' or "
                          f"'default'") from None
-    cfg = getattr(cfg, "text_config", None) or cfg
-    return int(cfg.num_hidden_layers)
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def model_context_tokens(model: str) -> int:
+    """The context length of a local model (``max_position_embeddings`` of its config, read
+    without the weights); 0 when it cannot be told (then the loaded model is checked)."""
+    if model == "default":
+        return 0
+    try:
+        cfg = model_config(model)
+    except ValueError:
+        return 0
+    return int(getattr(cfg, "max_position_embeddings", 0) or 0)
+
+
+def model_num_layers(model: str) -> int:
+    """How many decoder layers ``model`` has (its config, read without the weights); a
+    ValueError says why it cannot be read."""
+    return int(model_config(model).num_hidden_layers)
 
 
 def load_model(model: str, device: str = "cpu", attn_implementation: str = "sdpa"

@@ -45,31 +45,31 @@ def _ready(folder: Optional[Path]) -> bool:
     return folder is not None and (folder / MARKER).is_file()
 
 
+def _from_copy_or_gguf(auto_class: Any, gguf: Path) -> Any:
+    """``auto_class.from_pretrained`` on the converted copy of ``gguf`` when there is a
+    readable one, else on the GGUF file itself."""
+    folder = converted_folder(gguf)
+    if _ready(folder):
+        try:
+            return auto_class.from_pretrained(str(folder))
+        except Exception:  # noqa: BLE001 (a damaged copy: read the GGUF file itself)
+            pass
+    return auto_class.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def load_gguf_config(gguf: Path) -> Any:
     """The model config of ``gguf`` without its weights (from the converted copy when there
     is one)."""
     from transformers import AutoConfig
 
-    folder = converted_folder(gguf)
-    if _ready(folder):
-        try:
-            return AutoConfig.from_pretrained(str(folder))
-        except Exception:  # noqa: BLE001 (a damaged copy: read the GGUF file itself)
-            pass
-    return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return _from_copy_or_gguf(AutoConfig, gguf)
 
 
 def load_gguf_tokenizer(gguf: Path) -> Any:
     """The tokenizer of ``gguf`` (from the converted copy when there is one)."""
     from transformers import AutoTokenizer
 
-    folder = converted_folder(gguf)
-    if _ready(folder):
-        try:
-            return AutoTokenizer.from_pretrained(str(folder))
-        except Exception:  # noqa: BLE001 (a damaged copy: read the GGUF file itself)
-            pass
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return _from_copy_or_gguf(AutoTokenizer, gguf)
 
 
 def load_gguf_model(gguf: Path, attn_implementation: str = "sdpa") -> Tuple[Any, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sah.infra.checks import ConfigError, check_size
 
@@ -89,3 +89,15 @@ def fit_keywords(spec: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     if "bits" in opts:
         opts["hat_bits"] = opts.pop("bits")
     return opts
+
+
+def fitted_layers(study: Any) -> Optional[List[int]]:
+    """The layers a study fits HashAttention on: ``fit_hash_attention.layers``, else the
+    study's ``layers`` (unless it validates in the model, which runs every layer and needs
+    hashes for each), else None: every layer of the fit recordings."""
+    explicit = (study.fit_hash_attention or {}).get("layers")
+    if explicit:
+        return [int(x) for x in explicit]
+    if study.layers and study.validate is None:
+        return [int(x) for x in study.layers]
+    return None

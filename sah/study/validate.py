@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence, Tuple
 
 from sah.infra.checks import ConfigError, short_repr
+from sah.study.fit_options import fitted_layers
 from sah.study.spec import DEFAULT_VALIDATE_POSITIONS, DEFAULT_VALIDATE_TOKENS, ValidateSection
 
 KEYS = ("texts", "tokens", "positions", "picks", "model", "tasks")
@@ -206,8 +207,7 @@ def check_validate_layers(study: Any, sets: Any) -> None:
                      for m in c.maskers)]
     if not hashed:
         return
-    fitted = (study.fit_hash_attention.get("layers")
-              or sets.fit_or_scored[0].recording.layer_ids)  # study.layers: not with validate
+    fitted = fitted_layers(study) or sets.fit_or_scored[0].recording.layer_ids
     from sah.recording.default_model import model_num_layers
     try:
         num_layers = model_num_layers(section.model)

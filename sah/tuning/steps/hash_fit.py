@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from sah.infra.threads import torch_threads
 from sah.runs.artefacts import FITTED_NAME, weights_path
-from sah.study.fit_options import fit_keywords
+from sah.study.fit_options import fit_keywords, fitted_layers
 from sah.infra.files import atomic_write_bytes, atomic_write_text
 from sah.study.spec import Study
 from sah.infra.checks import ConfigError
@@ -127,8 +127,9 @@ def _prepare(study: Study, fit_recordings: Any, run_dir: Path, scored: Optional[
     from sah.maskers.hash_attention_fit import fit_hash_attention
     fit = _labelled(fit_recordings)
     opts = fit_options(study)
-    if study.layers and "layers" not in opts and getattr(study, "validate", None) is None:
-        opts["layers"] = list(study.layers)  # validation runs every layer: it needs them all
+    layers = fitted_layers(study)
+    if layers is not None:
+        opts["layers"] = layers
     cached = _cache_folder(list(fit.values()), opts)
     started = time.perf_counter()
     if (cached / "weights.safetensors").is_file() and (cached / "report.json").is_file():
