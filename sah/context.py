@@ -177,6 +177,22 @@ FEW_QUERY_ROWS = 16
 KEY_BLOCK = 8192
 
 
+def hide_disallowed(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``logits`` (``(b, h, q, n)``) with ``-inf`` where ``allowed`` (broadcastable) is False,
+    in place. Only the span of key columns holding a disallowed position is touched: for
+    causal queries at the end of the keys that is the last few columns, not a pass over
+    every logit."""
+    blocked = ~allowed
+    if blocked.shape[-1] == 1:  # a mask broadcast over the keys: every column
+        return logits.masked_fill_(blocked, float("-inf"))
+    columns = blocked.reshape(-1, blocked.shape[-1]).any(0).nonzero()
+    if columns.numel() == 0:
+        return logits
+    low, high = int(columns[0]), int(columns[-1]) + 1
+    logits[..., low:high].masked_fill_(blocked[..., low:high], float("-inf"))
+    return logits
+
+
 def check_scaling(scaling: Any) -> float:
     """The softmax scale of a call: a finite number > 0 (0 gives uniform weights, a negative
     one inverts the softmax, NaN makes every output NaN); ``ValueError`` otherwise."""
@@ -313,7 +329,7 @@ class AttentionContext:
         logits.mul_(self.scaling)
         if self.every_key_allowed:  # decoding: nothing to hide (no pass over the logits)
             return logits
-        return logits.masked_fill_(~self.allowed, float("-inf"))
+        return hide_disallowed(logits, self.allowed)
 
     @cached_property
     def logits_sorted(self) -> Tuple[torch.Tensor, torch.Tensor]:
