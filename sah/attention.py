@@ -25,6 +25,7 @@ from sah.layer_types import LayerType
 from sah.maskers.base import MaskerConfig, MaskerRegistry, ResearchMasker
 from sah.infra.safe_yaml import load_json, load_yaml, read_text
 from sah.infra.checks import ConfigError, short_repr
+from sah.infra.threads import map_in_threads
 
 
 @dataclass
@@ -267,19 +268,24 @@ class ResearchAttention:
         # chunk of queries at a time (temporaries small enough to be recycled, not
         # page-faulted in). Kept per-layer state (Quest's page bounds) serves every chunk.
         meta = sparse_meta_data if sparse_meta_data is not None else {}
-        outputs, weights = [], []
-        for start in range(0, d.seq_len_queries, step):
-            part = slice(start, min(start + step, d.seq_len_queries))
+
+        def chunk(part: slice) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
             sub = AttentionContext(queries[:, :, part], keys, values, scaling=ctx.scaling,
                                    query_positions=ctx.query_positions[..., part],
                                    attention_mask=_query_rows(attention_mask, part, d.seq_len_queries),
                                    layer_type=ctx.layer_type)
             result = sparse_attention(sub, self.compute_mask(sub, meta, layer_idx, **kwargs),
                                       return_weights=return_weights)
-            outputs.append(result.output.to(queries.dtype))
-            if return_weights:
-                weights.append(result.weights.to(queries.dtype))
-        return torch.cat(outputs, dim=2), torch.cat(weights, dim=2) if return_weights else None
+            return (result.output.to(queries.dtype),
+                    result.weights.to(queries.dtype) if return_weights else None)
+
+        parts = [slice(start, min(start + step, d.seq_len_queries))
+                 for start in range(0, d.seq_len_queries, step)]
+        # the first chunk alone: it fills what later chunks only read (kept page bounds,
+        # per-layer maskers); the others run side by side on the CPU (sah.infra.threads)
+        done = [chunk(parts[0])] + map_in_threads(chunk, parts[1:], ctx.device)
+        output = torch.cat([out for out, _ in done], dim=2)
+        return output, torch.cat([w for _, w in done], dim=2) if return_weights else None
 
     def rows_independent(self, layer_idx: Optional[int] = None) -> bool:
         """True when every masker layer ``layer_idx`` runs adds positions row by row (see

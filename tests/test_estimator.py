@@ -26,6 +26,36 @@ def test_context_allowed_and_logits_match_loops():
     assert torch.all(ctx.exp_scores[~allowed] == 0)
 
 
+@pytest.mark.parametrize("case", ["causal_at_the_end", "causal_spread", "sliding", "chunked",
+                                  "user_mask", "user_mask_over_queries", "all_allowed"])
+def test_logits_hide_exactly_the_disallowed_positions(case):
+    """The context's logits touch only the key columns holding a disallowed position; the
+    result is the logits with -inf at every disallowed position (a full masked_fill)."""
+    from sah.layer_types import LayerType
+    queries, keys, values = random_qkv(b=2, h=4, hk=2, q=5, n=40, d=8, seed=3)
+    pos, layer_type, user = torch.arange(35, 40), None, None
+    if case == "causal_spread":
+        pos = torch.tensor([3, 11, 20, 21, 39])
+    elif case == "sliding":
+        layer_type, pos = LayerType(kind="sliding", size=8), torch.tensor([3, 11, 20, 30, 39])
+    elif case == "chunked":
+        layer_type, pos = LayerType(kind="chunked", size=16), torch.tensor([3, 11, 20, 30, 39])
+    elif case == "user_mask":
+        user = torch.rand(2, 1, 5, 40, generator=torch.Generator().manual_seed(4)) > 0.3
+    elif case == "user_mask_over_queries":  # broadcast over the keys: a whole query row hidden
+        user = torch.tensor([True, False, True, True, True]).view(1, 1, 5, 1)
+    elif case == "all_allowed":
+        pos = torch.full((5,), 39)
+    ctx = AttentionContext(queries, keys, values, scaling=0.5, query_positions=pos,
+                           attention_mask=user, layer_type=layer_type)
+    plain = AttentionContext(queries, keys, values, scaling=0.5, query_positions=pos,
+                             attention_mask=user, layer_type=layer_type)
+    plain.__dict__["every_key_allowed"] = True  # the product alone, then one full fill
+    want = plain.logits.masked_fill(~ctx.allowed_full, float("-inf"))
+    assert torch.equal(ctx.logits, want)
+    assert bool(torch.isinf(ctx.logits).any()) == (case != "all_allowed")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_dense_output_matches_loops_with_gqa(dtype):
     queries, keys, values = random_qkv(b=2, h=6, hk=2, q=4, n=13, d=5, seed=2, dtype=dtype)
