@@ -15,6 +15,7 @@ and may see keys ``j <= query_positions[i]`` that its layer type allows
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -146,9 +147,14 @@ def row_matrix(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return t.reshape(-1, c), torch.arange(b * hk, device=device) * n
 
 
+#: ``warnings.catch_warnings`` swaps process-wide state: one thread at a time (query chunks
+#: run on several threads, :mod:`sah.infra.threads`).
+_WARNINGS_LOCK = threading.Lock()
+
+
 def csr_matrix(ptr: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
     """A sparse CSR tensor without invariant checks or the "beta" warning."""
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.sparse_csr_tensor(ptr, columns, values, size=size, check_invariants=False)
 

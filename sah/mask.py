@@ -169,7 +169,8 @@ class Mask:
         return self._dense is not None
 
     def is_binary(self) -> bool:
-        """True when every active position has weight 1.0 and the mask is kept as booleans."""
+        """True when every active position has weight 1.0 (kept as booleans, or as a CSR form
+        whose values are all 1.0)."""
         return self._binary
 
     def to_dense(self) -> torch.Tensor:
@@ -180,7 +181,7 @@ class Mask:
                 self._dense = torch.ones(self.shape, dtype=torch.float32, device=self._device)
             elif self._empty:
                 self._dense = torch.zeros(self.shape, dtype=torch.float32, device=self._device)
-            elif self._binary:
+            elif self._binary and self._active is not None:
                 self._dense = self._active.to(torch.float32)
             else:
                 b, h, q, n = self.shape
@@ -214,7 +215,14 @@ class Mask:
     def active(self) -> torch.Tensor:
         """Boolean ``(b, h, q, n)`` of active positions (computed once)."""
         if self._active is None:
-            self._active = self.to_dense() > 0
+            if self._binary and self._dense is None:  # a CSR form of ones: mark its keys
+                b, h, q, n = self.shape
+                active = torch.zeros(b * h * q * n, dtype=torch.bool, device=self._device)
+                row_of = _row_ids(self._indptr, self._indices.numel())
+                active.index_fill_(0, row_of * n + self._indices, True)
+                self._active = active.view(self.shape)
+            else:
+                self._active = self.to_dense() > 0
         return self._active
 
     # ------------------------------------------------------------------ algebra
@@ -232,11 +240,11 @@ class Mask:
         if self._binary and other._binary:
             # OR the un-broadcast forms: picks that are the same for every head (or query)
             # stay one row, expanded as a view (no (b, h, q, n) tensor for sink + local)
-            merged = compact(self._active) | compact(other._active)
+            merged = compact(self.active()) | compact(other.active())
             return Mask(self.shape, binary=merged.expand(self.shape))
         if self._binary or other._binary:  # a deterministic pick wins: weight 1 there
             picks, rest = (self, other) if self._binary else (other, self)
-            return Mask(self.shape, dense=torch.where(picks._active, 1.0, rest.to_dense()))
+            return Mask(self.shape, dense=torch.where(picks.active(), 1.0, rest.to_dense()))
         if self._dense is None and other._dense is None:
             return self._merge_sparse(other)
         return Mask(self.shape, dense=(self.to_dense() + other.to_dense()).clamp_(0.0, 1.0))
@@ -245,6 +253,42 @@ class Mask:
         """Seed-compatible name of :meth:`merge`. ``inplace`` is accepted and ignored: masks
         are values and are never mutated."""
         return self.merge(other)
+
+    def with_row_picks(self, keys: torch.Tensor) -> Optional["Mask"]:
+        """This binary mask plus ``keys`` (``(b, h, q, k)`` key indices, ascending per row,
+        none of them active here) at weight 1, built in CSR form: no ``(b, h, q, n)``
+        tensor and no scan of one. None when this mask is not a binary mask that
+        broadcasts over some of batch, heads and queries (sink, local): the caller then
+        merges boolean picks.
+
+        Each pick's place in its merged row is its rank among the picks plus the active
+        keys below it (a prefix count of the broadcast rows); this mask's own keys fill
+        the remaining places in order."""
+        if not self._binary or self._active is None:
+            return None
+        base = compact(self._active)
+        if base.numel() == self._active.numel():
+            return None
+        b, h, q, n = self.shape
+        rows = b * h * q
+        k = keys.shape[-1]
+        device = keys.device
+        below = base.view(torch.uint8).cumsum(-1, dtype=torch.int32)  # active keys <= j
+        own = below[..., -1].expand(b, h, q).reshape(rows).long()  # this mask's keys per row
+        indptr = torch.nn.functional.pad((own + k).cumsum(0), (1, 0))
+        place = torch.gather(below.expand(b, h, q, n), -1, keys).view(rows, k).long()
+        place += indptr[:-1].unsqueeze(1) + torch.arange(k, device=device)
+        total = int(indptr[-1])
+        indices = torch.empty(total, dtype=torch.long, device=device)
+        indices.index_copy_(0, place.view(-1), keys.reshape(-1))
+        free = torch.ones(total, dtype=torch.uint8, device=device)
+        free.index_fill_(0, place.view(-1), 0)
+        own_indices, _ = _broadcast_csr(self._active)
+        indices.index_copy_(0, free.nonzero().squeeze(1), own_indices)
+        values = torch.ones(total, dtype=torch.float32, device=device)
+        mask = Mask(self.shape, sparse=(indices, indptr, values))
+        mask._binary = True
+        return mask
 
     def _merge_sparse(self, other: "Mask") -> "Mask":
         b, h, q, n = self.shape

@@ -363,3 +363,36 @@ def test_quest_bound_score_both_forms_equal_the_definition(rows):
     want = torch.maximum(q.unsqueeze(-2) * lo.unsqueeze(-3), q.unsqueeze(-2) * hi.unsqueeze(-3)).sum(-1)
     got = bound_score(q, lo, hi)
     assert got.is_contiguous() and torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("follow", [None, "adaptive", "top_k"])
+def test_top_k_picks_merged_as_key_lists_give_the_boolean_merge_result(monkeypatch, follow):
+    """On long rows after sink + local, top-k merges its picks as key lists in CSR form (no
+    (b, h, q, n) picks); the call's output and mask equal the boolean merge's, also when a
+    sampler follows and reads the merged mask, or a second top-k (whose previous mask is
+    not a broadcast one: its key lists are merged as booleans)."""
+    from sah.maskers.top_k import TopKMasker
+    configs = [SinkMaskerConfig(sink_size=16), LocalMaskerConfig(window_size=32),
+               OracleTopKConfig(heavy_size=0.05)]
+    if follow == "adaptive":
+        configs.append(AdaptiveSamplingMaskerConfig(base_rate_sampling=0.05, epsilon=0.25,
+                                                    delta=0.25, init_offset=16, local_offset=32))
+    elif follow == "top_k":
+        configs.append(OracleTopKConfig(heavy_size=0.03))
+    q, k, v = random_qkv(b=2, h=4, hk=2, q=3, n=4096, d=16, seed=8)
+    pos = torch.tensor([2000, 4000, 4095])
+
+    def run():
+        out, _, mask = chain(*configs).custom_attention(None, q, k, v, None, None, 0.0, {},
+                                                        layer_idx=0, query_positions=pos,
+                                                        return_mask=True)
+        return out, mask
+
+    lists_out, lists_mask = run()
+    if follow is None:
+        assert lists_mask.is_binary() and not lists_mask.has_dense  # the CSR route ran
+    monkeypatch.setattr(TopKMasker, "select_keys", lambda self, *args: None)
+    bool_out, bool_mask = run()
+    assert torch.equal(lists_mask.active(), bool_mask.active())
+    assert torch.equal(lists_mask.to_dense(), bool_mask.to_dense())
+    assert torch.allclose(lists_out, bool_out, atol=1e-6)

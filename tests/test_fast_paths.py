@@ -97,3 +97,71 @@ def test_shared_context_fast_paths_give_the_same_masks(chain):
     assert "logits_sorted" in shared.__dict__
     assert torch.equal(mask_fresh.to_dense(), mask_shared.to_dense())
     assert ev_fresh.output_error == pytest.approx(ev_shared.output_error, abs=1e-7)
+
+
+def long_rows_case(seed, ties=False, n=4096):
+    """Rows long enough for the sampled-cut prefilter, with sink + local keys taken."""
+    from sah import Mask
+    g = torch.Generator().manual_seed(seed)
+    b, h, q = 2, 4, 3
+    scores = torch.randn(b, h, q, n, generator=g)
+    if ties:
+        scores = (scores * 2).round() / 2
+    key = torch.arange(n)
+    pos = torch.tensor([n - 40, n - 7, n - 1]).view(1, 1, q, 1)
+    previous = (key < 16) | ((key <= pos) & (key > pos - 32))  # sink 16 + local 32, (1, 1, q, n)
+    allowed = key <= pos
+    candidates = (allowed & ~previous).expand(b, h, q, n)
+    return scores, candidates, Mask.from_bool(previous, (b, h, q, n))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_keys_are_the_boolean_picks_in_key_order(seed, ties):
+    from sah.maskers.top_k import top_k_keys
+    scores, candidates, _ = long_rows_case(seed, ties)
+    for k in (1, 50, 200, 500):
+        keys = top_k_keys(scores, candidates, k)
+        picks = top_k_positions(scores, candidates, k)
+        if keys is None:  # at 500 of 4096 keys the cut may keep too many in some row
+            assert k == 500
+            continue
+        assert keys.shape == candidates.shape[:3] + (k,)
+        want = picks.reshape(-1, picks.shape[-1]).nonzero()[:, 1].view(keys.shape)
+        assert torch.equal(keys, want), k
+
+
+def test_top_k_keys_leave_rows_they_cannot_settle_to_the_boolean_form():
+    from sah.maskers.top_k import top_k_keys
+    scores, candidates, _ = long_rows_case(0)
+    assert top_k_keys(scores, candidates, 600) is None  # k above an eighth of the keys
+    assert top_k_keys(scores[..., :1000], candidates[..., :1000], 50) is None  # short rows
+    few = candidates.clone()
+    few[0, 1, 2, 100:] = False  # one row with fewer than k candidates
+    assert top_k_keys(scores, few, 200) is None
+    assert top_k_positions(scores, few, 200)[0, 1, 2].sum() == few[0, 1, 2].sum()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_picks_merged_in_csr_form_equal_the_boolean_merge(seed):
+    from sah import Mask
+    from sah.maskers.top_k import top_k_keys
+    scores, candidates, previous = long_rows_case(seed)
+    keys = top_k_keys(scores, candidates, 200)
+    merged = previous.with_row_picks(keys)
+    want = Mask.from_bool(top_k_positions(scores, candidates, 200) | previous.active())
+    assert merged is not None and merged.is_binary() and not merged.has_dense
+    for got, ref in zip(merged.to_sparse(), want.to_sparse()):
+        assert torch.equal(got, ref)
+    assert merged.num_active() == want.num_active()
+    assert torch.equal(merged.active(), want.active())
+    assert torch.equal(merged.to_dense(), want.to_dense())
+
+
+def test_picks_merge_in_csr_form_only_into_a_broadcast_binary_mask():
+    from sah import Mask
+    scores, candidates, previous = long_rows_case(1)
+    keys = torch.zeros(candidates.shape[:3] + (1,), dtype=torch.long)
+    full_rows = Mask.from_bool(previous.active().clone())  # one row per (b, h, q): no gain
+    assert full_rows.with_row_picks(keys) is None
+    assert Mask.from_dense(previous.to_dense() * 0.5).with_row_picks(keys) is None

@@ -66,8 +66,14 @@ def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> t
     k = min(int(k), n)
     if k <= 0:
         return torch.zeros(shape, dtype=torch.bool, device=candidates.device)
-    if n >= PREFILTER_MIN_KEYS and k * 8 <= n:
-        picks, rest = _top_k_prefiltered(scores, candidates, k)
+    if _prefilter_applies(n, k):
+        keys, good = _top_k_prefiltered(scores, candidates, k)
+        rows = good.numel()
+        picks = torch.zeros((rows, n), dtype=torch.bool, device=candidates.device)
+        settled = good.nonzero().squeeze(1)
+        flat = (settled * n).unsqueeze(1) + keys
+        picks.view(-1).index_fill_(0, flat.view(-1), True)
+        rest = (~good).nonzero().squeeze(1)
         if rest.numel():  # rows the sampled cut did not settle
             b, h, q = shape[:3]
             index = (torch.div(rest, h * q, rounding_mode="floor"),
@@ -76,6 +82,25 @@ def top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> t
             picks.index_copy_(0, rest, _top_k_rows(sub, k))
         return picks.view(shape)
     return _top_k_rows(_ranked_scores(scores, candidates).view(-1, n), k).view(shape)
+
+
+def top_k_keys(scores: torch.Tensor, candidates: torch.Tensor, k: int):
+    """The picks of :func:`top_k_positions` as key indices, ``(b, h, q, k)`` ascending per
+    row, when the sampled cut settles every row and each row has at least ``k`` candidates
+    (the usual case for long rows); None otherwise (the caller then uses the boolean form).
+    No ``(b, h, q, n)`` tensor of picks is made."""
+    n = candidates.shape[-1]
+    k = int(k)
+    if k <= 0 or k > n or not _prefilter_applies(n, k):
+        return None
+    keys, good = _top_k_prefiltered(scores, candidates, k)
+    if keys.shape[0] != good.numel():
+        return None
+    return keys.view(candidates.shape[:3] + (k,))
+
+
+def _prefilter_applies(n: int, k: int) -> bool:
+    return n >= PREFILTER_MIN_KEYS and k * 8 <= n
 
 
 #: Rows of at least this many keys (and k at most an eighth of them) take the prefilter.
@@ -121,8 +146,8 @@ def _recent_ties_first(ranked: torch.Tensor, kth: torch.Tensor, k: int) -> torch
 
 
 def _top_k_prefiltered(scores: torch.Tensor, candidates: torch.Tensor, k: int):
-    """``(picks (rows, n), rest)``: the picks of the rows a sampled cut settles, and the
-    indices of the other rows (their picks are left empty).
+    """``(keys, good)``: ``good`` (rows,) marks the rows a sampled cut settles, ``keys``
+    ``(settled rows, k)`` their picks as key indices, ascending, settled rows in order.
 
     Per row, the cut is the ``r``-th largest of every ``PREFILTER_STRIDE``-th candidate's
     score, ``r`` the expected rank of the k-th key in that sample plus 4 standard
@@ -133,6 +158,7 @@ def _top_k_prefiltered(scores: torch.Tensor, candidates: torch.Tensor, k: int):
     shape = candidates.shape
     n = shape[-1]
     rows = candidates.numel() // n
+    device = candidates.device
     low = torch.finfo(torch.float32).min
     sample = torch.where(candidates[..., ::PREFILTER_STRIDE],
                          scores[..., ::PREFILTER_STRIDE].float().nan_to_num(nan=low, neginf=low),
@@ -145,23 +171,20 @@ def _top_k_prefiltered(scores: torch.Tensor, candidates: torch.Tensor, k: int):
     row_of, key = keep.view(rows, n).nonzero(as_tuple=True)  # row-major: keys in order
     held = torch.bincount(row_of, minlength=rows)  # (a per-row count of a bool tensor is slower)
     good = (held >= k) & (held <= n // 4) & (cut.view(-1) > float("-inf"))
-    picks = torch.zeros((rows, n), dtype=torch.bool, device=candidates.device)
     if not bool(good.any()):
-        return picks, torch.arange(rows, device=candidates.device)
+        return torch.zeros((0, k), dtype=torch.long, device=device), good
     if not bool(good.all()):
         settled = good[row_of]
         row_of, key = row_of[settled], key[settled]
     counts = torch.where(good, held, 0)
     width = int(counts.max())
     ptr = torch.nn.functional.pad(counts.cumsum(0), (1, 0))
-    at = row_of * n + key  # flat positions in the rows, and in the compacted rows:
-    to = row_of * width + torch.arange(key.numel(), device=keep.device) - ptr[row_of]
-    values = torch.full((rows * width,), float("-inf"), device=keep.device)
-    values.index_copy_(0, to, scores.reshape(-1).index_select(0, at).float())
-    chosen = _top_k_rows(values.view(rows, width), k)  # same set, same tie rule
-    chosen &= good.unsqueeze(1)
-    picks.view(-1).index_copy_(0, at, chosen.view(-1).index_select(0, to))
-    return picks, (~good).nonzero().squeeze(1)
+    # each kept key's place in its compacted row
+    to = row_of * width + torch.arange(key.numel(), device=device) - ptr[row_of]
+    values = torch.full((rows * width,), float("-inf"), device=device)
+    values.index_copy_(0, to, scores.reshape(-1).index_select(0, row_of * n + key).float())
+    chosen = _top_k_rows(values.view(rows, width), k)  # same set, same tie rule: k per good row
+    return key[chosen.view(-1).index_select(0, to)].view(-1, k), good
 
 
 def top_p_positions(scores: torch.Tensor, candidates: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -340,6 +363,13 @@ class ScoreSelectionMasker(FixedMasker):
         """Boolean ``(b, h, q, n)`` picks among ``candidates``: a new tensor (the caller may
         merge the previous picks into it)."""
 
+    def select_keys(self, ctx: AttentionContext, scores: torch.Tensor,
+                    candidates: torch.Tensor):
+        """The picks as ``(b, h, q, k)`` key indices ascending per row, when this method
+        picks the same number of keys in every row and can say so without a boolean form;
+        None (the default) otherwise."""
+        return None
+
     def selects_nothing(self, ctx: AttentionContext) -> bool:
         return False
 
@@ -352,7 +382,17 @@ class ScoreSelectionMasker(FixedMasker):
             return previous_mask
         candidates = candidate_positions(ctx, previous_mask)
         scores = self.scores(ctx, sparse_meta_data if sparse_meta_data is not None else {}, **kwargs)
-        picks = self.select(ctx, scores, candidates)
+        keys = self.select_keys(ctx, scores, candidates) if previous_mask.is_binary() else None
+        if keys is not None:
+            # picks as key indices merged in CSR form (sink + local + top-k on long rows):
+            # no (b, h, q, n) picks, and the estimator gets its CSR form without a scan
+            merged = previous_mask.with_row_picks(keys)
+            if merged is not None:
+                return merged
+            picks = torch.zeros(ctx.mask_shape, dtype=torch.bool, device=ctx.device)
+            picks.scatter_(-1, keys, True)
+        else:
+            picks = self.select(ctx, scores, candidates)
         if previous_mask.is_binary() and picks.is_contiguous():
             # the picks are this call's own tensor: merge into it (no second (b, h, q, n) mask)
             picks |= compact(previous_mask.active())
@@ -373,6 +413,12 @@ class TopKMasker(ScoreSelectionMasker):
             # oracle on a context many trials share: one sort per context, reused
             return top_k_positions_presorted(ctx.logits_sorted[1], candidates, k)
         return top_k_positions(scores, candidates, k)
+
+    def select_keys(self, ctx: AttentionContext, scores: torch.Tensor,
+                    candidates: torch.Tensor):
+        if scores is ctx.logits and (ctx.shared or "logits_sorted" in ctx.__dict__):
+            return None  # the shared sort serves the boolean form
+        return top_k_keys(scores, candidates, resolve_size(self.config.heavy_size, ctx.size_keys))
 
 
 class TopPMasker(ScoreSelectionMasker):
