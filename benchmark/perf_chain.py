@@ -232,12 +232,14 @@ def many_query_case(args, device, dtype):
 def limits_case(kv_heads, args, device, dtype):
     """The building blocks that bound the chains, on the same tensors: one streaming pass
     over the keys, Quest's page min and max, the logits of every key, MagicPig's hashing
-    of every key (L*K = 64 hyperplanes) and a top-k selection over every key."""
+    of every key (L*K = 64 hyperplanes), a top-k selection over every key, and masking and
+    compacting a mask of every key (boolean ``where`` against a byte product)."""
     from sah.maskers.quest import page_bounds
     q, k, v = make_tensors(args.heads, kv_heads, 1, args.keys, args.head_dim, dtype, device)
     g = args.heads // kv_heads
     planes = torch.randn(args.head_dim, 64, device=device, dtype=dtype)
     logits = torch.randn(1, args.heads, 1, args.keys, device=device)
+    active = torch.rand(logits.shape, device=device) < 0.6  # a top-p 0.9 mask's share
     variants = [
         ("one pass over the keys (sum)", lambda: k.sum()),
         ("Quest page min + max (page 16)", lambda: page_bounds(k, 16)),
@@ -249,6 +251,11 @@ def limits_case(kv_heads, args, device, dtype):
             logits.view(1, kv_heads, g, args.keys), v)),
         ("MagicPig: project every key on 64 hyperplanes", lambda: k @ planes),
         ("top-k 5% over every key (torch.topk)", lambda: logits.topk(args.keys // 20, dim=-1)),
+        ("zero the inactive weights: torch.where(bool mask, w, 0)",
+         lambda: torch.where(active, logits, 0.0)),
+        ("the same as a byte product (w * mask.view(uint8), as the estimator does)",
+         lambda: logits * active.view(torch.uint8)),
+        ("compaction of 60% of the keys (nonzero)", lambda: active.nonzero()),
     ]
 
     def dense():
