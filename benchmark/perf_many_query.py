@@ -12,7 +12,7 @@ against causal SDPA in one interleaved loop, medians, with:
 - ``whole-row causal fill``: the causal ``-inf`` written with one ``masked_fill_`` over
   every logit instead of the columns holding a disallowed position.
 
-Every variant's output is checked equal to ``all on`` first. Prints the CPU model with the
+Every variant's output is checked against ``all on`` first (within 1e-4). Prints the CPU model with the
 figures.
 
     python benchmark/perf_many_query.py [--repeats 15] [--threads 2]
@@ -94,7 +94,10 @@ def main() -> None:
     variants = {name: switched(chain, changes) for name, changes in SWITCHES.items()}
     reference = variants["all on"]()
     for name, run in variants.items():
-        if not torch.allclose(run(), reference, atol=1e-5):
+        # not bit-equal: two calls of the same code differed by up to ~2e-5 on the Xeon, in
+        # one thread's half of the heads, before this round too: MKL's float32 results depend
+        # on the alignment of their inputs unless MKL_CBWR=AUTO,STRICT is set
+        if not torch.allclose(run(), reference, atol=1e-4):
             raise SystemExit(f"perf_many_query: {name!r} gives another output than 'all on'")
     variants["causal SDPA"] = lambda: torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=causal, enable_gqa=True)

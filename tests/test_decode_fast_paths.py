@@ -130,3 +130,19 @@ def test_perf_chain_names_the_machine_and_judges_each_row():
     assert perf_chain.verdict(1.0, ["RuntimeError: x"]) == "error"
     names = {name for name, _, _ in perf_chain.CHAINS} | {"many"}
     assert set(perf_chain.TARGETS) <= names  # every target names a timed row
+
+
+def test_perf_many_query_switches_real_paths_and_every_variant_agrees():
+    """benchmark/perf_many_query.py (small shape, two query chunks): each switch replaces
+    an attribute that exists, every variant's output equals the code as it is (the script
+    exits non-zero otherwise), and the table names each variant."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(REPO / "benchmark" / "perf_many_query.py"),
+                           "--queries", "128", "--keys", "2048", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("all on", "chunks one by one", "boolean top-k merge", "whole-row causal fill",
+                 "causal SDPA"):
+        assert f"| {name} |" in done.stdout
+    assert done.stdout.startswith("# CPU: ")
