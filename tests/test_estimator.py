@@ -46,14 +46,15 @@ def test_logits_hide_exactly_the_disallowed_positions(case):
         user = torch.tensor([True, False, True, True, True]).view(1, 1, 5, 1)
     elif case == "all_allowed":
         pos = torch.full((5,), 39)
+    from sah.context import hide_disallowed
     ctx = AttentionContext(queries, keys, values, scaling=0.5, query_positions=pos,
                            attention_mask=user, layer_type=layer_type)
-    plain = AttentionContext(queries, keys, values, scaling=0.5, query_positions=pos,
-                             attention_mask=user, layer_type=layer_type)
-    plain.__dict__["every_key_allowed"] = True  # the product alone, then one full fill
-    want = plain.logits.masked_fill(~ctx.allowed_full, float("-inf"))
-    assert torch.equal(ctx.logits, want)
-    assert bool(torch.isinf(ctx.logits).any()) == (case != "all_allowed")
+    raw = torch.randn(ctx.mask_shape, generator=torch.Generator().manual_seed(5))
+    want = raw.masked_fill(~ctx.allowed_full, float("-inf"))
+    assert torch.equal(hide_disallowed(raw.clone(), ctx.allowed), want)
+    hidden = ~ctx.allowed_full
+    assert torch.equal(torch.isneginf(ctx.logits), hidden)  # the context's logits, same rule
+    assert bool(hidden.any()) == (case != "all_allowed")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
