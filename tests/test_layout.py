@@ -19,7 +19,7 @@ SAH = ROOT / "sah"
 # Lowest first. A module may import its own layer (without circles) and the layers below.
 LAYERS: List[List[str]] = [
     ["sah.infra"],
-    ["sah.mask", "sah.layer_types", "sah.context", "sah.estimator", "sah.patterns", "sah.objectives",
+    ["sah.mask", "sah.mask_rows", "sah.layer_types", "sah.context", "sah.estimator", "sah.patterns", "sah.objectives",
      "sah.resources", "sah.maskers", "sah.per_head_native", "sah.layer_config",
      "sah.attention", "sah.plotting"],
     ["sah.recording"],
