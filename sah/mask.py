@@ -7,8 +7,10 @@ it was sampled).
 
 Forms: a dense tensor, a sparse CSR form (rows are the ``b*h*q`` (batch, head, query)
 triples; column indices sorted and duplicate-free per row), and two flags: *full* (every
-allowed position active with weight 1, nothing stored) and *empty* (nothing active).
-Conversions are exact and lazy (computed on first use, then kept). Masks are values:
+allowed position active with weight 1, nothing stored) and *empty* (nothing active). A
+*binary* mask (every active weight 1.0: deterministic picks) is kept as booleans, possibly
+broadcast over batch, heads or queries (sink, local), or as a CSR form of ones (top-k picks
+merged as key lists, :meth:`Mask.with_row_picks`). Conversions are exact and lazy (computed on first use, then kept). Masks are values:
 no method mutates a mask or the tensors it was made from.
 """
 
