@@ -189,11 +189,8 @@ class Mask:
             elif self._binary and self._active is not None:
                 self._dense = self._active.to(torch.float32)
             else:
-                b, h, q, n = self.shape
-                rows = b * h * q
-                dense = torch.zeros(rows * n, dtype=torch.float32, device=self._device)
-                row_of = _row_ids(self._indptr, self._indices.numel())
-                dense[row_of * n + self._indices] = self._values
+                dense = torch.zeros(self.numel(), dtype=torch.float32, device=self._device)
+                dense[self._stored_positions()] = self._values
                 self._dense = dense.view(self.shape)
         return self._dense
 
@@ -217,14 +214,16 @@ class Mask:
             self._indptr = _indptr_from_rows(row_of, b * h * q)
         return self._indices, self._indptr, self._values
 
+    def _stored_positions(self) -> torch.Tensor:
+        """The flat ``(b*h*q*n)`` position of each entry of the CSR form (which must exist)."""
+        return _row_ids(self._indptr, self._indices.numel()) * self.shape[3] + self._indices
+
     def active(self) -> torch.Tensor:
         """Boolean ``(b, h, q, n)`` of active positions (computed once)."""
         if self._active is None:
             if self._binary and self._dense is None:  # a CSR form of ones: mark its keys
-                b, h, q, n = self.shape
-                active = torch.zeros(b * h * q * n, dtype=torch.bool, device=self._device)
-                row_of = _row_ids(self._indptr, self._indices.numel())
-                active.index_fill_(0, row_of * n + self._indices, True)
+                active = torch.zeros(self.numel(), dtype=torch.bool, device=self._device)
+                active.index_fill_(0, self._stored_positions(), True)
                 self._active = active.view(self.shape)
             else:
                 self._active = self.to_dense() > 0
@@ -301,9 +300,8 @@ class Mask:
         keys = []
         vals = []
         for m in (self, other):
-            idx, ptr, val = m.to_sparse()
-            keys.append(_row_ids(ptr, idx.numel()) * n + idx)
-            vals.append(val)
+            vals.append(m.to_sparse()[2])
+            keys.append(m._stored_positions())
         flat_keys = torch.cat(keys)
         uniq, inverse = torch.unique(flat_keys, sorted=True, return_inverse=True)
         summed = torch.zeros(uniq.numel(), dtype=torch.float32, device=flat_keys.device)
