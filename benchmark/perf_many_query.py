@@ -21,7 +21,6 @@ figures.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,8 @@ import sah.attention as attention_module  # noqa: E402
 import sah.context as context_module  # noqa: E402
 from sah import ResearchAttention, ResearchAttentionConfig  # noqa: E402
 from sah.maskers.top_k import TopKMasker  # noqa: E402
-from perf_chain import MANY_QUERY_CHAIN, cpu_description, describe_machine, make_tensors  # noqa: E402
+from perf_chain import (MANY_QUERY_CHAIN, cpu_description, describe_machine, make_tensors,  # noqa: E402
+                        run_loop)
 
 
 def plain_loop(fn, items, device):
@@ -99,21 +99,17 @@ def main() -> None:
         # on the alignment of their inputs unless MKL_CBWR=AUTO,STRICT is set
         if not torch.allclose(run(), reference, atol=1e-4):
             raise SystemExit(f"perf_many_query: {name!r} gives another output than 'all on'")
-    variants["causal SDPA"] = lambda: torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=causal, enable_gqa=True)
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) * 1e3 for name, values in times.items()}
-    dense = median["causal SDPA"]
+
+    def causal_sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal,
+                                                                enable_gqa=True)
+
+    dense, median = run_loop(list(variants.items()), causal_sdpa, args.repeats, torch.device("cpu"))
     print(f"# {args.queries} queries at the end of {args.keys} keys, 32 query heads, 8 KV heads, "
           f"head dim 128, fp32, {args.threads} threads, median of {args.repeats} interleaved rounds\n")
     print("| variant | ms | vs causal SDPA | vs all on |")
     print("|---|---|---|---|")
-    for name, ms in median.items():
+    for name, ms in [*median.items(), ("causal SDPA", dense)]:
         print(f"| {name} | {ms:.1f} | {ms / dense:.2f}x | {ms / median['all on']:.2f}x |")
     print("\n" + describe_machine(cpu_description()).replace("# CPU", "# after: CPU", 1))
 
